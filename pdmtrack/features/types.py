@@ -1,0 +1,81 @@
+"""The feature record every stage passes around, and the protocol of a feature source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PDMFeatures:
+    """PDM features of a batch of B frames at the hooked block's grid (h, w).
+
+    appearance:      (B, Ca, h, w)  mean of attn1's query and key (heads merged) -> F_A
+    semantic:        (B, Cs, h, w)  attn2's query of the spatial tokens -> F_S
+    class_vectors:   (K, Cs) or None  attn2's key of each class name's token(s), averaged
+                     over a name's tokens; K = number of distinct class names, in the
+                     order given to the extractor; None when no class name was given.
+    class_attention: (B, K, h, w) or None  cross-attention of each class name over the
+                     spatial tokens (softmax over prompt tokens, heads averaged, a name's
+                     tokens averaged), not yet min-max normalised.
+    """
+
+    appearance: torch.Tensor
+    semantic: torch.Tensor
+    class_vectors: torch.Tensor | None = None
+    class_attention: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.appearance.shape[0]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the feature grid."""
+        return tuple(self.appearance.shape[-2:])  # type: ignore[return-value]
+
+    def select(self, index: int | slice) -> PDMFeatures:
+        """Frames ``index`` of the batch (an int keeps a batch axis of 1)."""
+        sl = slice(index, index + 1) if isinstance(index, int) else index
+        return PDMFeatures(
+            appearance=self.appearance[sl],
+            semantic=self.semantic[sl],
+            class_vectors=self.class_vectors,
+            class_attention=None if self.class_attention is None else self.class_attention[sl],
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PDMFeatures:
+        """Move (and optionally cast) every tensor."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+
+        return PDMFeatures(
+            appearance=move(self.appearance),  # type: ignore[arg-type]
+            semantic=move(self.semantic),  # type: ignore[arg-type]
+            class_vectors=move(self.class_vectors),
+            class_attention=move(self.class_attention),
+        )
+
+    @staticmethod
+    def cat(parts: list[PDMFeatures]) -> PDMFeatures:
+        """Concatenate batches along the frame axis (class vectors taken from the first)."""
+        first = parts[0]
+        return PDMFeatures(
+            appearance=torch.cat([p.appearance for p in parts]),
+            semantic=torch.cat([p.semantic for p in parts]),
+            class_vectors=first.class_vectors,
+            class_attention=None
+            if first.class_attention is None
+            else torch.cat([p.class_attention for p in parts]),  # type: ignore[misc]
+        )
+
+
+class FeatureSource(Protocol):
+    """Anything that turns a batch of frames into PDM features (extractor, cache, stand-in)."""
+
+    def __call__(self, frames: np.ndarray) -> PDMFeatures:
+        """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames."""
+        ...
