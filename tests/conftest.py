@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Nothing may download at test time: every hub access fails fast instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAVIS_MINI = REPO_ROOT.parent / "shared" / "data" / "davis-mini"
@@ -16,3 +20,9 @@ def davis_mini() -> Path:
     if not (DAVIS_MINI / "JPEGImages" / "480p").is_dir():
         pytest.skip("../shared/data/davis-mini is not present")
     return DAVIS_MINI
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the tests' feature cache out of the user's cache folder."""
+    os.environ["PDMTRACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))

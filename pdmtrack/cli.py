@@ -1,0 +1,304 @@
+"""The ``pdmtrack`` command line: parses arguments and calls the library, nothing more.
+
+Every user mistake surfaces as :class:`pdmtrack.errors.InputError`; :func:`main` prints it
+as one line on stderr and exits with code 2.
+"""
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from pdmtrack.config import (
+    DEFAULT_MODEL,
+    FeatureConfig,
+    MatchConfig,
+    MemoryConfig,
+    RuntimeConfig,
+    SamConfig,
+    TrackSettings,
+)
+from pdmtrack.errors import InputError
+
+app = typer.Typer(
+    name="pdmtrack",
+    help="Track object instances through videos zero-shot with PDM diffusion features.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(
+    help="Evaluate on DAVIS 2017, PerMIS (video/image) and PerMIR.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(eval_app, name="eval")
+
+_F, _M, _Y, _S, _R = FeatureConfig(), MatchConfig(), MemoryConfig(), SamConfig(), RuntimeConfig()
+
+# Options shared by every command that runs the tracker: name -> (annotation, default).
+# They are declared once here and added to each such command by `with_track_options`.
+TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model": (Annotated[str, typer.Option(help="HF hub id or local diffusers folder.")], DEFAULT_MODEL),
+    "revision": (Annotated[Optional[str], typer.Option(help="Hub revision of --model.")], None),
+    "layer": (
+        Annotated[Optional[str], typer.Option(help="Transformer block to hook (default: last of the last attention up-block).")],
+        None,
+    ),
+    "size": (Annotated[int, typer.Option(help="Short side of the model input in pixels.")], _F.size),
+    "square": (Annotated[bool, typer.Option("--square", help="Squash frames to size x size (the paper).")], False),
+    "inversion": (Annotated[str, typer.Option(help="aidi | ddim | noise.")], _F.inversion),
+    "timestep": (Annotated[int, typer.Option(help="Feature timestep.")], _F.feature_timestep),
+    "fixed_point_iters": (Annotated[int, typer.Option(help="AIDI fixed-point iterations.")], _F.fixed_point_iters),
+    "tau": (Annotated[float, typer.Option(help="Threshold of the class-name reference mask.")], _M.tau),
+    "appearance_agg": (Annotated[str, typer.Option(help="mean | topk-vote.")], _M.appearance_agg),
+    "context": (Annotated[int, typer.Option(help="Context frames kept in memory (n).")], _Y.context),
+    "topk": (Annotated[int, typer.Option(help="Context entries kept per target cell.")], _Y.topk),
+    "radius": (Annotated[int, typer.Option(help="Window radius in cells (for a 30-cell short side).")], _Y.radius),
+    "temperature": (Annotated[float, typer.Option(help="Affinity temperature.")], _Y.temperature),
+    "sam": (Annotated[str, typer.Option(help="SAM refinement: vit_b | vit_l | vit_h | none.")], _S.model_type),
+    "sam_checkpoint": (Annotated[Optional[Path], typer.Option(help="Local SAM checkpoint file.")], None),
+    "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
+    "dtype": (Annotated[str, typer.Option(help="auto | fp16 | bf16 | fp32.")], _R.dtype),
+    "batch_size": (Annotated[int, typer.Option(help="Frames per feature batch.")], _R.batch_size),
+    "cache_dir": (Annotated[Optional[Path], typer.Option(help="Feature cache folder.")], None),
+    "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
+    "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
+}
+
+
+def build_settings(
+    *,
+    model: str,
+    revision: Optional[str],
+    layer: Optional[str],
+    size: int,
+    square: bool,
+    inversion: str,
+    timestep: int,
+    fixed_point_iters: int,
+    tau: float,
+    appearance_agg: str,
+    context: int,
+    topk: int,
+    radius: int,
+    temperature: float,
+    sam: str,
+    sam_checkpoint: Optional[Path],
+    device: str,
+    dtype: str,
+    batch_size: int,
+    cache_dir: Optional[Path],
+    no_cache: bool,
+    backend: str,
+) -> TrackSettings:
+    """Turn the shared tracker flags into a validated :class:`TrackSettings`."""
+    choices = {
+        "--inversion": (inversion, ("aidi", "ddim", "noise")),
+        "--appearance-agg": (appearance_agg, ("mean", "topk-vote")),
+        "--sam": (sam, ("vit_b", "vit_l", "vit_h", "none")),
+        "--backend": (backend, ("auto", "decord", "pyav")),
+    }
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InputError(flag, f"unknown value '{value}' (choose from {', '.join(allowed)})")
+    for flag, value in {"--size": size, "--batch-size": batch_size, "--topk": topk}.items():
+        if value < 1:
+            raise InputError(flag, f"must be at least 1, got {value}")
+    if temperature <= 0:
+        raise InputError("--temperature", f"must be positive, got {temperature}")
+    return TrackSettings(
+        features=FeatureConfig(
+            model=model,
+            revision=revision,
+            layer=layer,
+            size=size,
+            square=square,
+            inversion=inversion,  # type: ignore[arg-type]
+            feature_timestep=timestep,
+            fixed_point_iters=fixed_point_iters,
+        ),
+        match=MatchConfig(tau=tau, appearance_agg=appearance_agg),  # type: ignore[arg-type]
+        memory=MemoryConfig(context=context, topk=topk, radius=radius, temperature=temperature),
+        sam=SamConfig(model_type=sam, checkpoint=sam_checkpoint),  # type: ignore[arg-type]
+        runtime=RuntimeConfig(
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            backend=backend,
+        ),
+    )
+
+
+def with_track_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared tracker flags to ``command``, which receives them as ``settings``."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in TRACK_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        shared_values = {name: kwargs.pop(name) for name in TRACK_OPTIONS}
+        command(**kwargs, settings=build_settings(**shared_values))
+
+    wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{k: v for k, v in command.__annotations__.items() if k != "settings"},
+        **{name: annotation for name, (annotation, _) in TRACK_OPTIONS.items()},
+    }
+    return wrapper
+
+
+@app.command()
+@with_track_options
+def propagate(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4/mov/avi/mkv/webm) or folder of frames.")],
+    mask: Annotated[Optional[Path], typer.Option(help="First-frame mask: palette/grey/RGB PNG or COCO RLE JSON.")] = None,
+    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: ./pdmtrack_out/<video name>).")] = None,
+    start: Annotated[int, typer.Option(help="First frame to track (its mask is --mask).")] = 0,
+    end: Annotated[Optional[int], typer.Option(help="Stop before this frame (default: the last).")] = None,
+    resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
+    rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """Track the instances of a first-frame mask (or of a class name) through a video."""
+    from pdmtrack.pipeline import track_video
+
+    out_dir = out if out is not None else Path("pdmtrack_out") / video.stem
+    summary = track_video(
+        video,
+        out_dir,
+        mask=mask,
+        classes=list(cls or []),
+        settings=settings,
+        overlay=overlay,
+        rle=rle,
+        png=png,
+        start=start,
+        end=end,
+        resize_mask=resize_mask,
+    )
+    typer.echo(
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s); "
+        f"masks in {summary.out_dir}"
+    )
+
+
+@eval_app.command("davis")
+@with_track_options
+def eval_davis(
+    root: Annotated[Path, typer.Option(help="DAVIS 2017 root (JPEGImages/, Annotations/, ImageSets/).")],
+    split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
+    results: Annotated[Optional[Path], typer.Option(help="Evaluate this results folder (<seq>/<frame>.png) instead of tracking.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Where results/ and the reports go.")] = None,
+    sequences: Annotated[Optional[str], typer.Option(help="Comma-separated subset of sequences.")] = None,
+    class_map: Annotated[Optional[Path], typer.Option(help='JSON {"<seq>": "class name"} for --cls per sequence.')] = None,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """J, F and J&F to the official DAVIS 2017 semi-supervised protocol."""
+    from pdmtrack.eval.davis import evaluate_davis
+
+    if results is None and out is None:
+        raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
+    evaluate_davis(
+        root,
+        split,
+        results_dir=results,
+        out_dir=out,
+        sequences=_split_list(sequences),
+        class_map=class_map,
+        settings=settings,
+    )
+
+
+@eval_app.command("permis")
+@with_track_options
+def eval_permis(
+    root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
+    task: Annotated[str, typer.Option(help="video | image")] = "video",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where results and reports go.")] = Path("pdmtrack_eval/permis"),
+    results: Annotated[Optional[Path], typer.Option(help="(video) evaluate this results folder instead of tracking.")] = None,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """PerMIS: video label propagation (J&F) or image segmentation (mIoU, bIoU)."""
+    from pdmtrack.eval.permirs import evaluate_permis_image, evaluate_permis_video
+
+    if task == "video":
+        evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results)
+    elif task == "image":
+        evaluate_permis_image(root, out_dir=out, settings=settings)
+    else:
+        raise InputError("--task", f"unknown task '{task}' (choose from video, image)")
+
+
+@eval_app.command("permir")
+@with_track_options
+def eval_permir(
+    root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/permir"),
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """PerMIR: personalised retrieval (mAP, Recall@1/5/10)."""
+    from pdmtrack.eval.permirs import evaluate_permir
+
+    evaluate_permir(root, out_dir=out, settings=settings)
+
+
+@app.command("build-permis")
+def build_permis(
+    burst: Annotated[Path, typer.Option(help="BURST root (annotations/, frames/).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("PerMIRS"),
+    splits: Annotated[str, typer.Option(help="Comma-separated BURST splits.")] = "train,val,test",
+    annotations: Annotated[Optional[list[Path]], typer.Option(help="Annotation JSON instead of annotations/<split>/all_classes.json (repeatable).")] = None,
+    sources: Annotated[Optional[str], typer.Option(help="Comma-separated source datasets to drop (default: HACS,AVA,LaSOT).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Build the PerMIR/PerMIS benchmarks from BURST."""
+    from pdmtrack.burst import build_permirs
+
+    kwargs: dict[str, Any] = {}
+    if sources is not None:
+        kwargs["sources_dropped"] = set(_split_list(sources) or [])
+    summary = build_permirs(
+        burst,
+        out,
+        splits=_split_list(splits) or [],
+        annotations=annotations or None,
+        overwrite=overwrite,
+        **kwargs,
+    )
+    typer.echo(summary.format())
+
+
+def _split_list(text: Optional[str]) -> Optional[list[str]]:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main() -> None:
+    """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except InputError as err:
+        print(f"pdmtrack: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("pdmtrack: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
