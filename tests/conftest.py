@@ -26,3 +26,19 @@ def davis_mini() -> Path:
 def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the tests' feature cache out of the user's cache folder."""
     os.environ["PDMTRACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SDXL-shaped diffusers folder, loaded like a user's --model PATH."""
+    from pdmtrack.tiny.diffusion import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl"), family="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SAM checkpoint, loaded like a user's --sam-checkpoint FILE."""
+    from pdmtrack.tiny.sam import build_tiny_sam
+
+    return build_tiny_sam(tmp_path_factory.mktemp("tiny-sam") / "tiny_sam.safetensors")
