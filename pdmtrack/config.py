@@ -42,6 +42,7 @@ class MatchConfig:
     tau: float = 0.5  # threshold of the min-max cross-attention map (reference from class name)
     appearance_agg: AppearanceAgg = "mean"  # pooling over reference tokens
     topk: int = 100  # tokens that vote with appearance_agg="topk-vote" (authors' code)
+    min_fraction: float = 0.5  # mask cover making a grid cell a reference token (else best cell)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class SamConfig:
 
     model_type: SamType = "vit_b"  # none = no refinement
     checkpoint: Path | None = None  # local checkpoint; None = download the official one
+    min_iou: float = 0.5  # keep the coarse mask when SAM's best output has a lower IoU with it
 
 
 @dataclass(frozen=True)
