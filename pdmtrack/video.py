@@ -1,0 +1,343 @@
+"""Streaming frame reader for video files (decord or PyAV) and folders of frames.
+
+``FrameReader`` knows the frame count, fps and size up front and yields frames one at a
+time or in batches decoded by a background thread; it never holds the whole video.
+Both video backends return identical RGB uint8 frames: decord converts YUV to RGB with
+FFmpeg's ``scale`` filter (colour matrix taken from the stream) and applies the display
+rotation; the PyAV path does the same conversion through ``VideoFrame.to_ndarray`` and
+rotates with ``np.rot90``. (For 8-bit YUV sources the two are bit-identical; decord's
+bundled FFmpeg 4.1 converts >8-bit sources slightly differently from PyAV's FFmpeg.)
+"""
+
+from __future__ import annotations
+
+import bisect
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from PIL import Image
+
+from pdmtrack.errors import InputError
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+BACKENDS = ("auto", "decord", "pyav")
+FOLDER_FPS = 24.0  # a folder of frames carries no frame rate; outputs use this one
+
+FrameSource = Iterator[tuple[int, np.ndarray]]
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """Sort key that orders ``frame2`` before ``frame10`` (same as plain sort when zero-padded)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class FrameReader:
+    """Read RGB uint8 frames from a video file or a folder of JPEG/PNG frames.
+
+    ``backend`` is ``auto`` (decord when it is installed and opens the file, else PyAV),
+    ``decord`` or ``pyav``; folders need no backend (``self.backend == "folder"``).
+    Frame folders have no frame rate: ``fps`` is ``FOLDER_FPS`` (24.0) for them.
+    Every user mistake (missing path, not a video, corrupt or truncated file, no frames,
+    frames of different sizes) raises ``InputError`` naming the file.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise InputError("--backend", f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(self.path, "no such file or folder")
+        if self.path.is_dir():
+            self._open_folder()
+        else:
+            self._open_video(backend)
+
+    # ------------------------------------------------------------------ opening
+    def _open_folder(self) -> None:
+        files = sorted(
+            (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+            key=lambda p: _natural_key(p.name),
+        )
+        if not files:
+            raise InputError(self.path, f"folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        stems = [p.stem for p in files]
+        if len(set(stems)) != len(stems):
+            duplicate = next(s for s in stems if stems.count(s) > 1)
+            raise InputError(self.path, f"two frames share the name '{duplicate}' (different suffixes)")
+        sizes = {}
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    sizes.setdefault(image.size, file)
+            except OSError as err:
+                raise InputError(file, f"cannot read this image ({err})") from err
+        if len(sizes) > 1:
+            (size_a, file_a), (size_b, file_b) = list(sizes.items())[:2]
+            raise InputError(
+                file_b,
+                f"frame is {size_b[0]}x{size_b[1]} but {file_a.name} is {size_a[0]}x{size_a[1]} "
+                "(all frames of a folder must have one size)",
+            )
+        self._files = files
+        self.backend = "folder"
+        self.num_frames = len(files)
+        self.fps = FOLDER_FPS
+        (self.width, self.height), = sizes
+        self.frame_names = stems
+
+    def _open_video(self, backend: str) -> None:
+        if self.path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise InputError(
+                self.path,
+                f"not a video (expected {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)",
+            )
+        self._probe_pyav()
+        self.frame_names = [f"{i:05d}" for i in range(self.num_frames)]
+        self.backend = "pyav"
+        if backend in ("auto", "decord"):
+            problem = self._check_decord()
+            if problem is None:
+                self.backend = "decord"
+            elif backend == "decord":
+                raise InputError(self.path, f"decord cannot read this video ({problem}); try --backend pyav")
+
+    def _probe_pyav(self) -> None:
+        """Count frames by demuxing (headers can lie), read fps, size and rotation."""
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise InputError(self.path, "video has no frames (it holds no video stream)")
+                stream = container.streams.video[0]
+                timestamps = [
+                    packet.pts if packet.pts is not None else packet.dts
+                    for packet in container.demux(stream)
+                    if packet.size > 0 and not packet.is_discard
+                ]
+                rate = stream.average_rate or stream.guessed_rate
+        except av.FFmpegError as err:
+            problem = f"cannot be opened as a video: corrupt, truncated or not a video ({err})"
+            raise InputError(self.path, problem) from err
+        if not timestamps:
+            raise InputError(self.path, "video has no frames")
+        self.num_frames = len(timestamps)
+        self.fps = float(rate) if rate else FOLDER_FPS
+        # A frame's presentation timestamp -> its index, for exact seeking; None when unusable.
+        usable = None not in timestamps and len(set(timestamps)) == len(timestamps)
+        self._pts_sorted = sorted(timestamps) if usable else None
+        self._probe_first_frame()
+
+    def _probe_first_frame(self) -> None:
+        """Decode frame 0 with PyAV: proves the stream decodes; gives rotation and displayed size."""
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                frame = next(container.decode(container.streams.video[0]), None)
+        except av.FFmpegError as err:
+            raise InputError(self.path, f"cannot decode frame 0: corrupt or truncated video ({err})") from err
+        if frame is None:
+            raise InputError(self.path, "cannot decode frame 0: corrupt or truncated video")
+        self._rotation = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns, as decord
+        self.height, self.width = (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
+
+    def _check_decord(self) -> str | None:
+        """Why decord cannot serve this file, or None when it can."""
+        try:
+            import decord
+        except ImportError:
+            return "decord is not installed"
+        try:
+            reader = decord.VideoReader(str(self.path), num_threads=1)
+            shape = reader[0].shape
+            count = len(reader)
+            del reader
+        except Exception as err:  # decord raises its own DECORDError and RuntimeError subclasses
+            return f"{type(err).__name__}: {err}"
+        if shape[:2] != (self.height, self.width):
+            return f"decord sees {shape[1]}x{shape[0]} frames, not {self.width}x{self.height}"
+        if count < self.num_frames:
+            return f"decord sees {count} frames of {self.num_frames}"
+        return None
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __enter__(self) -> FrameReader:
+        """Each read opens and closes its own decoder, so there is nothing to release on exit."""
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield every frame as (H, W, 3) uint8 RGB, decoded in a background thread."""
+        for _, batch in self.batches(1):
+            yield batch[0]
+
+    def read(self, index: int) -> np.ndarray:
+        """Decode one frame (H, W, 3) uint8 RGB by index."""
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"frame {index} out of range (video has {self.num_frames} frames)")
+        source = self._frames(index, index + 1)
+        try:
+            return next(source)[1]
+        finally:
+            source.close()
+
+    def batches(
+        self, batch_size: int, start: int = 0, end: int | None = None, prefetch: int = 2
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Yield (frame indices, (B, H, W, 3) uint8 array) for frames ``start..end-1``.
+
+        A background thread decodes up to ``prefetch`` batches ahead (bounded, so memory is
+        flat in the video length); its errors are re-raised here; it stops when the
+        consumer stops early.
+        """
+        end = self.num_frames if end is None else end
+        if batch_size < 1 or prefetch < 1:
+            raise ValueError("batch_size and prefetch must be >= 1")
+        if not 0 <= start <= end <= self.num_frames:
+            raise ValueError(f"bad frame range [{start}, {end}) for a video of {self.num_frames} frames")
+        return _prefetched(lambda: self._batched(batch_size, start, end), prefetch)
+
+    def _batched(self, batch_size: int, start: int, end: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Group ``_frames`` into (indices, stacked array) batches."""
+        source = self._frames(start, end)
+        try:
+            for batch_start in range(start, end, batch_size):
+                indices = list(range(batch_start, min(batch_start + batch_size, end)))
+                batch = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+                for slot in range(len(indices)):
+                    batch[slot] = next(source)[1]
+                yield indices, batch
+        finally:
+            source.close()
+
+    def _frames(self, start: int, end: int) -> FrameSource:
+        """Yield (index, frame) for ``start <= index < end`` in order, from the chosen backend."""
+        if self.backend == "folder":
+            return self._folder_frames(start, end)
+        if self.backend == "decord":
+            return self._decord_frames(start, end)
+        return self._pyav_frames(start, end)
+
+    def _folder_frames(self, start: int, end: int) -> FrameSource:
+        for index in range(start, end):
+            file = self._files[index]
+            try:
+                with Image.open(file) as image:
+                    frame = np.asarray(image.convert("RGB"))
+            except OSError as err:
+                raise InputError(file, f"cannot read this image ({err})") from err
+            if frame.shape[:2] != (self.height, self.width):
+                raise InputError(file, f"frame changed size to {frame.shape[1]}x{frame.shape[0]}")
+            yield index, frame
+
+    def _decord_frames(self, start: int, end: int) -> FrameSource:
+        """Seek once, then decode forward frame by frame (decord's lowest-memory path)."""
+        import decord
+
+        index = start
+        try:
+            reader = decord.VideoReader(str(self.path), num_threads=1)
+            if start > 0:
+                reader.seek_accurate(start)
+            for index in range(start, end):
+                yield index, reader.next().asnumpy()
+        except Exception as err:  # decord raises DECORDError / RuntimeError / StopIteration subclasses
+            raise InputError(self.path, f"cannot decode frame {index}: corrupt or truncated video ({err})") from err
+
+    def _pyav_frames(self, start: int, end: int) -> FrameSource:
+        import av
+
+        index = -1
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                seek_to = self._pts_sorted[start] if start > 0 and self._pts_sorted is not None else None
+                if seek_to is not None:
+                    container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    index = self._frame_index(frame.pts) if seek_to is not None else index + 1
+                    if index < start:
+                        continue
+                    if index >= end:
+                        return
+                    yield index, np.rot90(frame.to_ndarray(format="rgb24"), self._rotation)
+        except av.FFmpegError as err:
+            raise InputError(self.path, f"cannot decode frame {index + 1}: corrupt or truncated video ({err})") from err
+        if index + 1 < end:
+            raise InputError(
+                self.path, f"decoding stopped at frame {index + 1} of {self.num_frames}: corrupt or truncated video"
+            )
+
+    def _frame_index(self, pts: int | None) -> int:
+        """Index of the frame with presentation timestamp ``pts`` (after a seek)."""
+        position = bisect.bisect_left(self._pts_sorted, pts) if pts is not None else -1
+        if position < 0 or position >= len(self._pts_sorted) or self._pts_sorted[position] != pts:
+            raise InputError(self.path, f"decoded a frame with unknown timestamp {pts}: cannot seek in this video")
+        return position
+
+
+_DONE = object()
+
+
+def _prefetched(make_source: Callable[[], Iterator], prefetch: int) -> Iterator:
+    """Run ``make_source()`` in a daemon thread, handing items over through a bounded queue.
+
+    The thread starts on the first ``next()``. The source is created, iterated and closed
+    inside the worker (decoders are not shared between threads). Exceptions in the worker are re-raised in the consumer; when the
+    consumer stops early (break, exception, garbage collection) the worker is told to
+    stop and joined.
+    """
+    items: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            source = make_source()
+            try:
+                for item in source:
+                    if not hand_over(item):
+                        return
+            finally:
+                source.close()
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            hand_over(err)
+            return
+        hand_over(_DONE)
+
+    worker = threading.Thread(target=work, name="pdmtrack-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
