@@ -43,6 +43,7 @@ class MatchConfig:
     appearance_agg: AppearanceAgg = "mean"  # pooling over reference tokens
     topk: int = 100  # tokens that vote with appearance_agg="topk-vote" (authors' code)
     min_fraction: float = 0.5  # mask cover making a grid cell a reference token (else best cell)
+    segment_threshold: float = 0.5  # PerMIS-image without SAM: mask = upsampled combined map >= this
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class MemoryConfig:
     radius: int = 15  # spatial window radius in cells, for a 30-cell short side; scaled with the grid
     temperature: float = 0.2  # affinity = exp(cos / temperature)
     instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation
+    global_first_frame: bool = True  # first frame matched without the window (re-entry anywhere); False = DINO/DIFT exact
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,455 @@
+"""PerMIS (video, image) and PerMIR evaluation on a folder built by ``pdmtrack build-permis``.
+
+- PerMIS-video: the DAVIS 2017 code path, unchanged, on ``<root>/permis-video``.
+- PerMIS-image: per video, the query frame and its track's mask are the reference; the same
+  instance is segmented in the video's two other frames. Without SAM the mask is the PDM
+  combined map (min-max normalised per frame), bilinearly upsampled to the frame and
+  thresholded at ``MatchConfig.segment_threshold`` (0.5: halfway between the frame's least
+  and most similar cells). With SAM, the upsampled map against a constant background at
+  that threshold goes through ``SamRefiner`` (box of the coarse mask, positive point at the
+  map's peak). Reported: mIoU (mean over images), the cumulative IoU of the authors' code
+  (sum of intersections / sum of unions) and boundary IoU (dilation ratio 0.02).
+- PerMIR: every query (query frame + mask) ranks the whole gallery (the other frames of
+  every video) by the PDM global score: the mean of the combined map, where the appearance
+  and semantic maps are min-max normalised jointly over the whole gallery (a per-image
+  min-max would erase the absolute similarity that ranks images). A query's positives are
+  its own video's gallery frames. Reported: mAP and Recall@1/5/10.
+
+Features are computed once per image (through the feature cache by default), so scoring all
+query-gallery pairs costs matrix products only. The default feature source's prompt names
+every category of the benchmark (sorted), so each video's class vector comes from the same
+pass; a source passed in must either carry no class vectors (appearance only) or have been
+built with ``benchmark_classes(videos)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT
+from pdmtrack.config import TrackSettings
+from pdmtrack.device import resolve_device, resolve_dtype
+from pdmtrack.errors import InputError
+from pdmtrack.eval.davis import DavisReport, evaluate_davis
+from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
+from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.masks import decode_rle
+from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
+from pdmtrack.refine import SamRefiner
+
+RECALL_KS = (1, 5, 10)
+
+
+# --------------------------------------------------------------------------- the benchmark
+@dataclass(frozen=True)
+class BenchmarkVideo:
+    """One video of the built benchmark: its chosen track's 3 frames (query first) and masks."""
+
+    name: str
+    category: str
+    track_id: int
+    frames: tuple[Path, ...]
+    rles: tuple[dict, ...]  # the track's COCO RLE in each frame
+
+    def mask(self, index: int) -> np.ndarray:
+        """The track's (H, W) bool mask in frame ``index``."""
+        return decode_rle(self.rles[index])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "not found (is this a folder built by `pdmtrack build-permis`?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable JSON file ({err})") from err
+
+
+def load_benchmark(root: Path) -> list[BenchmarkVideo]:
+    """The videos listed in ``root/manifest.json`` with their chosen frames and track masks."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "PerMIRS folder not found")
+    manifest = _read_json(root / "manifest.json")
+    videos = []
+    try:
+        for record in manifest["videos"]:
+            masks = _read_json(root / record["masks"])
+            track = str(record["track_id"])
+            frames = tuple(root / frame["frame"] for frame in masks["frames"])
+            rles = tuple(frame["objects"][track]["rle"] for frame in masks["frames"])
+            videos.append(BenchmarkVideo(record["video"], record["category"], int(record["track_id"]), frames, rles))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(root / "manifest.json", f"unexpected layout ({type(err).__name__}: {err})") from err
+    if not videos:
+        raise InputError(root / "manifest.json", "lists no videos")
+    return videos
+
+
+def benchmark_classes(videos: list[BenchmarkVideo]) -> list[str]:
+    """The benchmark's category names, sorted: the default feature source's class order."""
+    return sorted({video.category for video in videos})
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise InputError(path, "frame not found") from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(path, f"cannot read the image ({err})") from err
+
+
+def default_feature_source(settings: TrackSettings, classes: list[str]) -> FeatureSource:
+    """The diffusion feature extractor (prompt naming ``classes``) behind the feature cache."""
+    from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
+    from pdmtrack.features.extractor import FeatureExtractor
+    from pdmtrack.features.model import load_diffusion_parts
+
+    device = resolve_device(settings.runtime.device)
+    dtype = resolve_dtype(settings.runtime.dtype, device)
+    parts = load_diffusion_parts(settings.features, device, dtype)
+    extractor = FeatureExtractor(parts, settings.features, classes, device, dtype)
+    cache = FeatureCache(settings.runtime.cache_dir, extractor.fingerprint) if settings.runtime.use_cache else None
+    return CachedFeatureSource(extractor, cache)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise InputError(path, "frame not found") from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(path, f"cannot read the image ({err})") from err
+
+
+def extract_features(source: FeatureSource, paths: list[Path], batch_size: int, desc: str) -> list[PDMFeatures]:
+    """Features of every image (one frame each), in batches of equal-size images; only one
+    batch of decoded images is held at a time."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, path in enumerate(paths):
+        by_size.setdefault(_image_size(path), []).append(position)
+    features: list[PDMFeatures | None] = [None] * len(paths)
+    step = max(1, batch_size)
+    with tqdm(total=len(paths), desc=desc, unit="image", disable=None) as bar:
+        for positions in by_size.values():
+            for start in range(0, len(positions), step):
+                chunk = positions[start : start + step]
+                out = source(np.stack([read_rgb(paths[p]) for p in chunk]))
+                for slot, position in enumerate(chunk):
+                    features[position] = out.select(slot)
+                bar.update(len(chunk))
+    return features  # type: ignore[return-value]
+
+
+def _class_index(features: PDMFeatures, classes: list[str], category: str) -> int | None:
+    """Row of ``category`` in the features' class vectors; None when they carry none."""
+    if features.class_vectors is None:
+        return None
+    if features.class_vectors.shape[0] != len(classes):
+        count = features.class_vectors.shape[0]
+        raise ValueError(f"the features carry {count} class vectors for {len(classes)} classes")
+    return classes.index(category)
+
+
+def _prepare(
+    root: Path, settings: TrackSettings | None, source: FeatureSource | None
+) -> tuple[list[BenchmarkVideo], TrackSettings, FeatureSource, list[str], torch.device]:
+    videos = load_benchmark(Path(root))
+    settings = settings or TrackSettings()
+    classes = benchmark_classes(videos)
+    source = source if source is not None else default_feature_source(settings, classes)
+    return videos, settings, source, classes, resolve_device(settings.runtime.device)
+
+
+# --------------------------------------------------------------------------- reports
+def _write_report(out_dir: Path, stem: str, global_table: Table, detail_table: Table, payload: dict) -> list[Path]:
+    """``<stem>_global.csv``, ``<stem>_details.csv`` and ``<stem>_report.json``; print the tables."""
+    out_dir = Path(out_dir)
+    paths = [
+        write_csv(out_dir / f"{stem}_global.csv", global_table),
+        write_csv(out_dir / f"{stem}_details.csv", detail_table),
+        write_json(out_dir / f"{stem}_report.json", payload),
+    ]
+    print_tables([global_table, detail_table])
+    return paths
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """One PerMIS-image target frame: IoU, boundary IoU and the pixel counts behind cIoU."""
+
+    video: str
+    target: str
+    iou: float
+    biou: float
+    intersection: int
+    union: int
+
+
+@dataclass(frozen=True)
+class PermisImageReport:
+    """PerMIS-image scores of every (reference, target) pair."""
+
+    pairs: list[PairScores]
+    settings: dict
+
+    def global_scores(self) -> dict[str, float]:
+        """mIoU (mean over images), cIoU (sum of intersections / sum of unions), bIoU (mean)."""
+        union = sum(pair.union for pair in self.pairs)
+        return {
+            "mIoU": float(np.mean([pair.iou for pair in self.pairs])),
+            "cIoU": sum(pair.intersection for pair in self.pairs) / union if union else 1.0,
+            "bIoU": float(np.mean([pair.biou for pair in self.pairs])),
+        }
+
+    def tables(self) -> tuple[Table, Table]:
+        """The global table (one row) and the per-pair table."""
+        scores = self.global_scores()
+        rows = [[pair.video, pair.target, pair.iou, pair.biou] for pair in self.pairs]
+        return (
+            Table("Global PerMIS-image results", list(scores), [list(scores.values())]),
+            Table("Per-pair PerMIS-image results", ["Video", "Target", "IoU", "bIoU"], rows),
+        )
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Write the CSVs and the JSON record into ``out_dir``; print the tables."""
+        payload = {
+            "benchmark": "PerMIS-image",
+            "global": self.global_scores(),
+            "per_pair": [asdict(pair) for pair in self.pairs],
+            "settings": self.settings,
+        }
+        return _write_report(out_dir, "permis_image", *self.tables(), payload)
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """One PerMIR query: AP and Recall@k of the ranked gallery."""
+
+    video: str
+    ap: float
+    recall: dict[int, float]
+
+
+@dataclass(frozen=True)
+class PermirReport:
+    """PerMIR scores of every query."""
+
+    queries: list[QueryScores]
+    gallery_size: int
+    settings: dict
+
+    def global_scores(self) -> dict[str, float]:
+        """mAP and the mean Recall@k over queries."""
+        scores = {"mAP": float(np.mean([q.ap for q in self.queries]))}
+        for k in RECALL_KS:
+            scores[f"R@{k}"] = float(np.mean([q.recall[k] for q in self.queries]))
+        return scores
+
+    def tables(self) -> tuple[Table, Table]:
+        """The global table (one row) and the per-query table."""
+        scores = self.global_scores()
+        columns = ["Query", "AP", *(f"R@{k}" for k in RECALL_KS)]
+        rows = [[q.video, q.ap, *(q.recall[k] for k in RECALL_KS)] for q in self.queries]
+        return (
+            Table("Global PerMIR results", list(scores), [list(scores.values())]),
+            Table("Per-query PerMIR results", columns, rows),
+        )
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Write the CSVs and the JSON record into ``out_dir``; print the tables."""
+        payload = {
+            "benchmark": "PerMIR",
+            "gallery_size": self.gallery_size,
+            "global": self.global_scores(),
+            "per_query": [
+                {"video": q.video, "ap": q.ap, **{f"R@{k}": q.recall[k] for k in RECALL_KS}} for q in self.queries
+            ],
+            "settings": self.settings,
+        }
+        return _write_report(out_dir, "permir", *self.tables(), payload)
+
+
+# --------------------------------------------------------------------------- PerMIS-video
+def evaluate_permis_video(
+    root: Path,
+    *,
+    out_dir: Path | None,
+    settings: TrackSettings | None = None,
+    results_dir: Path | None = None,
+    track_fn: Callable | None = None,
+    sequences: list[str] | None = None,
+) -> DavisReport:
+    """J, F and J&F on ``root/permis-video`` through :func:`evaluate_davis` (first frame as
+    reference; each video's category from ``classes.json`` is its class name); ``sequences``
+    limits it to some videos."""
+    video_root = Path(root) / PERMIS_VIDEO_DIR
+    if not video_root.is_dir():
+        raise InputError(video_root, "PerMIS-video folder not found (build it with `pdmtrack build-permis`)")
+    class_map = video_root / PERMIS_VIDEO_CLASSES
+    return evaluate_davis(
+        video_root,
+        PERMIS_VIDEO_SPLIT,
+        results_dir=results_dir,
+        out_dir=out_dir,
+        sequences=sequences,
+        class_map=class_map if class_map.is_file() else None,
+        settings=settings,
+        track_fn=track_fn,
+    )
+
+
+# --------------------------------------------------------------------------- PerMIS-image
+def segment_from_map(
+    combined: torch.Tensor, image: np.ndarray, threshold: float, refiner: SamRefiner | None
+) -> np.ndarray:
+    """(h, w) combined map -> (H, W) bool mask of ``image``: the bilinearly upsampled map
+    ``>= threshold``, or SAM prompted from it (peak as the positive point) with ``refiner``."""
+    height, width = image.shape[:2]
+    upsampled = F.interpolate(
+        combined[None, None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[0]
+    if refiner is None:
+        return (upsampled[0] >= threshold).cpu().numpy()
+    background = torch.full_like(upsampled, threshold)
+    return (refiner.refine(image, torch.cat([background, upsampled])) == 1).cpu().numpy()
+
+
+def _load_refiner(settings: TrackSettings, device: torch.device) -> SamRefiner | None:
+    from pdmtrack.refine import default_sam_dir, load_sam
+
+    runtime = settings.runtime
+    return load_sam(settings.sam, device, runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir())
+
+
+def evaluate_permis_image(
+    root: Path,
+    *,
+    out_dir: Path,
+    settings: TrackSettings | None = None,
+    source: FeatureSource | None = None,
+    refiner: SamRefiner | None = None,
+) -> PermisImageReport:
+    """Segment each video's track in its two non-query frames from the query frame + mask.
+
+    ``source`` defaults to the diffusion features behind the cache; ``refiner`` to SAM as
+    ``settings.sam`` asks (none for ``model_type='none'``). Writes
+    ``permis_image_{global,details}.csv`` and ``permis_image_report.json`` into ``out_dir``.
+    """
+    videos, settings, source, classes, device = _prepare(root, settings, source)
+    refiner = refiner if refiner is not None else _load_refiner(settings, device)
+    match = settings.match
+    pairs: list[PairScores] = []
+    for video in tqdm(videos, desc="PerMIS-image", unit="video", disable=None):
+        features = extract_features(source, list(video.frames), settings.runtime.batch_size, desc=video.name)
+        reference = features[0].to(device)
+        ref_mask = mask_to_grid_bool(video.mask(0), reference.grid, match.min_fraction)
+        targets = PDMFeatures.cat(features[1:]).to(device)
+        maps = pdm_map(reference, ref_mask, targets, _class_index(reference, classes, video.category), match)
+        for slot, target_index in enumerate(range(1, len(video.frames))):
+            image = read_rgb(video.frames[target_index])
+            predicted = segment_from_map(maps[slot], image, match.segment_threshold, refiner)
+            truth = video.mask(target_index)
+            pairs.append(
+                PairScores(
+                    video=video.name,
+                    target=video.frames[target_index].name,
+                    iou=mask_iou(predicted, truth),
+                    biou=boundary_iou(predicted, truth),
+                    intersection=int(np.count_nonzero(predicted & truth)),
+                    union=int(np.count_nonzero(predicted | truth)),
+                )
+            )
+    report = PermisImageReport(pairs, settings.to_dict())
+    report.write(out_dir)
+    return report
+
+
+# --------------------------------------------------------------------------- PerMIR
+@dataclass
+class _Gallery:
+    """Gallery features grouped by grid size (one stacked batch per grid)."""
+
+    groups: list[tuple[list[int], PDMFeatures]]  # (gallery positions, their features)
+    size: int
+
+    @staticmethod
+    def build(features: list[PDMFeatures], device: torch.device) -> _Gallery:
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for position, item in enumerate(features):
+            by_grid.setdefault(item.grid, []).append(position)
+        groups = [
+            (positions, PDMFeatures.cat([features[p] for p in positions]).to(device)) for positions in by_grid.values()
+        ]
+        return _Gallery(groups, len(features))
+
+    def scores(
+        self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, settings: TrackSettings
+    ) -> np.ndarray:
+        """PDM global score of every gallery image for one reference: maps min-max
+        normalised over the whole gallery, averaged (Eq. 7), then their mean per image."""
+        match = settings.match
+        appearance = [
+            appearance_map(reference.appearance[0], ref_mask, group.appearance, match.appearance_agg, match.topk)
+            for _, group in self.groups
+        ]
+        parts = [_normalise_jointly(appearance)]
+        if class_index is not None:
+            vector = reference.class_vectors[class_index]  # type: ignore[index]
+            parts.append(_normalise_jointly([semantic_map(vector, group.semantic) for _, group in self.groups]))
+        scores = np.empty(self.size)
+        for slot, (positions, _) in enumerate(self.groups):
+            combined = sum(part[slot] for part in parts) / len(parts)
+            scores[positions] = retrieval_score(combined).cpu().numpy()
+        return scores
+
+
+def _normalise_jointly(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Min-max normalise a list of (B, h, w) maps with one min and max over all of them."""
+    flat = minmax(torch.cat([m.flatten() for m in maps]), dims=(0,))
+    return [chunk.reshape(m.shape) for chunk, m in zip(flat.split([m.numel() for m in maps]), maps)]
+
+
+def evaluate_permir(
+    root: Path,
+    *,
+    out_dir: Path,
+    settings: TrackSettings | None = None,
+    source: FeatureSource | None = None,
+) -> PermirReport:
+    """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10.
+
+    Writes ``permir_{global,details}.csv`` and ``permir_report.json`` into ``out_dir``.
+    """
+    videos, settings, source, classes, device = _prepare(root, settings, source)
+    batch = settings.runtime.batch_size
+    query_features = extract_features(source, [video.frames[0] for video in videos], batch, desc="PerMIR queries")
+    gallery_owner = np.array([index for index, video in enumerate(videos) for _ in video.frames[1:]])
+    gallery_paths = [path for video in videos for path in video.frames[1:]]
+    gallery = _Gallery.build(extract_features(source, gallery_paths, batch, desc="PerMIR gallery"), device)
+    results = []
+    for index, video in enumerate(tqdm(videos, desc="PerMIR", unit="query", disable=None)):
+        reference = query_features[index].to(device)
+        ref_mask = mask_to_grid_bool(video.mask(0), reference.grid, settings.match.min_fraction)
+        scores = gallery.scores(reference, ref_mask, _class_index(reference, classes, video.category), settings)
+        positives = gallery_owner == index
+        recall = {k: recall_at_k(scores, positives, k) for k in RECALL_KS}
+        results.append(QueryScores(video.name, average_precision(scores, positives), recall))
+    report = PermirReport(results, gallery.size, settings.to_dict())
+    report.write(out_dir)
+    return report

@@ -1,0 +1,188 @@
+"""PerMIS-video / PerMIS-image / PerMIR evaluators on a benchmark built from synthetic BURST.
+
+Every instance of the synthetic videos is a solid box in a colour no other instance shares,
+so a stand-in feature source that encodes each pixel's palette colour is a perfect matcher
+(exact masks, every gallery frame of the right video ranked first), and a constant one is
+an uninformative matcher whose scores follow from counting alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_burst import COLOURS, EXPECTED, write_synthetic_burst
+
+from pdmtrack.burst import PERMIS_VIDEO_DIR, build_permirs
+from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
+from pdmtrack.errors import InputError
+from pdmtrack.eval.permirs import (
+    evaluate_permir,
+    evaluate_permis_image,
+    evaluate_permis_video,
+    load_benchmark,
+)
+from pdmtrack.features.types import PDMFeatures
+from pdmtrack.refine import SamRefiner
+
+PALETTE = torch.tensor([*COLOURS.values(), (0, 0, 0)], dtype=torch.float32)
+NO_SAM = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
+NUM_VIDEOS = len(EXPECTED)
+GALLERY = 2 * NUM_VIDEOS
+
+
+class PaletteFeatures:
+    """Per pixel, a one-hot of its nearest palette colour (black: the zero vector)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, frames: np.ndarray) -> PDMFeatures:
+        self.calls += 1
+        rgb = torch.from_numpy(frames).float()
+        nearest = ((rgb[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
+        onehot = F.one_hot(nearest, len(PALETTE))[..., :-1].permute(0, 3, 1, 2).to(torch.float16)
+        return PDMFeatures(appearance=onehot, semantic=onehot)
+
+
+class ConstantFeatures:
+    """The same feature everywhere: every map is flat, nothing is told apart."""
+
+    def __call__(self, frames: np.ndarray) -> PDMFeatures:
+        ones = torch.ones(len(frames), 4, frames.shape[1] // 8, frames.shape[2] // 8, dtype=torch.float16)
+        return PDMFeatures(appearance=ones, semantic=ones)
+
+
+@pytest.fixture(scope="module")
+def permirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("permirs")
+    out = root / "PerMIRS"
+    build_permirs(write_synthetic_burst(root / "BURST"), out)
+    return out
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_load_benchmark(permirs: Path) -> None:
+    videos = load_benchmark(permirs)
+    assert [v.name for v in videos] == sorted(EXPECTED)
+    assert all(len(v.frames) == 3 and v.mask(0).any() for v in videos)
+    with pytest.raises(InputError, match="manifest.json"):
+        load_benchmark(permirs / "videos")
+
+
+def test_permis_image_perfect_matcher_segments_exactly(permirs: Path, tmp_path: Path) -> None:
+    source = PaletteFeatures()
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=source)
+    assert len(report.pairs) == GALLERY
+    assert report.global_scores() == {"mIoU": 1.0, "cIoU": 1.0, "bIoU": 1.0}
+    assert source.calls == NUM_VIDEOS  # one batch per video: its 3 frames together
+    union_sizes = {pair.target: pair.union for pair in report.pairs}
+    masks = {f["frame"].rsplit("/", 1)[1]: f["mask_area"]
+             for v in json.loads((permirs / "manifest.json").read_text())["videos"] for f in v["frames"]}
+    assert all(union_sizes[name] == masks[name] for name in union_sizes)  # union = the true mask
+    rows = _csv_rows(tmp_path / "permis_image_global.csv")
+    assert rows == [{"mIoU": "1.000", "cIoU": "1.000", "bIoU": "1.000"}]
+    assert len(_csv_rows(tmp_path / "permis_image_details.csv")) == GALLERY
+    assert json.loads((tmp_path / "permis_image_report.json").read_text())["global"]["mIoU"] == 1.0
+
+
+def test_permis_image_flat_maps_find_nothing(permirs: Path, tmp_path: Path) -> None:
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=ConstantFeatures())
+    # A flat map min-max normalises to zeros, below the 0.5 threshold: empty predictions.
+    assert report.global_scores()["mIoU"] == 0.0 and report.global_scores()["cIoU"] == 0.0
+
+
+def test_permir_perfect_matcher_ranks_own_video_first(permirs: Path, tmp_path: Path) -> None:
+    report = evaluate_permir(permirs, out_dir=tmp_path, settings=NO_SAM, source=PaletteFeatures())
+    assert report.gallery_size == GALLERY
+    assert report.global_scores() == {"mAP": 1.0, "R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    assert _csv_rows(tmp_path / "permir_global.csv") == [{"mAP": "1.000", "R@1": "1.000", "R@5": "1.000", "R@10": "1.000"}]
+    assert [row["Query"] for row in _csv_rows(tmp_path / "permir_details.csv")] == sorted(EXPECTED)
+
+
+def test_permir_uninformative_scores_give_chance_ap(permirs: Path, tmp_path: Path) -> None:
+    report = evaluate_permir(permirs, out_dir=tmp_path, settings=NO_SAM, source=ConstantFeatures())
+    scores = report.global_scores()
+    # All scores tie: AP = precision at the one threshold = positives / gallery = 2 / 6.
+    assert scores["mAP"] == pytest.approx(2 / GALLERY)
+    # 5 of 6 items always include one of the 2 positives, whatever the order of ties.
+    assert scores["R@5"] == 1.0 and scores["R@10"] == 1.0
+
+
+def test_permis_video_reuses_the_davis_evaluator(permirs: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(permirs / PERMIS_VIDEO_DIR / "Annotations" / "480p", results)
+    report = evaluate_permis_video(permirs, out_dir=tmp_path / "eval", results_dir=results)
+    scores = report.global_scores()
+    assert len(report.objects) == NUM_VIDEOS
+    assert scores["J-Mean"] == 1.0 and scores["F-Mean"] == 1.0
+    first = sorted(EXPECTED)[0]
+    for frame in (results / first).glob("*.png"):
+        frame.unlink()  # no result at all for one video: J = F = 0 there
+    report = evaluate_permis_video(permirs, out_dir=tmp_path / "eval2", results_dir=results)
+    assert report.global_scores()["J-Mean"] == pytest.approx((NUM_VIDEOS - 1) / NUM_VIDEOS)
+    assert (tmp_path / "eval2" / "global_results-val.csv").is_file()
+    with pytest.raises(InputError, match="PerMIS-video"):
+        evaluate_permis_video(tmp_path, out_dir=tmp_path / "x", results_dir=results)
+
+
+class BoxPredictor:
+    """A SamPredictor stand-in: every output is the filled prompt box; records the prompts."""
+
+    def __init__(self) -> None:
+        self.prompts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.shape = image.shape[:2]
+
+    def predict(self, point_coords, point_labels, box, mask_input, multimask_output):
+        self.prompts.append((point_coords[point_labels == 1][0], box))
+        mask = np.zeros(self.shape, dtype=bool)
+        x0, y0, x1, y1 = box.astype(int)
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+        return np.stack([mask, mask, mask]), np.ones(3), np.zeros((3, 256, 256))
+
+
+def test_permis_image_with_sam_prompts_at_the_peak(permirs: Path, tmp_path: Path) -> None:
+    predictor = BoxPredictor()
+    refiner = SamRefiner(predictor, mask_input_size=256, min_iou=0.5)
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=PaletteFeatures(), refiner=refiner)
+    assert len(predictor.prompts) == GALLERY  # one SAM call per target frame
+    assert report.global_scores()["mIoU"] == 1.0  # the box of an exact coarse mask is the mask
+    videos = {v.name: v for v in load_benchmark(permirs)}
+    pairs = [(videos[p.video], p.target) for p in report.pairs]
+    for (video, target), (point, _) in zip(pairs, predictor.prompts):
+        index = [f.name for f in video.frames].index(target)
+        assert video.mask(index)[int(point[1]), int(point[0])]  # the positive point is on the instance
+
+
+@pytest.mark.slow
+def test_end_to_end_with_tiny_model(permirs: Path, tmp_path: Path, tiny_sdxl: Path) -> None:
+    settings = TrackSettings(
+        features=FeatureConfig(model=str(tiny_sdxl), size=64, inversion="noise"),
+        sam=SamConfig(model_type="none"),
+        runtime=RuntimeConfig(device="cpu", cache_dir=tmp_path / "cache"),
+    )
+    image = evaluate_permis_image(permirs, out_dir=tmp_path / "image", settings=settings)
+    assert len(image.pairs) == GALLERY
+    assert all(0.0 <= value <= 1.0 for value in image.global_scores().values())
+    retrieval = evaluate_permir(permirs, out_dir=tmp_path / "retrieval", settings=settings)
+    # Any ranking has AP >= the AP of the worst one (both positives last): (1/5 + 2/6) / 2.
+    assert all(q.ap >= (1 / 5 + 2 / 6) / 2 - 1e-9 for q in retrieval.queries)
+    assert 0.0 < retrieval.global_scores()["mAP"] <= 1.0
+    shortest = "val_000007_ArgoVerse_png_video"
+    video = evaluate_permis_video(permirs, out_dir=tmp_path / "video", settings=settings, sequences=[shortest])
+    assert [obj.name for obj in video.objects] == [f"{shortest}_1"]
+    assert len(list((tmp_path / "video" / "results" / shortest).glob("*.png"))) == 20
+    for name in ("image/permis_image_report.json", "retrieval/permir_report.json", "video/davis_report-val.json"):
+        assert (tmp_path / name).is_file()
