@@ -261,15 +261,15 @@ def build_permis(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("PerMIRS"),
     splits: Annotated[str, typer.Option(help="Comma-separated BURST splits.")] = "train,val,test",
     annotations: Annotated[Optional[list[Path]], typer.Option(help="Annotation JSON instead of annotations/<split>/all_classes.json (repeatable).")] = None,
-    sources: Annotated[Optional[str], typer.Option(help="Comma-separated source datasets to drop (default: HACS,AVA,LaSOT).")] = None,
+    drop_sources: Annotated[Optional[str], typer.Option(help="Comma-separated source datasets to leave out (default: HACS,AVA,LaSOT; '' keeps all).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Build the PerMIR/PerMIS benchmarks from BURST."""
     from pdmtrack.burst import build_permirs
 
     kwargs: dict[str, Any] = {}
-    if sources is not None:
-        kwargs["sources_dropped"] = set(_split_list(sources) or [])
+    if drop_sources is not None:
+        kwargs["drop_sources"] = _split_list(drop_sources)
     summary = build_permirs(
         burst,
         out,

@@ -10,6 +10,13 @@ import pytest
 # Nothing may download at test time: every hub access fails fast instead.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker: several workers each spinning a full OpenMP team on a
+    # small machine oversubscribe the cores and slow every tiny-model test many times over.
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAVIS_MINI = REPO_ROOT.parent / "shared" / "data" / "davis-mini"
 

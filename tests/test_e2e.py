@@ -1,0 +1,171 @@
+"""End to end through the CLI on real DAVIS frames with the tiny random-weight models.
+
+Random weights say nothing about tracking quality; these tests check what a user sees: the
+files, their names, sizes, ids and formats, the first frame, the cache and the reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdmtrack.masks import DAVIS_PALETTE, decode_rle
+from pdmtrack.video import FrameReader
+from tests.cli_runner import run_cli
+
+SEQUENCE = "blackswan"
+NUM_FRAMES = 5
+
+
+@pytest.fixture(scope="module")
+def clip(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The first frames of a DAVIS sequence as a frame folder and as an mp4, plus its mask."""
+    from pdmtrack.writers import write_video
+
+    root = tmp_path_factory.mktemp("clip")
+    frames = root / SEQUENCE
+    frames.mkdir()
+    sources = sorted((davis_mini / "JPEGImages" / "480p" / SEQUENCE).glob("*.jpg"))[:NUM_FRAMES]
+    for path in sources:
+        shutil.copy(path, frames / path.name)
+    mp4 = root / f"{SEQUENCE}.mp4"
+    write_video(mp4, (np.asarray(Image.open(p).convert("RGB")) for p in sources), fps=24)
+    mask = davis_mini / "Annotations" / "480p" / SEQUENCE / "00000.png"
+    return {"frames": frames, "mp4": mp4, "mask": mask}
+
+
+@pytest.fixture()
+def small_run(tiny_sdxl: Path, tmp_path: Path) -> list[str]:
+    """Flags for a quick local run: tiny model, small input, private feature cache."""
+    return ["--model", str(tiny_sdxl), "--size", "64", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]
+
+
+def read_labels(path: Path) -> np.ndarray:
+    image = Image.open(path)
+    assert image.mode == "P", f"{path} is not an indexed PNG"
+    return np.asarray(image)
+
+
+def check_outputs(out: Path, names: list[str], first_mask: np.ndarray, ids: set[int]) -> list[np.ndarray]:
+    """One indexed PNG per frame at the input's size, frame 0 = the given mask, known ids only."""
+    pngs = sorted(out.glob("[0-9]*.png"))
+    assert [p.stem for p in pngs] == names
+    labels = [read_labels(p) for p in pngs]
+    palette = np.asarray(Image.open(pngs[0]).getpalette()[:768], np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(palette, DAVIS_PALETTE)
+    for frame_labels in labels:
+        assert frame_labels.shape == first_mask.shape
+        assert set(np.unique(frame_labels).tolist()) <= ids | {0}
+    np.testing.assert_array_equal(labels[0], first_mask)
+    return labels
+
+
+def test_frame_folder_with_all_outputs(clip, small_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    args = ["propagate", clip["frames"], "--mask", clip["mask"], "--cls", "swan", "-o", out, "--sam", "none", "--rle"]
+    result = run_cli([*args, *small_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert f"{NUM_FRAMES} frames" in result.out and str(out) in result.out
+    names = [p.stem for p in sorted(clip["frames"].glob("*.jpg"))]
+    given = np.asarray(Image.open(clip["mask"]))
+    labels = check_outputs(out, names, given, {1})
+
+    with FrameReader(out / "overlay.mp4", backend="pyav") as overlay:
+        assert overlay.num_frames == NUM_FRAMES
+        assert (overlay.width, overlay.height) == (given.shape[1], given.shape[0])
+
+    rle = json.loads((out / "masks.json").read_text())
+    assert [frame["name"] for frame in rle["frames"]] == names
+    for frame, frame_labels in zip(rle["frames"], labels):
+        for object_id, encoded in frame["objects"].items():
+            np.testing.assert_array_equal(decode_rle(encoded), frame_labels == int(object_id))
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_mp4_three_objects(clip, small_run, tmp_path, capsys, monkeypatch):
+    given = np.asarray(Image.open(clip["mask"]))
+    three = np.zeros_like(given)
+    columns = np.nonzero(given.any(axis=0))[0]
+    cuts = np.linspace(columns.min(), columns.max() + 1, 4).astype(int)
+    for object_id in (1, 2, 3):
+        band = np.zeros_like(given, dtype=bool)
+        band[:, cuts[object_id - 1] : cuts[object_id]] = True
+        three[band & (given > 0)] = object_id
+    from pdmtrack.writers import write_palette_png
+
+    mask = tmp_path / "three.png"
+    write_palette_png(mask, three)
+    out = tmp_path / "out"
+    result = run_cli(["propagate", clip["mp4"], "--mask", mask, "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    check_outputs(out, [f"{i:05d}" for i in range(NUM_FRAMES)], three, {1, 2, 3})
+    assert not (out / "overlay.mp4").exists()
+
+
+def test_class_name_only(clip, small_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    result = run_cli(["propagate", clip["frames"], "--cls", "swan", "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    first = read_labels(out / "first_frame_mask.png")
+    assert first.any(), "the class-name mask must not be empty"
+    names = [p.stem for p in sorted(clip["frames"].glob("*.jpg"))]
+    check_outputs(out, names, first, {1})
+
+
+def test_tiny_sam_refinement(clip, small_run, tiny_sam, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    args = ["propagate", clip["frames"], "--mask", clip["mask"], "-o", out, "--sam", "vit_b", "--sam-checkpoint", tiny_sam, "--no-overlay"]
+    result = run_cli([*args, *small_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    names = [p.stem for p in sorted(clip["frames"].glob("*.jpg"))]
+    check_outputs(out, names, np.asarray(Image.open(clip["mask"])), {1})
+
+
+def test_second_run_is_served_from_the_feature_cache(clip, small_run, tmp_path, capsys, monkeypatch):
+    from pdmtrack.features.extractor import FeatureExtractor
+
+    args = ["propagate", clip["frames"], "--mask", clip["mask"], "--sam", "none", "--no-overlay", *small_run]
+    first = run_cli([*args, "-o", tmp_path / "first"], capsys, monkeypatch)
+    assert first.code == 0, first.err
+    cached_files = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    assert cached_files, "the first run wrote no features to the cache"
+
+    def no_model(self, frames):  # the second run must not need the diffusion model's passes
+        raise AssertionError("features were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", no_model)
+    second = run_cli([*args, "-o", tmp_path / "second"], capsys, monkeypatch)
+    assert second.code == 0, second.err
+    assert sorted((tmp_path / "cache").rglob("*.safetensors")) == cached_files
+    for png in sorted((tmp_path / "first").glob("*.png")):
+        np.testing.assert_array_equal(read_labels(png), read_labels(tmp_path / "second" / png.name))
+
+
+def test_eval_davis_end_to_end(davis_mini, small_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "davis"
+    result = run_cli(["eval", "davis", "--root", davis_mini, "-o", out, "--sam", "none", *small_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    sequences = (davis_mini / "ImageSets" / "2017" / "val.txt").read_text().split()
+    for sequence in sequences:
+        gt = sorted((davis_mini / "Annotations" / "480p" / sequence).glob("*.png"))
+        assert len(list((out / "results" / sequence).glob("*.png"))) == len(gt)
+
+    with open(out / "global_results-val.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    scores = {key: float(value) for key, value in rows[0].items()}
+    assert 0.0 <= scores["J-Mean"] <= 1.0 and 0.0 <= scores["F-Mean"] <= 1.0
+    assert scores["J&F-Mean"] == pytest.approx((scores["J-Mean"] + scores["F-Mean"]) / 2, abs=1e-3)
+
+    with open(out / "per-sequence_results-val.csv", newline="") as handle:
+        per_object = list(csv.DictReader(handle))
+    assert [row["Sequence"] for row in per_object] == [f"{s}_1" for s in sequences]
+
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert small_run[1] in json.dumps(report), "the run settings (model) are not recorded"
