@@ -1,0 +1,363 @@
+"""Segment Anything refinement of coarse per-object masks, and loading the SAM model.
+
+``SamRefiner.refine`` takes a frame and the fused per-class scores (background first) and
+prompts SAM once per present object: the box of its coarse mask, a positive point at its
+score peak, negative points at the other objects' peaks, and its coarse log-odds as the
+low-resolution mask input. Of SAM's three outputs the one that agrees best (IoU) with the
+coarse mask is kept; when even that one disagrees wildly the coarse mask stays. Overlaps
+between objects are resolved by the fused score.
+
+``load_sam`` builds the model from segment-anything's own classes: from a local checkpoint
+(safetensors, or a ``.pth`` state dict read with ``weights_only=True``) or from the official
+checkpoint, downloaded once into the cache folder and verified by its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from pdmtrack.config import SamConfig
+from pdmtrack.errors import InputError
+from pdmtrack.fsutil import atomic_path
+
+ARCHITECTURE_KEY = "pdmtrack.sam_architecture"  # safetensors metadata key holding the architecture
+LOGIT_CLIP = 20.0  # |log-odds| cap of the mask input; SAM's own low-res logits rarely exceed it
+_EPS = 1e-4  # floor of a score before its log (caps the log-odds of an absent class near -9)
+_LOAD_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, TypeError, OSError)
+
+# Official checkpoints (segment-anything README). sha256 values agree across several public
+# projects that pin them (micro-sam's model registry, download scripts and audits).
+OFFICIAL_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "vit_b": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    ),
+    "vit_l": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),
+    "vit_h": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Every size that segment-anything's ``_build_sam`` fixes, so tiny models fit too."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> SamArchitecture:
+        fields = json.loads(text)
+        fields["encoder_global_attn_indexes"] = tuple(fields["encoder_global_attn_indexes"])
+        return SamArchitecture(**fields)
+
+
+OFFICIAL_ARCHITECTURES: dict[str, SamArchitecture] = {
+    "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArchitecture(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArchitecture(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+
+def build_sam_model(arch: SamArchitecture) -> torch.nn.Module:
+    """A randomly initialised ``segment_anything.modeling.Sam`` of the given architecture."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    embedding_size = arch.img_size // arch.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.encoder_global_attn_indexes,
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(arch.img_size, arch.img_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+# --------------------------------------------------------------------------- refinement
+
+
+class MaskPredictor(Protocol):
+    """What SamRefiner needs of ``segment_anything.SamPredictor`` (tests pass stand-ins)."""
+
+    def set_image(self, image: np.ndarray) -> None: ...
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask_output: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """SAM prompts for one object, in the frame's pixel coordinates (x, y)."""
+
+    box: np.ndarray  # (4,) x0, y0, x1, y1 of the coarse mask (inclusive pixel indices)
+    points: np.ndarray  # (P, 2) the positive peak first, then the other objects' peaks
+    labels: np.ndarray  # (P,) 1 for the positive point, 0 for the negatives
+    mask_input: np.ndarray  # (1, m, m) coarse log-odds in SAM's low-res padded frame
+
+
+class SamRefiner:
+    """Refines coarse masks with a SAM predictor (one ``set_image`` per frame).
+
+    ``mask_input_size`` is the side of SAM's low-resolution mask input (256 for the official
+    models, 4x the image-embedding side). ``min_iou``: SAM's best output must reach this IoU
+    with the coarse mask, or the coarse mask is kept.
+    """
+
+    def __init__(self, predictor: MaskPredictor, *, mask_input_size: int, min_iou: float) -> None:
+        self.predictor = predictor
+        self.mask_input_size = mask_input_size
+        self.min_iou = min_iou
+
+    def refine(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        """image (H, W, 3) uint8 RGB, scores (1+K, H, W) fused scores in [0, 1], background
+        first -> (H, W) int64 class indices (0 background, k for object k)."""
+        scores = scores.float()
+        coarse = scores.argmax(0)
+        present = [k for k in range(1, scores.shape[0]) if bool((coarse == k).any())]
+        if not present:
+            return coarse
+        peaks = {k: _peak_xy(scores[k], coarse == k) for k in present}
+        self.predictor.set_image(image)
+        masks = torch.zeros((scores.shape[0] - 1, *coarse.shape), dtype=torch.bool, device=coarse.device)
+        for k in present:
+            prompt = self.prompt_for(k, scores, coarse, peaks)
+            outputs, _, _ = self.predictor.predict(
+                point_coords=prompt.points,
+                point_labels=prompt.labels,
+                box=prompt.box,
+                mask_input=prompt.mask_input,
+                multimask_output=True,
+            )
+            masks[k - 1] = self.choose(torch.as_tensor(outputs, device=coarse.device), coarse == k)
+        return resolve_overlaps(masks, scores[1:])
+
+    def prompt_for(
+        self, k: int, scores: torch.Tensor, coarse: torch.Tensor, peaks: dict[int, np.ndarray]
+    ) -> ObjectPrompt:
+        """The prompts for object ``k`` (``peaks``: score peak of every present object)."""
+        ys, xs = torch.nonzero(coarse == k, as_tuple=True)
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+        others = [peaks[j] for j in sorted(peaks) if j != k]
+        points = np.stack([peaks[k], *others]).astype(np.float32)
+        labels = np.array([1] + [0] * len(others), dtype=np.int64)
+        return ObjectPrompt(box, points, labels, self.mask_input(coarse_log_odds(scores, k)))
+
+    def mask_input(self, log_odds: torch.Tensor) -> np.ndarray:
+        """(H, W) log-odds -> (1, m, m) in SAM's low-res frame: the image resized so its long
+        side fills the square, top-left aligned, the padding set to certain background."""
+        height, width = log_odds.shape
+        m = self.mask_input_size
+        scale = m / max(height, width)
+        inner = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = F.interpolate(log_odds[None, None], size=inner, mode="bilinear", align_corners=False)
+        canvas = torch.full((1, m, m), -LOGIT_CLIP, dtype=torch.float32)
+        canvas[0, : inner[0], : inner[1]] = resized[0, 0].cpu()
+        return canvas.numpy()
+
+    def choose(self, outputs: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """The output (C, H, W) with the best IoU with ``coarse``, or ``coarse`` itself when
+        that IoU is below ``min_iou``."""
+        outputs = outputs.bool()
+        ious = mask_iou(outputs, coarse[None])
+        best = int(ious.argmax())
+        return outputs[best] if float(ious[best]) >= self.min_iou else coarse
+
+
+def coarse_log_odds(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """log(score_k) - log(best other score): positive exactly where class k wins the argmax,
+    in the same log-odds units as SAM's own mask logits (threshold 0), clipped."""
+    others = torch.cat([scores[:k], scores[k + 1 :]]).amax(0)
+    margin = torch.log(scores[k].clamp_min(_EPS)) - torch.log(others.clamp_min(_EPS))
+    return margin.clamp(-LOGIT_CLIP, LOGIT_CLIP)
+
+
+def mask_iou(masks: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """IoU of each (C, H, W) bool mask with the (1, H, W) reference; empty vs empty is 1."""
+    inter = (masks & reference).flatten(1).sum(1).float()
+    union = (masks | reference).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def resolve_overlaps(masks: torch.Tensor, object_scores: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) bool masks -> (H, W) class indices: a pixel claimed by several objects
+    goes to the one with the highest score there; unclaimed pixels are background (0)."""
+    claimed = torch.where(masks, object_scores, torch.full_like(object_scores, -torch.inf))
+    winner = claimed.argmax(0) + 1
+    return torch.where(masks.any(0), winner, torch.zeros_like(winner))
+
+
+def _peak_xy(score: torch.Tensor, region: torch.Tensor) -> np.ndarray:
+    """(x, y) of the highest ``score`` inside ``region`` (a non-empty bool mask)."""
+    masked = torch.where(region, score, torch.full_like(score, -torch.inf))
+    flat = int(masked.flatten().argmax())
+    width = score.shape[1]
+    return np.array([flat % width, flat // width], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_sam(config: SamConfig, device: torch.device, cache_dir: Path | None) -> SamRefiner | None:
+    """The refiner ``config`` asks for: None for ``model_type='none'``; else SAM from
+    ``config.checkpoint`` or from the official checkpoint (downloaded once into
+    ``cache_dir``, default ``~/.cache/pdmtrack/sam``)."""
+    from segment_anything import SamPredictor
+
+    if config.model_type == "none":
+        return None
+    if config.model_type not in OFFICIAL_ARCHITECTURES:
+        allowed = ", ".join([*OFFICIAL_ARCHITECTURES, "none"])
+        raise InputError("--sam", f"unknown value '{config.model_type}' (choose from {allowed})")
+    if config.checkpoint is not None:
+        path = Path(config.checkpoint)
+        if not path.is_file():
+            raise InputError("--sam-checkpoint", f"no such file: {path}")
+    else:
+        path = official_checkpoint(config.model_type, cache_dir or default_sam_dir())
+    sam = load_sam_model(path, config.model_type).to(device)
+    return SamRefiner(
+        SamPredictor(sam),
+        mask_input_size=sam.prompt_encoder.mask_input_size[0],
+        min_iou=config.min_iou,
+    )
+
+
+def load_sam_model(path: Path, model_type: str) -> torch.nn.Module:
+    """Sam from a checkpoint file: safetensors (architecture from its metadata when present,
+    else ``model_type``'s official one) or a ``.pth`` state dict (weights only)."""
+    arch = OFFICIAL_ARCHITECTURES[model_type]
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                stored = (handle.metadata() or {}).get(ARCHITECTURE_KEY)
+            arch = SamArchitecture.from_json(stored) if stored else arch
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        sam = build_sam_model(arch)
+        sam.load_state_dict(state)
+    except _LOAD_ERRORS as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(path, f"not a SAM {model_type} checkpoint ({problem})") from err
+    return sam
+
+
+def default_sam_dir() -> Path:
+    """$XDG_CACHE_HOME/pdmtrack/sam, else ~/.cache/pdmtrack/sam."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pdmtrack" / "sam"
+
+
+def official_checkpoint(model_type: str, cache_dir: Path) -> Path:
+    """Path of the official checkpoint in ``cache_dir``, downloaded and verified if absent."""
+    url, sha256 = OFFICIAL_CHECKPOINTS[model_type]
+    target = cache_dir / url.rsplit("/", 1)[1]
+    if not target.is_file():
+        download_verified(url, sha256, target)
+    return target
+
+
+def download_verified(url: str, sha256: str, target: Path) -> None:
+    """Download ``url`` to a temporary name beside ``target``, check its sha256, rename.
+
+    Offline (``HF_HUB_OFFLINE=1``) or unreachable -> InputError naming the flags that avoid
+    the download; a wrong hash -> InputError and nothing left behind.
+    """
+    hint = "pass --sam-checkpoint FILE (a local SAM checkpoint) or --sam none"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise InputError("--sam", f"offline (HF_HUB_OFFLINE is set), cannot download {url}; {hint}")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(target) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tmp.open("wb") as out, tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"download {target.name}", disable=None
+            ) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            if digest.hexdigest() != sha256:
+                raise InputError(
+                    "--sam", f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; {hint}"
+                )
+    except (urllib.error.URLError, OSError) as err:
+        raise InputError("--sam", f"cannot download {url} ({err}); {hint}") from err
