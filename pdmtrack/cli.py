@@ -189,8 +189,11 @@ def propagate(
         end=end,
         resize_mask=resize_mask,
     )
+    for note in summary.notes:
+        typer.echo(note, err=True)
     typer.echo(
         f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s); "
+        f"feature batches: {summary.cached_batches} from cache, {summary.computed_batches} computed; "
         f"masks in {summary.out_dir}"
     )
 

@@ -47,6 +47,8 @@ class TrackSummary:
     out_dir: Path
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # messages for the user (mask mapping, ...)
+    cached_batches: int = 0  # feature batches read from the cache
+    computed_batches: int = 0  # feature batches computed by the diffusion model
 
 
 @dataclass
@@ -107,20 +109,35 @@ def track_video(
     stages["matching"] += propagator.timings["matching"]
     stages["refinement"] += propagator.timings["refinement"]
     seconds = time.perf_counter() - began
-    return TrackSummary(written, seconds, written / max(seconds, 1e-9), out_dir, stages, first.notes)
+    return TrackSummary(
+        written, seconds, written / max(seconds, 1e-9), out_dir, stages, first.notes, source.hits, source.misses
+    )
 
 
-def _build(settings: TrackSettings, classes: list[str]) -> tuple[FeatureSource, Propagator]:
-    """Load the diffusion model (behind the feature cache) and SAM; a ready Propagator."""
+def build_feature_source(settings: TrackSettings, classes: list[str]) -> CachedFeatureSource:
+    """The diffusion feature extractor (prompt naming ``classes``) behind the feature cache."""
     device = resolve_device(settings.runtime.device)
     dtype = resolve_dtype(settings.runtime.dtype, device)
     parts = load_diffusion_parts(settings.features, device, dtype)
     extractor = FeatureExtractor(parts, settings.features, classes, device, dtype)
     runtime = settings.runtime
     cache = FeatureCache(runtime.cache_dir, extractor.fingerprint) if runtime.use_cache else None
+    return CachedFeatureSource(extractor, cache)
+
+
+def build_refiner(settings: TrackSettings) -> SamRefiner | None:
+    """SAM as ``settings.sam`` asks (None for ``--sam none``); checkpoints cache beside features."""
+    runtime = settings.runtime
     sam_dir = runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir()
-    refiner = load_sam(settings.sam, device, sam_dir)
-    return CachedFeatureSource(extractor, cache), Propagator(settings.memory, settings.match, device, refiner)
+    return load_sam(settings.sam, resolve_device(runtime.device), sam_dir)
+
+
+def _build(settings: TrackSettings, classes: list[str]) -> tuple[CachedFeatureSource, Propagator]:
+    """SAM first (a bad checkpoint fails fast), then the diffusion model; a ready Propagator."""
+    refiner = build_refiner(settings)
+    source = build_feature_source(settings, classes)
+    device = resolve_device(settings.runtime.device)
+    return source, Propagator(settings.memory, settings.match, device, refiner)
 
 
 @contextlib.contextmanager

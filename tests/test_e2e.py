@@ -142,6 +142,7 @@ def test_second_run_is_served_from_the_feature_cache(clip, small_run, tmp_path, 
     monkeypatch.setattr(FeatureExtractor, "__call__", no_model)
     second = run_cli([*args, "-o", tmp_path / "second"], capsys, monkeypatch)
     assert second.code == 0, second.err
+    assert "0 computed" in second.out, second.out
     assert sorted((tmp_path / "cache").rglob("*.safetensors")) == cached_files
     for png in sorted((tmp_path / "first").glob("*.png")):
         np.testing.assert_array_equal(read_labels(png), read_labels(tmp_path / "second" / png.name))

@@ -37,13 +37,14 @@ from tqdm import tqdm
 
 from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT
 from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device, resolve_dtype
+from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import DavisReport, evaluate_davis
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.masks import decode_rle
+from pdmtrack.pipeline import build_feature_source, build_refiner
 from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
 from pdmtrack.refine import SamRefiner
 
@@ -112,20 +113,6 @@ def read_rgb(path: Path) -> np.ndarray:
         raise InputError(path, f"cannot read the image ({err})") from err
 
 
-def default_feature_source(settings: TrackSettings, classes: list[str]) -> FeatureSource:
-    """The diffusion feature extractor (prompt naming ``classes``) behind the feature cache."""
-    from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
-    from pdmtrack.features.extractor import FeatureExtractor
-    from pdmtrack.features.model import load_diffusion_parts
-
-    device = resolve_device(settings.runtime.device)
-    dtype = resolve_dtype(settings.runtime.dtype, device)
-    parts = load_diffusion_parts(settings.features, device, dtype)
-    extractor = FeatureExtractor(parts, settings.features, classes, device, dtype)
-    cache = FeatureCache(settings.runtime.cache_dir, extractor.fingerprint) if settings.runtime.use_cache else None
-    return CachedFeatureSource(extractor, cache)
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header."""
     try:
@@ -172,7 +159,7 @@ def _prepare(
     videos = load_benchmark(Path(root))
     settings = settings or TrackSettings()
     classes = benchmark_classes(videos)
-    source = source if source is not None else default_feature_source(settings, classes)
+    source = source if source is not None else build_feature_source(settings, classes)
     return videos, settings, source, classes, resolve_device(settings.runtime.device)
 
 
@@ -330,13 +317,6 @@ def segment_from_map(
     return (refiner.refine(image, torch.cat([background, upsampled])) == 1).cpu().numpy()
 
 
-def _load_refiner(settings: TrackSettings, device: torch.device) -> SamRefiner | None:
-    from pdmtrack.refine import default_sam_dir, load_sam
-
-    runtime = settings.runtime
-    return load_sam(settings.sam, device, runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir())
-
-
 def evaluate_permis_image(
     root: Path,
     *,
@@ -352,7 +332,7 @@ def evaluate_permis_image(
     ``permis_image_{global,details}.csv`` and ``permis_image_report.json`` into ``out_dir``.
     """
     videos, settings, source, classes, device = _prepare(root, settings, source)
-    refiner = refiner if refiner is not None else _load_refiner(settings, device)
+    refiner = refiner if refiner is not None else build_refiner(settings)
     match = settings.match
     pairs: list[PairScores] = []
     for video in tqdm(videos, desc="PerMIS-image", unit="video", disable=None):

@@ -222,6 +222,9 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
     """Load the needed components of a diffusers folder (safetensors only)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # per-tensor "Loading weights" bars on every run
 
     unet_dir = _component_dir(folder, "unet")
     family = _family(_read_json(unet_dir / "config.json"), folder)
