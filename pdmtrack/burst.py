@@ -461,12 +461,19 @@ def _recorded_path(path: Path, burst_root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """A fresh staging folder beside ``out_dir`` (after checking ``out_dir`` may be written)."""
+def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
+    """A fresh staging folder beside ``out_dir`` (after checking ``out_dir`` may be written:
+    it holds none of ``inputs`` and, if it exists, is an earlier build-permis output)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output exists and is not a folder")
+    resolved = out_dir.resolve()
+    for source in inputs:
+        if source.resolve() == resolved or resolved in source.resolve().parents:
+            raise InputError(out_dir, f"output folder would contain the input {source}; choose another -o")
     if out_dir.exists() and not overwrite:
         raise InputError(out_dir, "output folder exists (pass --overwrite to replace it)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise InputError(out_dir, "exists and was not written by build-permis (no manifest.json); refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
 
@@ -505,7 +512,7 @@ def build_permirs(
     dropped_sources = {name.casefold() for name in drop_sources}
     files = _annotation_files(burst_root, splits, annotations)
     loaded = [(path, _load_annotation(path)) for path in files]
-    staging = _prepare_out_dir(out_dir, overwrite)
+    staging = _prepare_out_dir(out_dir, overwrite, [burst_root, *files])
     try:
         summary = BuildSummary(out_dir=out_dir)
         kept = _build_tree(staging, burst_root, loaded, dropped_sources, summary)

@@ -106,11 +106,22 @@ def build_settings(
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise InputError(flag, f"unknown value '{value}' (choose from {', '.join(allowed)})")
-    for flag, value in {"--size": size, "--batch-size": batch_size, "--topk": topk}.items():
-        if value < 1:
-            raise InputError(flag, f"must be at least 1, got {value}")
+    for flag, (value, least) in {
+        "--batch-size": (batch_size, 1),
+        "--topk": (topk, 1),
+        "--context": (context, 0),
+        "--radius": (radius, 0),
+        "--fixed-point-iters": (fixed_point_iters, 0),
+        "--timestep": (timestep, 0),
+    }.items():
+        if value < least:
+            raise InputError(flag, f"must be at least {least}, got {value}")
+    if size < 64 or size % 64:
+        raise InputError("--size", f"must be a positive multiple of 64, got {size}")
     if temperature <= 0:
         raise InputError("--temperature", f"must be positive, got {temperature}")
+    if not 0.0 <= tau <= 1.0:
+        raise InputError("--tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {tau}")
     return TrackSettings(
         features=FeatureConfig(
             model=model,
@@ -237,6 +248,8 @@ def eval_permis(
     """PerMIS: video label propagation (J&F) or image segmentation (mIoU, bIoU)."""
     from pdmtrack.eval.permirs import evaluate_permis_image, evaluate_permis_video
 
+    if results is not None and task != "video":
+        raise InputError("--results", "only --task video evaluates an existing results folder")
     if task == "video":
         evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results)
     elif task == "image":

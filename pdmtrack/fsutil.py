@@ -1,4 +1,5 @@
-"""Atomic file writing: write to a temporary name beside the target, then rename."""
+"""Files and folders: atomic writing (temporary name, then rename), the user's cache folder
+and the offline switch every download obeys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, final files should follow the umask
 
 
 @contextlib.contextmanager
@@ -27,6 +31,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -41,3 +46,15 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def user_cache_dir() -> Path:
+    """pdmtrack's folder in the user's cache: $XDG_CACHE_HOME/pdmtrack, else ~/.cache/pdmtrack."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pdmtrack"
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for no network access (the HF convention)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -24,13 +24,13 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import load_diffusion_parts
-from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.features.types import PDMFeatures
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.matching import minmax, reference_mask_from_attention
 from pdmtrack.propagate import Propagator
 from pdmtrack.refine import SamRefiner, default_sam_dir, load_sam, resolve_overlaps
 from pdmtrack.video import FrameReader
-from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
+from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, check_output_folder, write_palette_png
 
 # setup: checks and model loading; matching: memory, PDM maps, fusion (and the class-name mask)
 STAGES = ("setup", "decode", "features", "matching", "refinement", "writing")
@@ -78,14 +78,14 @@ def track_video(
     """Track the objects of ``mask`` (or, without one, of the class names) from frame
     ``start`` to ``end`` (exclusive) and write the outputs under ``out_dir``."""
     began = time.perf_counter()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a folder (the output goes into a folder)")
+    out_dir = check_output_folder(out_dir)
     if mask is None and not classes:
         raise InputError("--mask", "give a first-frame mask (--mask FILE), a class name (--cls NAME) or both")
     reader = FrameReader(video, settings.runtime.backend)
     end = _check_range(start, end, reader.num_frames)
     first = _first_frame(mask, classes, reader, resize_mask)
+    outputs = _output_files(out_dir, reader.frame_names[start:end], png=png, overlay=overlay, rle=rle, mask=mask)
+    _spare_inputs(outputs, out_dir, video, mask)
     source, propagator = _build(settings, first.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(STAGES, 0.0)
@@ -160,6 +160,25 @@ def _outputs(
                 rles.add(name, labels)
 
         yield write
+
+
+def _output_files(
+    out_dir: Path, frame_names: list[str], *, png: bool, overlay: bool, rle: bool, mask: Path | None
+) -> list[Path]:
+    """Every file a run writes into ``out_dir``."""
+    files = [out_dir / f"{name}.png" for name in frame_names] if png else []
+    files += [out_dir / name for name, wanted in (("overlay.mp4", overlay), ("masks.json", rle)) if wanted]
+    return files + ([out_dir / FIRST_FRAME_MASK] if mask is None else [])
+
+
+def _spare_inputs(outputs: list[Path], out_dir: Path, video: Path, mask: Path | None) -> None:
+    """Refuse an output folder where an output would overwrite an input (a frame, the mask)."""
+    inputs = {Path(video).resolve(), *([Path(mask).resolve()] if mask else [])}
+    if Path(video).is_dir():
+        inputs |= {path.resolve() for path in Path(video).iterdir()}
+    for output in outputs:
+        if output.resolve() in inputs:
+            raise InputError(out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
 
 
 def _check_range(start: int, end: int | None, num_frames: int) -> int:
@@ -245,14 +264,14 @@ def mask_from_class_names(
     scores = minmax(upsampled)
     if not bool(masks.any()):
         raise InputError("--cls", "the class name's attention is flat on the first frame; give --mask FILE")
-    classes = resolve_overlaps(masks, scores)
     stages["matching"] += time.perf_counter() - tick
     refiner: SamRefiner | None = propagator.refiner
-    if refiner is not None:
-        tick = time.perf_counter()
-        background = torch.full_like(scores[:1], tau)  # class k wins where its map passes tau
-        classes = refiner.refine(frame, torch.cat([background, scores]))
-        stages["refinement"] += time.perf_counter() - tick
+    if refiner is None:
+        return resolve_overlaps(masks, scores).to(torch.uint8).cpu().numpy()
+    tick = time.perf_counter()
+    background = torch.full_like(scores[:1], tau)  # class k wins where its map passes tau
+    classes = refiner.refine(frame, torch.cat([background, scores]))
+    stages["refinement"] += time.perf_counter() - tick
     return classes.to(torch.uint8).cpu().numpy()
 
 

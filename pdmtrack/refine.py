@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import urllib.error
 import urllib.request
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from pdmtrack.config import SamConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path
+from pdmtrack.fsutil import atomic_path, hub_offline, user_cache_dir
 
 ARCHITECTURE_KEY = "pdmtrack.sam_architecture"  # safetensors metadata key holding the architecture
 LOGIT_CLIP = 20.0  # |log-odds| cap of the mask input; SAM's own low-res logits rarely exceed it
@@ -213,7 +212,7 @@ class SamRefiner:
     ) -> ObjectPrompt:
         """The prompts for object ``k`` (``peaks``: score peak of every present object)."""
         ys, xs = torch.nonzero(coarse == k, as_tuple=True)
-        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+        box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float().cpu().numpy()
         others = [peaks[j] for j in sorted(peaks) if j != k]
         points = np.stack([peaks[k], *others]).astype(np.float32)
         labels = np.array([1] + [0] * len(others), dtype=np.int64)
@@ -321,9 +320,7 @@ def load_sam_model(path: Path, model_type: str) -> torch.nn.Module:
 
 def default_sam_dir() -> Path:
     """$XDG_CACHE_HOME/pdmtrack/sam, else ~/.cache/pdmtrack/sam."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pdmtrack" / "sam"
+    return user_cache_dir() / "sam"
 
 
 def official_checkpoint(model_type: str, cache_dir: Path) -> Path:
@@ -342,7 +339,7 @@ def download_verified(url: str, sha256: str, target: Path) -> None:
     the download; a wrong hash -> InputError and nothing left behind.
     """
     hint = "pass --sam-checkpoint FILE (a local SAM checkpoint) or --sam none"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if hub_offline():
         raise InputError("--sam", f"offline (HF_HUB_OFFLINE is set), cannot download {url}; {hint}")
     digest = hashlib.sha256()
     try:

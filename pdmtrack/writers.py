@@ -36,11 +36,17 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
         image.save(tmp, format="PNG")
 
 
-def _output_folder(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` (and parents); an existing file there is a user mistake."""
+def check_output_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path; an existing file there is a user mistake (nothing is created)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output folder is an existing file")
+    return out_dir
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` (and parents) after :func:`check_output_folder`."""
+    out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 

@@ -295,7 +295,7 @@ class CopyGroundTruth:
 
     def __call__(self, *, video: Path, out_dir: Path, mask: Path, classes: list[str], settings: TrackSettings):
         self.calls.append({"video": video, "out_dir": out_dir, "mask": mask, "classes": classes, "settings": settings})
-        annotations = sorted((mask.parent).glob("*.png"))
+        annotations = sorted((video.parents[2] / "Annotations" / video.parent.name / video.name).glob("*.png"))
         for annotation in annotations:
             ids = np.array(Image.open(annotation))
             write_ids_png(out_dir / annotation.name, np.where(ids == 255, 0, ids))
@@ -313,7 +313,11 @@ def test_mode_two_tracks_every_sequence_then_resumes(synthetic: Path, tmp_path: 
     names = ["alpha", "beta", "gamma"]
     assert [call["video"] for call in tracker.calls] == [synthetic / "JPEGImages" / "480p" / s for s in names]
     assert [call["out_dir"] for call in tracker.calls] == [out / "results" / s for s in names]
-    assert [call["mask"].name for call in tracker.calls] == ["00000.png"] * 3
+    for call, name in zip(tracker.calls, names):  # the first annotation, void (255) as background
+        given = np.array(Image.open(call["mask"]))
+        first = np.array(Image.open(synthetic / "Annotations" / "480p" / name / "00000.png"))
+        np.testing.assert_array_equal(given, np.where(first == 255, 0, first))
+    assert (np.array(Image.open(synthetic / "Annotations" / "480p" / "alpha" / "00000.png")) == 255).any()
     assert [call["classes"] for call in tracker.calls] == [["swan"], [], ["car"]]
     assert all(call["settings"] is settings for call in tracker.calls)
     assert report.global_scores()["J&F-Mean"] == 1.0
@@ -341,7 +345,8 @@ def test_mode_one_writes_beside_the_results_and_prints_tables(
 ) -> None:
     results = tmp_path / "results"
     first_annotation = synthetic / "Annotations" / "480p" / "gamma" / "00000.png"
-    CopyGroundTruth()(video=Path(), out_dir=results / "gamma", mask=first_annotation, classes=[], settings=TrackSettings())
+    frames = synthetic / "JPEGImages" / "480p" / "gamma"
+    CopyGroundTruth()(video=frames, out_dir=results / "gamma", mask=first_annotation, classes=[], settings=TrackSettings())
     evaluate_davis(synthetic, "val", results_dir=results, sequences=["gamma"])
     assert (results / "global_results-val.csv").is_file()
     assert (results / "per-sequence_results-val.csv").is_file()

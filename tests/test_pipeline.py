@@ -139,6 +139,6 @@ def test_output_path_that_is_a_file_is_refused(clip, tmp_path: Path) -> None:
     frames_dir, mask, _ = clip
     blocker = tmp_path / "out"
     blocker.write_text("not a folder")
-    with pytest.raises(InputError, match="not a folder"):
+    with pytest.raises(InputError, match="existing file"):
         track_video(frames_dir, blocker, mask=mask, classes=[], settings=TrackSettings())
     assert blocker.read_text() == "not a folder"

@@ -335,7 +335,7 @@ def track_sequences(
         result = track_fn(
             video=dataset.sequence_dir(sequence),
             out_dir=sequence_out,
-            mask=dataset.annotation_paths(sequence)[0],
+            mask=_first_mask_without_void(dataset.annotation_paths(sequence)[0], results_dir.parent / "first_masks"),
             classes=[class_name] if class_name else [],
             settings=settings,
         )
@@ -344,6 +344,20 @@ def track_sequences(
         if result.fps:
             seconds += result.frames / result.fps
     return TrackingRecord(tracked=tracked, skipped=skipped, frames=frames, seconds=seconds)
+
+
+def _first_mask_without_void(annotation: Path, work_dir: Path) -> Path:
+    """The first annotation as the tracker's mask: void pixels (255) are not an object, so an
+    annotation with void gets a copy with void set to background in ``work_dir``."""
+    with Image.open(annotation) as image:
+        labels = np.asarray(image)
+    if not (labels == VOID_ID).any():
+        return annotation
+    from pdmtrack.writers import write_palette_png
+
+    cleaned = work_dir / f"{annotation.parent.name}.png"
+    write_palette_png(cleaned, np.where(labels == VOID_ID, 0, labels).astype(np.uint8))
+    return cleaned
 
 
 def evaluate_davis(

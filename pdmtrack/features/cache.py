@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.fsutil import atomic_path
+from pdmtrack.fsutil import atomic_path, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ def default_cache_dir() -> Path:
     explicit = os.environ.get("PDMTRACK_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pdmtrack" / "features"
+    return user_cache_dir() / "features"
 
 
 def frames_key(frames: np.ndarray) -> str:
@@ -74,10 +72,6 @@ class FeatureCache:
         self.fingerprint = fingerprint
         group = fingerprint if _SAFE_DIR_NAME.fullmatch(fingerprint) else _sha256(fingerprint)
         self.root = self.cache_dir / group[:16]
-
-    def path_for(self, frames: np.ndarray) -> Path:
-        """Where the chunk ``frames`` is (or would be) stored."""
-        return self._path(frames_key(frames))
 
     def get(self, frames: np.ndarray) -> PDMFeatures | None:
         """The stored features of ``frames``, or None (a corrupt file is deleted first)."""
@@ -170,7 +164,7 @@ class CachedFeatureSource:
     """A FeatureSource that serves chunks from a FeatureCache and computes and stores misses.
 
     ``hits`` and ``misses`` count chunks (calls). With ``cache=None`` (``--no-cache``) every
-    call goes straight to ``source`` and nothing is counted or written.
+    call goes straight to ``source`` (counted as a miss) and nothing is written.
     """
 
     def __init__(self, source: FeatureSource, cache: FeatureCache | None) -> None:
@@ -181,15 +175,14 @@ class CachedFeatureSource:
 
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
         """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames."""
-        if self.cache is None:
-            return self.source(frames)
-        cached = self.cache.get(frames)
+        cached = None if self.cache is None else self.cache.get(frames)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
         features = self.source(frames)
-        self.cache.put(frames, features)
+        if self.cache is not None:
+            self.cache.put(frames, features)
         return features
 
 

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from pdmtrack.config import FeatureConfig
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +98,6 @@ def _looks_like_path(model: str) -> bool:
 # ----------------------------------------------------------------------------- hub
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _hub_cache() -> Path:
     """The HF hub cache folder, from the environment as it is now."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -133,7 +131,7 @@ def _resolve_hub(repo_id: str, revision: str | None, dtype: torch.dtype) -> tupl
     )
 
     cache = _hub_cache()
-    if not _offline():
+    if not hub_offline():
         try:
             info = HfApi().model_info(repo_id, revision=revision)
             patterns = _hub_patterns([s.rfilename for s in info.siblings or []], dtype, repo_id)
@@ -166,7 +164,7 @@ def _hub_patterns(files: list[str], dtype: torch.dtype, repo_id: str) -> list[st
         if not in_component:
             continue
         patterns.append(f"{component}/config.json")
-        weights = [f for f in in_component if f.endswith(".safetensors") or f.endswith(".safetensors.index.json")]
+        weights = [f for f in in_component if re.search(r"\.safetensors(\.index(\.[\w-]+)?\.json)?$", f)]
         if not weights:
             problem = f"'{repo_id}' has no safetensors weights for {component} (pdmtrack loads only safetensors)"
             raise InputError("--model", problem)
