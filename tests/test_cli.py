@@ -170,3 +170,37 @@ def test_neither_mask_nor_class(tmp_path, frames_dir, base_args, capsys, monkeyp
 def test_eval_davis_needs_results_or_out(tmp_path, capsys, monkeypatch):
     result = run_cli(["eval", "davis", "--root", tmp_path], capsys, monkeypatch)
     assert_one_line_error(result, "--results")
+
+
+def test_output_into_the_frame_folder_is_refused(tmp_path, frames_dir, first_mask, base_args, capsys, monkeypatch):
+    before = {path.name: path.read_bytes() for path in frames_dir.iterdir()}
+    png_frames = tmp_path / "png-frames"
+    png_frames.mkdir()
+    for name in before:  # frames stored as PNG: their names collide with the output masks
+        Image.open(frames_dir / name).save(png_frames / name.replace(".jpg", ".png"))
+    originals = {path.name: path.read_bytes() for path in png_frames.iterdir()}
+    result = run_cli(["propagate", png_frames, "--mask", first_mask, "-o", png_frames, *base_args], capsys, monkeypatch)
+    assert_one_line_error(result, "png-frames", "overwrite an input")
+    assert {path.name: path.read_bytes() for path in png_frames.iterdir()} == originals
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--tau", "1.5"), ("--context", "-1"), ("--radius", "-3"), ("--size", "500"), ("--fixed-point-iters", "-2")],
+)
+def test_out_of_range_numbers(flag, value, frames_dir, first_mask, capsys, monkeypatch):
+    result = run_cli(["propagate", frames_dir, "--mask", first_mask, flag, value], capsys, monkeypatch)
+    assert_one_line_error(result, flag, value)
+
+
+def test_outputs_are_readable_like_any_new_file(tmp_path, frames_dir, first_mask, base_args, capsys, monkeypatch):
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    result = run_cli(["propagate", frames_dir, "--mask", first_mask, "-o", out, "--rle", *base_args], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*out.glob("*.png"), out / "overlay.mp4", out / "masks.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -45,3 +45,20 @@ def test_missing_burst_folder(tmp_path, capsys, monkeypatch):
     result = run_cli(["build-permis", "--burst", tmp_path / "no-burst", "-o", tmp_path / "out"], capsys, monkeypatch)
     assert_one_line_error(result, "no-burst")
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_deletes_the_input_or_a_foreign_folder(burst, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    holder = tmp_path / "holder"
+    shutil.copytree(burst, holder / "BURST")
+    result = run_cli(["build-permis", "--burst", holder / "BURST", "-o", holder, "--overwrite"], capsys, monkeypatch)
+    assert_one_line_error(result, "input")
+    assert (holder / "BURST").is_dir()
+
+    foreign = tmp_path / "my-project"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    result = run_cli(["build-permis", "--burst", burst, "-o", foreign, "--overwrite"], capsys, monkeypatch)
+    assert_one_line_error(result, "manifest.json")
+    assert (foreign / "notes.txt").read_text() == "precious"

@@ -191,3 +191,13 @@ def test_official_checkpoint_offline_names_the_flags(tmp_path: Path, monkeypatch
         load_sam(SamConfig(model_type="vit_b"), torch.device("cpu"), tmp_path)
     assert "--sam-checkpoint" in str(error.value) and "--sam none" in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prompts_from_scores_on_the_gpu() -> None:
+    """The prompts (box, points, mask input) are NumPy arrays even when the scores are on CUDA."""
+    scores, _, _ = two_object_scores()
+    predictor = RecordingPredictor([np.stack([rect(10, 10, 30, 40)] * 3), np.stack([rect(30, 60, 50, 90)] * 3)])
+    refiner = SamRefiner(predictor, mask_input_size=LOW_RES, min_iou=0.5)
+    refiner.refine(np.zeros((HEIGHT, WIDTH, 3), np.uint8), scores.cuda())
+    np.testing.assert_array_equal(predictor.calls[0]["box"], [10, 10, 39, 29])
