@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pdmtrack.config import AppearanceAgg, MatchConfig
 from pdmtrack.features.types import PDMFeatures
 
-# Most similarity entries (reference x target tokens x batch) held at once by topk-vote.
-_SIMILARITY_BUDGET = 1 << 24
+# Most similarity entries held at once (topk-vote here, memory reads in memory.py).
+SIMILARITY_BUDGET = 1 << 24
 
 
 def minmax(x: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
@@ -120,7 +120,7 @@ def _topk_votes(reference: torch.Tensor, target: torch.Tensor, topk: int) -> tor
     batch, _, tokens = target.shape
     k = min(topk, tokens)
     votes = target.new_zeros(batch, tokens)
-    chunk = max(1, _SIMILARITY_BUDGET // (batch * tokens))
+    chunk = max(1, SIMILARITY_BUDGET // (batch * tokens))
     for start in range(0, reference.shape[0], chunk):
         similarity = torch.einsum("nc,bcm->bnm", reference[start : start + chunk], target)
         chosen = similarity.topk(k, dim=-1).indices.flatten(1)  # (B, n*k)

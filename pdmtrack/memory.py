@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.config import MemoryConfig
+from pdmtrack.matching import SIMILARITY_BUDGET
 
 REFERENCE_SHORT_SIDE = 30  # MemoryConfig.radius is given for a grid with this short side
-_SIMILARITY_BUDGET = 1 << 24  # most (frames x target x context) affinities held at once
 
 
 def scaled_radius(radius: int, grid: tuple[int, int]) -> int:
@@ -84,7 +84,7 @@ class ContextMemory:
         query = F.normalize(query.float(), dim=0)
         cells = query.shape[1]
         topk = min(self.config.topk, cells * self.size)
-        chunk = max(1, _SIMILARITY_BUDGET // (cells * cells))
+        chunk = max(1, SIMILARITY_BUDGET // (cells * cells))
         scores, entries = [], []
         for start in range(0, self.size, chunk):
             stop = min(start + chunk, self.size)

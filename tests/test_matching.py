@@ -232,7 +232,7 @@ def test_topk_vote_chunking_changes_nothing(monkeypatch) -> None:
     ref = random_tensor(4, 2, 3, seed=8)
     target = random_tensor(3, 4, 2, 3, seed=9)
     whole = appearance_map(ref, REF_MASK, target, agg="topk-vote", topk=3)
-    monkeypatch.setattr(matching, "_SIMILARITY_BUDGET", 1)  # one reference token at a time
+    monkeypatch.setattr(matching, "SIMILARITY_BUDGET", 1)  # one reference token at a time
     assert torch.equal(appearance_map(ref, REF_MASK, target, agg="topk-vote", topk=3), whole)
 
 

@@ -287,7 +287,7 @@ def test_memory_read_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch)
         memory.write(torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0))
     query = torch.randn(channels, cells)
     whole = memory.read(query)
-    monkeypatch.setattr(memory_module, "_SIMILARITY_BUDGET", 2 * cells * cells)  # 2 frames a chunk
+    monkeypatch.setattr(memory_module, "SIMILARITY_BUDGET", 2 * cells * cells)  # 2 frames a chunk
     torch.testing.assert_close(memory.read(query), whole)
 
 

@@ -42,7 +42,7 @@ def _read_indexed_png(path: Path) -> np.ndarray:
     return values
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header."""
     try:
         with Image.open(path) as image:
@@ -95,9 +95,9 @@ class DavisDataset:
         for frame, annotation in zip(frames, annotations):
             if frame.stem != annotation.stem:
                 raise InputError(annotation, f"does not match frame {frame.name} (names must pair up)")
-        size = _image_size(frames[0])
+        size = image_size(frames[0])
         for path in [*frames, *annotations]:
-            height, width = _image_size(path)
+            height, width = image_size(path)
             if (height, width) != size:
                 raise InputError(path, f"size {width}x{height} differs from the first frame's {size[1]}x{size[0]}")
         self._frames[sequence] = frames

@@ -39,7 +39,7 @@ from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
-from pdmtrack.eval.davis import DavisReport, evaluate_davis
+from pdmtrack.eval.davis import DavisReport, evaluate_davis, image_size
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
 from pdmtrack.features.types import FeatureSource, PDMFeatures
@@ -113,23 +113,12 @@ def read_rgb(path: Path) -> np.ndarray:
         raise InputError(path, f"cannot read the image ({err})") from err
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
-        raise InputError(path, "frame not found") from None
-    except (OSError, UnidentifiedImageError) as err:
-        raise InputError(path, f"cannot read the image ({err})") from err
-
-
 def extract_features(source: FeatureSource, paths: list[Path], batch_size: int, desc: str) -> list[PDMFeatures]:
     """Features of every image (one frame each), in batches of equal-size images; only one
     batch of decoded images is held at a time."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for position, path in enumerate(paths):
-        by_size.setdefault(_image_size(path), []).append(position)
+        by_size.setdefault(image_size(path), []).append(position)
     features: list[PDMFeatures | None] = [None] * len(paths)
     step = max(1, batch_size)
     with tqdm(total=len(paths), desc=desc, unit="image", disable=None) as bar:
