@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdmtrack.config import TrackSettings
+from pdmtrack.config import MemoryConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import DavisDataset, evaluate_davis, evaluate_results
 from tests import davis_reference as reference
@@ -327,16 +327,16 @@ def test_mode_two_tracks_every_sequence_then_resumes(synthetic: Path, tmp_path: 
     assert record["tracking"]["fps"] == pytest.approx(20.0)
     assert (out / "global_results-val.csv").read_text().splitlines()[0] == GLOBAL_HEADER
 
-    # A second run finds every sequence complete and tracks nothing.
+    # A second run (the same command) finds every sequence complete and tracks nothing.
     tracker.calls.clear()
-    evaluate_davis(synthetic, "val", out_dir=out, settings=settings, track_fn=tracker)
+    evaluate_davis(synthetic, "val", out_dir=out, class_map=class_map, settings=settings, track_fn=tracker)
     assert tracker.calls == []
     record = json.loads((out / "davis_report-val.json").read_text())
     assert record["tracking"]["skipped"] == ["alpha", "beta", "gamma"] and record["tracking"]["fps"] is None
 
     # A sequence missing one frame (a run killed mid-way) is tracked again, alone.
     (out / "results" / "beta" / "00004.png").unlink()
-    evaluate_davis(synthetic, "val", out_dir=out, settings=settings, track_fn=tracker)
+    evaluate_davis(synthetic, "val", out_dir=out, class_map=class_map, settings=settings, track_fn=tracker)
     assert [call["out_dir"].name for call in tracker.calls] == ["beta"]
 
 
@@ -368,3 +368,13 @@ def test_runner_argument_errors(synthetic: Path, tmp_path: Path) -> None:
         evaluate_davis(synthetic, "val", out_dir=tmp_path / "out", class_map=bad_map, track_fn=CopyGroundTruth())
     with pytest.raises(InputError, match="results folder not found"):
         evaluate_davis(synthetic, "val", results_dir=tmp_path / "nothing")
+
+
+def test_resume_refuses_results_tracked_with_other_settings(synthetic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    evaluate_davis(synthetic, "val", out_dir=out, settings=TrackSettings(), track_fn=CopyGroundTruth())
+    other = TrackSettings(memory=MemoryConfig(context=3))
+    tracker = CopyGroundTruth()
+    with pytest.raises(InputError, match="memory"):
+        evaluate_davis(synthetic, "val", out_dir=out, settings=other, track_fn=tracker)
+    assert tracker.calls == []

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import db_eval_boundary, db_eval_iou, db_statistics
-from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.eval.report import Table, json_ready, print_tables, write_csv, write_json
 
 VOID_ID = 255  # DAVIS annotations mark void pixels with 255; upstream scores them as background
 FRAMES_PER_CHUNK = 16  # frames scored together; bounds memory for long sequences
@@ -316,6 +316,22 @@ def _is_complete(dataset: DavisDataset, sequence: str, sequence_out: Path) -> bo
     return all((sequence_out / f"{name}.png").is_file() for name in dataset.frame_names(sequence))
 
 
+def _same_settings_as_before(record: Path, settings: TrackSettings, class_map: dict[str, str]) -> None:
+    """Resume only what was tracked the same way: the settings that shape results (all but
+    the runtime ones) and the class map are recorded beside the results on the first run; a
+    later run with others is refused instead of mixing results of two configurations."""
+    shaping = {k: v for k, v in settings.to_dict().items() if k != "runtime"}
+    current = json.loads(json.dumps(json_ready({**shaping, "class_map": class_map})))
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if previous != current:
+            changed = sorted(key for key in current if previous.get(key) != current[key])
+            problem = f"results here were tracked with other settings ({', '.join(changed)}); use a new -o or remove it"
+            raise InputError(record.parent, problem)
+        return
+    write_json(record, current)
+
+
 def track_sequences(
     dataset: DavisDataset,
     results_dir: Path,
@@ -323,7 +339,9 @@ def track_sequences(
     settings: TrackSettings,
     class_map: dict[str, str],
 ) -> TrackingRecord:
-    """Track every sequence from its first annotation into ``results_dir/<seq>``; skip finished ones."""
+    """Track every sequence from its first annotation into ``results_dir/<seq>``; skip finished ones
+    (only when they were tracked with the same settings, see :func:`_same_settings_as_before`)."""
+    _same_settings_as_before(results_dir.parent / "tracking_settings.json", settings, class_map)
     tracked, skipped = [], []
     frames, seconds = 0, 0.0
     for sequence in tqdm(dataset.sequences, desc="track", unit="seq", disable=None):
