@@ -12,15 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from pdmtrack.config import (
-    DEFAULT_MODEL,
-    FeatureConfig,
-    MatchConfig,
-    MemoryConfig,
-    RuntimeConfig,
-    SamConfig,
-    TrackSettings,
-)
+from pdmtrack.config import DEFAULT_MODEL, FeatureConfig, MatchConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
 
 app = typer.Typer(
@@ -56,10 +48,19 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "fixed_point_iters": (Annotated[int, typer.Option(help="AIDI fixed-point iterations.")], _F.fixed_point_iters),
     "tau": (Annotated[float, typer.Option(help="Threshold of the class-name reference mask.")], _M.tau),
     "appearance_agg": (Annotated[str, typer.Option(help="mean | topk-vote.")], _M.appearance_agg),
+    "vote_topk": (Annotated[int, typer.Option(help="Tokens that vote with --appearance-agg topk-vote.")], _M.vote_topk),
+    "instance_weight": (
+        Annotated[float, typer.Option(help="Weight of the PDM instance prior fused with propagation (0 = off).")],
+        _M.instance_weight,
+    ),
     "context": (Annotated[int, typer.Option(help="Context frames kept in memory (n).")], _Y.context),
-    "topk": (Annotated[int, typer.Option(help="Context entries kept per target cell.")], _Y.topk),
+    "context_topk": (Annotated[int, typer.Option(help="Context entries kept per target cell (label propagation).")], _Y.context_topk),
     "radius": (Annotated[int, typer.Option(help="Window radius in cells (for a 30-cell short side).")], _Y.radius),
     "temperature": (Annotated[float, typer.Option(help="Affinity temperature.")], _Y.temperature),
+    "max_keyframes": (
+        Annotated[int, typer.Option(help="Given masks (corrections) kept as permanent references besides the first.")],
+        _Y.max_keyframes,
+    ),
     "sam": (Annotated[str, typer.Option(help="SAM refinement: vit_b | vit_l | vit_h | none.")], _S.model_type),
     "sam_checkpoint": (Annotated[Optional[Path], typer.Option(help="Local SAM checkpoint file.")], None),
     "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
@@ -69,82 +70,6 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
     "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
 }
-
-
-def build_settings(
-    *,
-    model: str,
-    revision: Optional[str],
-    layer: Optional[str],
-    size: int,
-    square: bool,
-    inversion: str,
-    timestep: int,
-    fixed_point_iters: int,
-    tau: float,
-    appearance_agg: str,
-    context: int,
-    topk: int,
-    radius: int,
-    temperature: float,
-    sam: str,
-    sam_checkpoint: Optional[Path],
-    device: str,
-    dtype: str,
-    batch_size: int,
-    cache_dir: Optional[Path],
-    no_cache: bool,
-    backend: str,
-) -> TrackSettings:
-    """Turn the shared tracker flags into a validated :class:`TrackSettings`."""
-    choices = {
-        "--inversion": (inversion, ("aidi", "ddim", "noise")),
-        "--appearance-agg": (appearance_agg, ("mean", "topk-vote")),
-        "--sam": (sam, ("vit_b", "vit_l", "vit_h", "none")),
-        "--backend": (backend, ("auto", "decord", "pyav")),
-    }
-    for flag, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise InputError(flag, f"unknown value '{value}' (choose from {', '.join(allowed)})")
-    for flag, (value, least) in {
-        "--batch-size": (batch_size, 1),
-        "--topk": (topk, 1),
-        "--context": (context, 0),
-        "--radius": (radius, 0),
-        "--fixed-point-iters": (fixed_point_iters, 0),
-        "--timestep": (timestep, 0),
-    }.items():
-        if value < least:
-            raise InputError(flag, f"must be at least {least}, got {value}")
-    if size < 64 or size % 64:
-        raise InputError("--size", f"must be a positive multiple of 64, got {size}")
-    if temperature <= 0:
-        raise InputError("--temperature", f"must be positive, got {temperature}")
-    if not 0.0 <= tau <= 1.0:
-        raise InputError("--tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {tau}")
-    return TrackSettings(
-        features=FeatureConfig(
-            model=model,
-            revision=revision,
-            layer=layer,
-            size=size,
-            square=square,
-            inversion=inversion,  # type: ignore[arg-type]
-            feature_timestep=timestep,
-            fixed_point_iters=fixed_point_iters,
-        ),
-        match=MatchConfig(tau=tau, appearance_agg=appearance_agg),  # type: ignore[arg-type]
-        memory=MemoryConfig(context=context, topk=topk, radius=radius, temperature=temperature),
-        sam=SamConfig(model_type=sam, checkpoint=sam_checkpoint),  # type: ignore[arg-type]
-        runtime=RuntimeConfig(
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            use_cache=not no_cache,
-            backend=backend,
-        ),
-    )
 
 
 def with_track_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -158,7 +83,7 @@ def with_track_options(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
         shared_values = {name: kwargs.pop(name) for name in TRACK_OPTIONS}
-        command(**kwargs, settings=build_settings(**shared_values))
+        command(**kwargs, settings=TrackSettings.from_options(**shared_values))
 
     wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {

@@ -6,13 +6,28 @@ comes from. The CLI builds these from its flags; the library never reads flags i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from pdmtrack.errors import InputError
 
 Inversion = Literal["aidi", "ddim", "noise"]
 AppearanceAgg = Literal["mean", "topk-vote"]
 SamType = Literal["vit_b", "vit_l", "vit_h", "none"]
+Backend = Literal["auto", "decord", "pyav"]
+
+
+def check_choice(flag: str, value: object, allowed: tuple) -> None:
+    """InputError naming ``flag`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise InputError(flag, f"unknown value '{value}' (choose from {', '.join(map(str, allowed))})")
+
+
+def check_at_least(flag: str, value: float, least: float) -> None:
+    """InputError naming ``flag`` unless ``value >= least``."""
+    if value < least:
+        raise InputError(flag, f"must be at least {least}, got {value}")
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 
@@ -34,16 +49,32 @@ class FeatureConfig:
     prompt_template: str = "a photo of a {cls}"  # empty prompt when no class is given
     seed: int = 0  # seeds the noise of --inversion noise
 
+    def __post_init__(self) -> None:
+        check_choice("--inversion", self.inversion, get_args(Inversion))
+        if self.size < 64 or self.size % 64:
+            raise InputError("--size", f"must be a positive multiple of 64, got {self.size}")
+        check_at_least("--timestep", self.feature_timestep, 0)
+        check_at_least("--fixed-point-iters", self.fixed_point_iters, 0)
+
 
 @dataclass(frozen=True)
 class MatchConfig:
-    """PDM maps (paper Eq. 3-7)."""
+    """PDM maps (paper Eq. 3-7) and their fusion with label propagation."""
 
     tau: float = 0.5  # threshold of the min-max cross-attention map (reference from class name)
     appearance_agg: AppearanceAgg = "mean"  # pooling over reference tokens
-    topk: int = 100  # tokens that vote with appearance_agg="topk-vote" (authors' code)
+    vote_topk: int = 100  # tokens that vote with appearance_agg="topk-vote" (authors' code)
     min_fraction: float = 0.5  # mask cover making a grid cell a reference token (else best cell)
     segment_threshold: float = 0.5  # PerMIS-image without SAM: mask = upsampled combined map >= this
+    instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation
+
+    def __post_init__(self) -> None:
+        check_choice("--appearance-agg", self.appearance_agg, get_args(AppearanceAgg))
+        if not 0.0 <= self.tau <= 1.0:
+            raise InputError("--tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {self.tau}")
+        check_at_least("--vote-topk", self.vote_topk, 1)
+        if not 0.0 <= self.instance_weight <= 1.0:
+            raise InputError("--instance-weight", f"must lie in [0, 1], got {self.instance_weight}")
 
 
 @dataclass(frozen=True)
@@ -51,11 +82,19 @@ class MemoryConfig:
     """Label propagation (DINO/DIFT protocol); defaults are DIFT's best SD setting."""
 
     context: int = 28  # n: last frames kept besides the first frame
-    topk: int = 15  # context entries kept per target cell
+    context_topk: int = 15  # context entries kept per target cell
     radius: int = 15  # spatial window radius in cells, for a 30-cell short side; scaled with the grid
     temperature: float = 0.2  # affinity = exp(cos / temperature)
-    instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation
     global_first_frame: bool = True  # first frame matched without the window (re-entry anywhere); False = DINO/DIFT exact
+    max_keyframes: int = 8  # given masks kept as permanent references besides the first (oldest given out first)
+
+    def __post_init__(self) -> None:
+        check_at_least("--context", self.context, 0)
+        check_at_least("--context-topk", self.context_topk, 1)
+        check_at_least("--radius", self.radius, 0)
+        if self.temperature <= 0:
+            raise InputError("--temperature", f"must be positive, got {self.temperature}")
+        check_at_least("--max-keyframes", self.max_keyframes, 0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +104,9 @@ class SamConfig:
     model_type: SamType = "vit_b"  # none = no refinement
     checkpoint: Path | None = None  # local checkpoint; None = download the official one
     min_iou: float = 0.5  # keep the coarse mask when SAM's best output has a lower IoU with it
+
+    def __post_init__(self) -> None:
+        check_choice("--sam", self.model_type, get_args(SamType))
 
 
 @dataclass(frozen=True)
@@ -76,7 +118,11 @@ class RuntimeConfig:
     batch_size: int = 4
     cache_dir: Path | None = None  # None = the user's cache folder (see features.cache)
     use_cache: bool = True
-    backend: str = "auto"  # video decoding backend: auto, decord or pyav
+    backend: Backend = "auto"  # video decoding backend: auto, decord or pyav
+
+    def __post_init__(self) -> None:
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_choice("--backend", self.backend, get_args(Backend))
 
 
 @dataclass(frozen=True)
@@ -98,3 +144,34 @@ class TrackSettings:
             return str(value) if isinstance(value, Path) else value
 
         return clean(asdict(self))  # type: ignore[return-value]
+
+    @classmethod
+    def from_options(cls, **options: object) -> TrackSettings:
+        """Settings from the CLI's flat option names (``model=..., sam="none", context=7``);
+        every option not given keeps its default. Unknown names are a ``TypeError``."""
+        unknown = sorted(set(options) - set(OPTION_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown tracker option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FIELDS)}")
+        if "no_cache" in options:
+            options["use_cache"] = not options.pop("no_cache")
+        groups: dict[str, dict[str, object]] = {}
+        for name, value in options.items():
+            group, attribute = OPTION_FIELDS[name]
+            groups.setdefault(group, {})[attribute] = value
+        defaults = cls()
+        return cls(**{f.name: replace(getattr(defaults, f.name), **groups.get(f.name, {})) for f in fields(cls)})
+
+
+def _option_fields() -> dict[str, tuple[str, str]]:
+    """Flat option name (the CLI flag without dashes) -> (settings group, field)."""
+    renamed = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou"}
+    table: dict[str, tuple[str, str]] = {}
+    for group in fields(TrackSettings):
+        for item in fields(group.default_factory):  # type: ignore[misc]
+            table[renamed.get(item.name, item.name)] = (group.name, item.name)
+    table["no_cache"] = ("runtime", "use_cache")  # the CLI's --no-cache is the negation of use_cache
+    return table
+
+
+OPTION_FIELDS = _option_fields()
+

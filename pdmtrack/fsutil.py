@@ -4,10 +4,13 @@ and the offline switch every download obeys."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pdmtrack.errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, final files should follow the umask
@@ -58,3 +61,15 @@ def user_cache_dir() -> Path:
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks for no network access (the HF convention)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def read_json(path: str | Path, missing: str = "not found") -> object:
+    """The JSON value in ``path``; a missing file is an InputError saying ``missing``, an
+    unreadable or invalid one an InputError saying why."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable JSON file ({err})") from err

@@ -10,7 +10,6 @@ RLE JSON (one RLE, a list of RLEs, ``{"<id>": rle}``, a COCO annotation list, or
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import read_json
 
 MAX_OBJECTS = 255
 
@@ -199,10 +199,7 @@ def _check_count(path: Path, count: int) -> None:
 
 
 def _labels_from_json(path: Path) -> tuple[np.ndarray, str | None]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"cannot read the mask as JSON ({err})") from err
+    data = read_json(path)
     try:
         objects = _rle_objects(data)
     except ValueError as err:

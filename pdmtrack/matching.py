@@ -172,7 +172,7 @@ def pdm_map(
         ref_mask_grid,
         target.appearance,
         agg=config.appearance_agg,
-        topk=config.topk,
+        topk=config.vote_topk,
     )
     if class_index is None:
         return combined_map(appearance, None)

@@ -83,7 +83,7 @@ class ContextMemory:
         """Propagated soft labels (L, N) of a frame with appearance features ``query`` (C, N)."""
         query = F.normalize(query.float(), dim=0)
         cells = query.shape[1]
-        topk = min(self.config.topk, cells * self.size)
+        topk = min(self.config.context_topk, cells * self.size)
         chunk = max(1, SIMILARITY_BUDGET // (cells * cells))
         scores, entries = [], []
         for start in range(0, self.size, chunk):

@@ -19,16 +19,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device, resolve_dtype
+from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
-from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
-from pdmtrack.features.extractor import FeatureExtractor
-from pdmtrack.features.model import load_diffusion_parts
+from pdmtrack.build import feature_source, load_diffusion, load_refiner
+from pdmtrack.features.cache import CachedFeatureSource
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.matching import minmax, reference_mask_from_attention
 from pdmtrack.propagate import Propagator
-from pdmtrack.refine import SamRefiner, default_sam_dir, load_sam, resolve_overlaps
+from pdmtrack.sam.refine import SamRefiner, resolve_overlaps
 from pdmtrack.video import FrameReader
 from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, check_output_folder, write_palette_png
 
@@ -114,28 +113,10 @@ def track_video(
     )
 
 
-def build_feature_source(settings: TrackSettings, classes: list[str]) -> CachedFeatureSource:
-    """The diffusion feature extractor (prompt naming ``classes``) behind the feature cache."""
-    device = resolve_device(settings.runtime.device)
-    dtype = resolve_dtype(settings.runtime.dtype, device)
-    parts = load_diffusion_parts(settings.features, device, dtype)
-    extractor = FeatureExtractor(parts, settings.features, classes, device, dtype)
-    runtime = settings.runtime
-    cache = FeatureCache(runtime.cache_dir, extractor.fingerprint) if runtime.use_cache else None
-    return CachedFeatureSource(extractor, cache)
-
-
-def build_refiner(settings: TrackSettings) -> SamRefiner | None:
-    """SAM as ``settings.sam`` asks (None for ``--sam none``); checkpoints cache beside features."""
-    runtime = settings.runtime
-    sam_dir = runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir()
-    return load_sam(settings.sam, resolve_device(runtime.device), sam_dir)
-
-
 def _build(settings: TrackSettings, classes: list[str]) -> tuple[CachedFeatureSource, Propagator]:
     """SAM first (a bad checkpoint fails fast), then the diffusion model; a ready Propagator."""
-    refiner = build_refiner(settings)
-    source = build_feature_source(settings, classes)
+    refiner = load_refiner(settings)
+    source = feature_source(load_diffusion(settings), settings, classes)
     device = resolve_device(settings.runtime.device)
     return source, Propagator(settings.memory, settings.match, device, refiner)
 

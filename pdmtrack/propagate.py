@@ -31,7 +31,7 @@ from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.matching import mask_to_grid_bool, pdm_map
 from pdmtrack.memory import ContextMemory, labels_to_grid
-from pdmtrack.refine import SamRefiner
+from pdmtrack.sam.refine import SamRefiner
 
 
 def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
@@ -161,7 +161,7 @@ class Propagator:
         began = time.perf_counter()
         grid = memory.grid
         propagated = memory.read(keys).view(-1, *grid)
-        fused = fuse(propagated, prior, self.memory_config.instance_weight)
+        fused = fuse(propagated, prior, self.match_config.instance_weight)
         height, width = frame.shape[:2]
         scores = F.interpolate(fused[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         classes = scores.argmax(0)

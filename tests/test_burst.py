@@ -30,7 +30,7 @@ from pdmtrack.burst import (
     choose_track,
 )
 from pdmtrack.errors import InputError
-from pdmtrack.eval.davis import DavisDataset
+from pdmtrack.eval.davis_dataset import DavisDataset
 from pdmtrack.masks import decode_rle
 
 HEIGHT, WIDTH = 64, 96

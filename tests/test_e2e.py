@@ -208,7 +208,7 @@ class PixelStatistics:
 def pixel_features(monkeypatch: pytest.MonkeyPatch) -> PixelStatistics:
     """Replace the diffusion features of every run in the test with ``PixelStatistics``."""
     source = PixelStatistics()
-    monkeypatch.setattr("pdmtrack.pipeline.build_feature_source", lambda settings, classes: source)
+    monkeypatch.setattr("pdmtrack.pipeline.feature_source", lambda parts, settings, classes: source)
     return source
 
 

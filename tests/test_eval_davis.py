@@ -16,7 +16,9 @@ from PIL import Image
 
 from pdmtrack.config import MemoryConfig, TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.eval.davis import DavisDataset, evaluate_davis, evaluate_results
+from pdmtrack.eval.davis import evaluate_davis
+from pdmtrack.eval.davis_dataset import DavisDataset
+from pdmtrack.eval.davis_scoring import evaluate_results
 from tests import davis_reference as reference
 
 GLOBAL_HEADER = "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"

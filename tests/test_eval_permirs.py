@@ -29,7 +29,7 @@ from pdmtrack.eval.permirs import (
     load_benchmark,
 )
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.refine import SamRefiner
+from pdmtrack.sam.refine import SamRefiner
 
 PALETTE = torch.tensor([*COLOURS.values(), (0, 0, 0)], dtype=torch.float32)
 NO_SAM = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))

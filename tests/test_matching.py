@@ -287,7 +287,7 @@ def make_features(frames: int, seed: int, with_classes: bool = True) -> PDMFeatu
 @pytest.mark.parametrize("agg", ["mean", "topk-vote"])
 def test_pdm_map_matches_loop(agg: str) -> None:
     reference, target = make_features(1, seed=20), make_features(3, seed=30)
-    config = MatchConfig(appearance_agg=agg, topk=2)  # type: ignore[arg-type]
+    config = MatchConfig(appearance_agg=agg, vote_topk=2)  # type: ignore[arg-type]
     ref, tgt = reference.appearance[0].float(), target.appearance.float()
     appearance = (
         loop_appearance_mean(ref, REF_MASK, tgt)
@@ -312,7 +312,7 @@ def test_pdm_map_needs_class_vectors_for_a_class() -> None:
 @pytest.mark.parametrize("agg", ["mean", "topk-vote"])
 def test_batch_equals_one_frame_at_a_time(agg: str) -> None:
     reference, target = make_features(1, seed=50), make_features(5, seed=60)
-    config = MatchConfig(appearance_agg=agg, topk=3)  # type: ignore[arg-type]
+    config = MatchConfig(appearance_agg=agg, vote_topk=3)  # type: ignore[arg-type]
     batched = pdm_map(reference, REF_MASK, target, 0, config)
     frames = [pdm_map(reference, REF_MASK, target.select(i), 0, config) for i in range(5)]
     single = torch.cat(frames)
@@ -323,7 +323,7 @@ def test_batch_equals_one_frame_at_a_time(agg: str) -> None:
 def test_cuda_matches_cpu() -> None:
     reference, target = make_features(1, seed=70), make_features(3, seed=80)
     for agg in ("mean", "topk-vote"):
-        config = MatchConfig(appearance_agg=agg, topk=2)  # type: ignore[arg-type]
+        config = MatchConfig(appearance_agg=agg, vote_topk=2)  # type: ignore[arg-type]
         on_cpu = pdm_map(reference, REF_MASK, target, 1, config)
         on_gpu = pdm_map(reference, REF_MASK, target.to("cuda"), 1, config)
         assert on_gpu.device.type == "cuda"

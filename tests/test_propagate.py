@@ -232,7 +232,7 @@ def test_memory_forgets_all_but_first_and_last_n_frames() -> None:
     torch.manual_seed(0)
     grid, channels, labels_count, n = (6, 8), 5, 3, 4
     cells = grid[0] * grid[1]
-    config = MemoryConfig(context=n, topk=5, radius=30)
+    config = MemoryConfig(context=n, context_topk=5, radius=30)
     keys = torch.randn(11, channels, cells)
     labels = torch.softmax(torch.randn(11, labels_count, cells), dim=1)
     long_memory = ContextMemory(config, keys[0], labels[0], grid)
@@ -263,7 +263,7 @@ def test_memory_window_limits_recent_frames_but_not_the_first() -> None:
     one_label = labels_to_grid(marked.view(grid), 2, grid)
 
     def read(global_first: bool, through_first: bool) -> float:
-        config = MemoryConfig(context=2, topk=1, global_first_frame=global_first)
+        config = MemoryConfig(context=2, context_topk=1, global_first_frame=global_first)
         background = labels_to_grid(torch.zeros(grid, dtype=torch.long), 2, grid)
         memory = ContextMemory(config, keys, one_label if through_first else background, grid)
         memory.write(keys, background if through_first else one_label)
@@ -281,7 +281,7 @@ def test_memory_read_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch)
     torch.manual_seed(1)
     grid, channels = (6, 7), 4
     cells = grid[0] * grid[1]
-    config = MemoryConfig(context=5, topk=7, radius=8)
+    config = MemoryConfig(context=5, context_topk=7, radius=8)
     memory = ContextMemory(config, torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0), grid)
     for _ in range(5):
         memory.write(torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0))

@@ -24,7 +24,6 @@ built with ``benchmark_classes(videos)``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,14 +38,17 @@ from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
-from pdmtrack.eval.davis import DavisReport, evaluate_davis, image_size
+from pdmtrack.eval.davis import evaluate_davis
+from pdmtrack.eval.davis_dataset import image_size
+from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.fsutil import read_json
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.masks import decode_rle
-from pdmtrack.pipeline import build_feature_source, build_refiner
+from pdmtrack.build import feature_source, load_diffusion, load_refiner
 from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
-from pdmtrack.refine import SamRefiner
+from pdmtrack.sam.refine import SamRefiner
 
 RECALL_KS = (1, 5, 10)
 
@@ -68,12 +70,7 @@ class BenchmarkVideo:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "not found (is this a folder built by `pdmtrack build-permis`?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable JSON file ({err})") from err
+    return read_json(path, "not found (is this a folder built by `pdmtrack build-permis`?)")  # type: ignore[return-value]
 
 
 def load_benchmark(root: Path) -> list[BenchmarkVideo]:
@@ -148,7 +145,7 @@ def _prepare(
     videos = load_benchmark(Path(root))
     settings = settings or TrackSettings()
     classes = benchmark_classes(videos)
-    source = source if source is not None else build_feature_source(settings, classes)
+    source = source if source is not None else feature_source(load_diffusion(settings), settings, classes)
     return videos, settings, source, classes, resolve_device(settings.runtime.device)
 
 
@@ -321,7 +318,7 @@ def evaluate_permis_image(
     ``permis_image_{global,details}.csv`` and ``permis_image_report.json`` into ``out_dir``.
     """
     videos, settings, source, classes, device = _prepare(root, settings, source)
-    refiner = refiner if refiner is not None else build_refiner(settings)
+    refiner = refiner if refiner is not None else load_refiner(settings)
     match = settings.match
     pairs: list[PairScores] = []
     for video in tqdm(videos, desc="PerMIS-image", unit="video", disable=None):
@@ -374,7 +371,7 @@ class _Gallery:
         normalised over the whole gallery, averaged (Eq. 7), then their mean per image."""
         match = settings.match
         appearance = [
-            appearance_map(reference.appearance[0], ref_mask, group.appearance, match.appearance_agg, match.topk)
+            appearance_map(reference.appearance[0], ref_mask, group.appearance, match.appearance_agg, match.vote_topk)
             for _, group in self.groups
         ]
         parts = [_normalise_jointly(appearance)]

@@ -84,8 +84,6 @@ class FeatureExtractor:
         self.config = config
         self.device = device or parts.unet.device
         self.dtype = dtype or parts.unet.dtype
-        if config.size < _SIZE_MULTIPLE or config.size % _SIZE_MULTIPLE:
-            raise InputError("--size", f"must be a positive multiple of {_SIZE_MULTIPLE}, got {config.size}")
         check_inversion_config(config, len(parts.alphas_cumprod))
         self.block = resolve_block(parts.unet, config.layer)
         self.class_names = list(dict.fromkeys(name.strip() for name in class_names))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ import torch
 
 from pdmtrack.config import FeatureConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import hub_offline
+from pdmtrack.fsutil import hub_offline, read_json
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +197,9 @@ def _weights_variant(component: Path, dtype: torch.dtype) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise _MissingComponent(path.parent.parent, f"missing {path.parent.name}/{path.name}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from err
+    if not path.is_file():
+        raise _MissingComponent(path.parent.parent, f"missing {path.parent.name}/{path.name}")
+    return read_json(path)  # type: ignore[return-value]
 
 
 def _family(unet_config: dict, folder: Path) -> str:

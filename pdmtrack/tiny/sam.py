@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from pdmtrack.fsutil import atomic_path
-from pdmtrack.refine import ARCHITECTURE_KEY, SamArchitecture, build_sam_model
+from pdmtrack.sam.loading import ARCHITECTURE_KEY, SamArchitecture, build_sam_model
 
 TINY_SAM = SamArchitecture(
     encoder_embed_dim=32,

@@ -11,13 +11,8 @@ import torch
 
 from pdmtrack.config import SamConfig
 from pdmtrack.errors import InputError
-from pdmtrack.refine import (
-    LOGIT_CLIP,
-    SamRefiner,
-    download_verified,
-    load_sam,
-    load_sam_model,
-)
+from pdmtrack.sam.loading import download_verified, load_sam, load_sam_model
+from pdmtrack.sam.refine import LOGIT_CLIP, SamRefiner
 from pdmtrack.tiny.sam import build_tiny_sam
 
 HEIGHT, WIDTH, LOW_RES = 60, 100, 32

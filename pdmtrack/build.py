@@ -1,0 +1,37 @@
+"""Factories: the one place the tracker, the evaluators and the workers get models from.
+
+The heavy parts (diffusion weights, SAM) are loaded once per process with ``load_diffusion``
+and ``load_refiner``; ``feature_source`` is cheap (it encodes a prompt) and is built per video.
+"""
+
+from __future__ import annotations
+
+from pdmtrack.config import TrackSettings
+from pdmtrack.device import resolve_device, resolve_dtype
+from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
+from pdmtrack.features.extractor import FeatureExtractor
+from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
+from pdmtrack.sam.loading import default_sam_dir, load_sam
+from pdmtrack.sam.refine import SamRefiner
+
+
+def load_diffusion(settings: TrackSettings) -> DiffusionParts:
+    """The diffusion model's parts (UNet, VAE, text encoders) on the settings' device and dtype."""
+    device = resolve_device(settings.runtime.device)
+    return load_diffusion_parts(settings.features, device, resolve_dtype(settings.runtime.dtype, device))
+
+
+def load_refiner(settings: TrackSettings) -> SamRefiner | None:
+    """SAM as ``settings.sam`` asks (None for ``--sam none``); checkpoints cache beside features."""
+    runtime = settings.runtime
+    sam_dir = runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir()
+    return load_sam(settings.sam, resolve_device(runtime.device), sam_dir)
+
+
+def feature_source(parts: DiffusionParts, settings: TrackSettings, classes: list[str]) -> CachedFeatureSource:
+    """The PDM feature extractor over ``parts`` (prompt naming ``classes``) behind the feature cache."""
+    device = resolve_device(settings.runtime.device)
+    extractor = FeatureExtractor(parts, settings.features, classes, device, resolve_dtype(settings.runtime.dtype, device))
+    runtime = settings.runtime
+    cache = FeatureCache(runtime.cache_dir, extractor.fingerprint) if runtime.use_cache else None
+    return CachedFeatureSource(extractor, cache)

@@ -1,0 +1,213 @@
+"""``build_permirs``: BURST in, a deterministic PerMIR/PerMIS tree out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pdmtrack.burst.reading import (
+    sequence_frame_paths,
+    is_safe_component,
+    load_annotation,
+    scan_sequence,
+    sha256,
+    video_name,
+)
+from pdmtrack.burst.records import (
+    DEFAULT_DROPPED_SOURCES,
+    DEFAULT_SPLITS,
+    DROPPED_SOURCE,
+    FRAMES_PER_VIDEO,
+    MALFORMED,
+    MIN_FRAME_GAP,
+    PERMIS_VIDEO_CLASSES,
+    PERMIS_VIDEO_DIR,
+    PERMIS_VIDEO_SPLIT,
+    UNSAFE_NAME,
+    BuildSummary,
+    Skip,
+)
+from pdmtrack.burst.selection import select
+from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_video
+from pdmtrack.errors import InputError
+from pdmtrack.fsutil import (
+    atomic_write_text,
+)
+
+
+def _annotation_files(burst_root: Path, splits: Iterable[str], annotations: list[Path] | None) -> list[Path]:
+    if annotations:
+        files = [Path(path) for path in annotations]
+    else:
+        for split in splits:
+            if not is_safe_component(split):
+                raise InputError("--splits", f"'{split}' is not a split name")
+        files = [burst_root / "annotations" / split / "all_classes.json" for split in splits]
+    for path in files:
+        if not path.is_file():
+            raise InputError(path, "BURST annotation file not found")
+    return files
+
+
+def _split_of(path: Path, data: dict) -> str:
+    split = data.get("split")
+    split = split if isinstance(split, str) else path.parent.name
+    if not is_safe_component(split):
+        raise InputError(path, f"split '{split}' is not a usable folder name")
+    return split
+
+
+def _recorded_path(path: Path, burst_root: Path) -> str:
+    try:
+        return path.resolve().relative_to(burst_root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
+    """A fresh staging folder beside ``out_dir`` (after checking ``out_dir`` may be written:
+    it holds none of ``inputs`` and, if it exists, is an earlier build-permis output)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output exists and is not a folder")
+    resolved = out_dir.resolve()
+    for source in inputs:
+        if source.resolve() == resolved or resolved in source.resolve().parents:
+            raise InputError(out_dir, f"output folder would contain the input {source}; choose another -o")
+    if out_dir.exists() and not overwrite:
+        raise InputError(out_dir, "output folder exists (pass --overwrite to replace it)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise InputError(
+            out_dir, "exists and was not written by build-permis (no manifest.json); refusing to replace it"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put the finished ``staging`` tree at ``out_dir``, replacing an old one cleanly."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old / "tree")
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_permirs(
+    burst_root: Path,
+    out_dir: Path,
+    *,
+    splits: Iterable[str] = DEFAULT_SPLITS,
+    annotations: list[Path] | None = None,
+    drop_sources: Iterable[str] = DEFAULT_DROPPED_SOURCES,
+    overwrite: bool = False,
+) -> BuildSummary:
+    """Build PerMIR / PerMIS from a BURST folder into ``out_dir`` (see the module docstring).
+
+    ``annotations`` replaces ``annotations/<split>/all_classes.json`` of each split; a file's
+    split (for ``frames/<split>/``) is its ``split`` field, else its folder's name.
+    ``drop_sources`` lists the BURST datasets left out (case-insensitive; empty keeps all).
+    The tree is built in a folder beside ``out_dir`` and moved into place when complete; an
+    existing ``out_dir`` is an ``InputError`` unless ``overwrite``.
+    """
+    burst_root, out_dir = Path(burst_root), Path(out_dir)
+    splits = list(splits)
+    drop_sources = sorted(set(drop_sources))
+    dropped_sources = {name.casefold() for name in drop_sources}
+    files = _annotation_files(burst_root, splits, annotations)
+    loaded = [(path, load_annotation(path)) for path in files]
+    staging = _prepare_out_dir(out_dir, overwrite, [burst_root, *files])
+    try:
+        summary = BuildSummary(out_dir=out_dir)
+        kept = _build_tree(staging, burst_root, loaded, dropped_sources, summary)
+        write_lists(staging, kept)
+        settings = {
+            "drop_sources": drop_sources,
+            "frames_per_video": FRAMES_PER_VIDEO,
+            "min_frame_gap": MIN_FRAME_GAP,
+            "splits": [_split_of(path, data) for path, data in loaded],
+        }
+        sources = [{"path": _recorded_path(path, burst_root), "sha256": sha256(path)} for path, _ in loaded]
+        manifest = {
+            "annotation_files": sources,
+            "settings": settings,
+            "summary": summary.to_dict(),
+            "videos": [video.record for video in kept],
+        }
+        write_json(staging / "manifest.json", manifest)
+        readme = README.format(
+            gap=MIN_FRAME_GAP,
+            dropped=", ".join(drop_sources) or "none",
+            video_dir=PERMIS_VIDEO_DIR,
+            split=PERMIS_VIDEO_SPLIT,
+            classes=PERMIS_VIDEO_CLASSES,
+        )
+        atomic_write_text(staging / "README.md", readme)
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build_tree(
+    tree: Path, burst_root: Path, loaded: list[tuple[Path, dict]], dropped_sources: set[str], summary: BuildSummary
+) -> list[Kept]:
+    """Select and write every qualifying sequence; count the others in ``summary``."""
+    kept: list[Kept] = []
+    total = sum(len(data["sequences"]) for _, data in loaded)
+    with tqdm(total=total, desc="build-permis", unit="seq", disable=None) as bar:
+        for path, data in loaded:
+            split = _split_of(path, data)
+            categories = {c["id"]: c["name"] for c in data["categories"]}
+            for sequence in sorted(data["sequences"], key=_sequence_order):
+                bar.update(1)
+                try:
+                    kept.append(_keep(tree, burst_root, split, sequence, dropped_sources, categories, summary))
+                except Skip as skip:
+                    summary.dropped[skip.reason] += 1
+    return sorted(kept, key=lambda video: video.name)
+
+
+def _sequence_order(sequence: object) -> tuple[int, str]:
+    if isinstance(sequence, dict) and isinstance(sequence.get("id"), int):
+        return sequence["id"], ""
+    return -1, json.dumps(sequence, sort_keys=True, default=str)
+
+
+def _keep(
+    tree: Path,
+    burst_root: Path,
+    split: str,
+    sequence: object,
+    dropped_sources: set[str],
+    categories: dict[int, str],
+    summary: BuildSummary,
+) -> Kept:
+    """Check, select and write one sequence; ``Skip`` with the reason when it is not kept."""
+    if not isinstance(sequence, dict) or not isinstance(sequence.get("id"), int):
+        raise Skip(MALFORMED)
+    dataset, seq_name = sequence.get("dataset"), sequence.get("seq_name")
+    if not (is_safe_component(dataset) and is_safe_component(seq_name)):
+        raise Skip(UNSAFE_NAME)
+    if dataset.casefold() in dropped_sources:
+        raise Skip(DROPPED_SOURCE)
+    scan = scan_sequence(sequence)
+    selection = select(scan)
+    frame_paths = sequence_frame_paths(burst_root / "frames" / split / dataset / seq_name, sequence)
+    name = video_name(split, sequence)
+    record, instances = write_video(
+        tree, name, split, sequence, frame_paths, selection, scan.track_categories, categories
+    )
+    summary.kept += 1
+    summary.instances_in_chosen_frames += instances
+    category = record["category"] or str(selection.category_id)
+    summary.class_histogram[category] = summary.class_histogram.get(category, 0) + 1
+    return Kept(name, record)

@@ -1,0 +1,1 @@
+"""Segment Anything: loading checkpoints (``loading``) and refining masks (``refine``)."""
