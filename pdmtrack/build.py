@@ -25,7 +25,8 @@ def load_refiner(settings: TrackSettings) -> SamRefiner | None:
     """SAM as ``settings.sam`` asks (None for ``--sam none``); checkpoints cache beside features."""
     runtime = settings.runtime
     sam_dir = runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir()
-    return load_sam(settings.sam, resolve_device(runtime.device), sam_dir)
+    device = resolve_device(runtime.device)
+    return load_sam(settings.sam, device, sam_dir, resolve_dtype(runtime.dtype, device))
 
 
 def feature_source(parts: DiffusionParts, settings: TrackSettings, classes: list[str]) -> CachedFeatureSource:

@@ -61,8 +61,15 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[int, typer.Option(help="Given masks (corrections) kept as permanent references besides the first.")],
         _Y.max_keyframes,
     ),
-    "sam": (Annotated[str, typer.Option(help="SAM refinement: vit_b | vit_l | vit_h | none.")], _S.model_type),
-    "sam_checkpoint": (Annotated[Optional[Path], typer.Option(help="Local SAM checkpoint file.")], None),
+    "sam": (
+        Annotated[str, typer.Option(help="SAM refinement: vit_b | vit_l | vit_h | sam2.1-hiera-tiny | "
+                                         "sam2.1-hiera-small | sam2.1-hiera-base-plus | sam2.1-hiera-large | none.")],
+        _S.model_type,
+    ),
+    "sam_checkpoint": (
+        Annotated[Optional[Path], typer.Option(help="Local SAM checkpoint: a file (vit_*) or a transformers folder (sam2.1-*).")],
+        None,
+    ),
     "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
     "dtype": (Annotated[str, typer.Option(help="auto | fp16 | bf16 | fp32.")], _R.dtype),
     "batch_size": (Annotated[int, typer.Option(help="Frames per feature batch.")], _R.batch_size),

@@ -14,7 +14,9 @@ from pdmtrack.errors import InputError
 
 Inversion = Literal["aidi", "ddim", "noise"]
 AppearanceAgg = Literal["mean", "topk-vote"]
-SamType = Literal["vit_b", "vit_l", "vit_h", "none"]
+SamType = Literal[
+    "vit_b", "vit_l", "vit_h", "sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large", "none"
+]
 Backend = Literal["auto", "decord", "pyav"]
 
 
@@ -102,7 +104,7 @@ class SamConfig:
     """Segment Anything refinement."""
 
     model_type: SamType = "vit_b"  # none = no refinement
-    checkpoint: Path | None = None  # local checkpoint; None = download the official one
+    checkpoint: Path | None = None  # local checkpoint file (vit_*) or folder (sam2.1-*); None = download
     min_iou: float = 0.5  # keep the coarse mask when SAM's best output has a lower IoU with it
 
     def __post_init__(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from pdmtrack.errors import InputError
@@ -28,3 +30,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise InputError("--dtype", f"unknown dtype '{name}' (use auto, fp16, bf16 or fp32)")
     return _DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on CUDA (fp32 weights, half-precision matrix work);
+    nothing on CPU or for fp32."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)

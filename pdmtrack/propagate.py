@@ -31,7 +31,7 @@ from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.matching import mask_to_grid_bool, pdm_map
 from pdmtrack.memory import ContextMemory, labels_to_grid
-from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
 
 
 def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
@@ -138,8 +138,13 @@ class Propagator:
         target = features.to(self.device, torch.float32)
         priors = self.instance_priors(target)  # (B, K, h, w)
         self._clock("matching", began)
+        embeddings: list[FrameEmbedding | None] = [None] * len(frames)
+        if self.refiner is not None:  # SAM's image encoder, batched over the frames
+            began = time.perf_counter()
+            embeddings = list(self.refiner.embed(frames))
+            self._clock("refinement", began)
         for index, frame in enumerate(frames):
-            yield self._track(frame, target.appearance[index].flatten(1), priors[index])
+            yield self._track(frame, target.appearance[index].flatten(1), priors[index], embeddings[index])
 
     def instance_priors(self, target: PDMFeatures) -> torch.Tensor:
         """(B, K, h, w) PDM map of every object's first-frame reference over the frames."""
@@ -155,7 +160,9 @@ class Propagator:
             return torch.zeros((len(target), 0, *target.grid), device=self.device)
         return torch.stack(maps, dim=1)
 
-    def _track(self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor) -> np.ndarray:
+    def _track(
+        self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None
+    ) -> np.ndarray:
         memory = self._memory
         assert memory is not None
         began = time.perf_counter()
@@ -170,7 +177,7 @@ class Propagator:
             remembered = (fused / fused.sum(0, keepdim=True).clamp_min(1e-6)).flatten(1)
         else:
             began = time.perf_counter()
-            classes = self.refiner.refine(frame, scores)
+            classes = self.refiner.refine(frame, scores, embedding)
             self._clock("refinement", began)
             remembered = labels_to_grid(classes, scores.shape[0], grid)
         began = time.perf_counter()

@@ -49,3 +49,11 @@ def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pdmtrack.tiny.sam import build_tiny_sam
 
     return build_tiny_sam(tmp_path_factory.mktemp("tiny-sam") / "tiny_sam.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SAM 2 transformers folder, loaded like a user's --sam-checkpoint DIR."""
+    from pdmtrack.tiny.sam2 import build_tiny_sam2
+
+    return build_tiny_sam2(tmp_path_factory.mktemp("tiny-sam2"))

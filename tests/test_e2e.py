@@ -130,9 +130,11 @@ def test_class_name_only(clip, small_run, tmp_path, capsys, monkeypatch):
     check_outputs(out, names, first, {1})
 
 
-def test_tiny_sam_refinement(clip, small_run, tiny_sam, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("sam", ["vit_b", "sam2.1-hiera-tiny"])
+def test_tiny_sam_refinement(sam, clip, small_run, tiny_sam, tiny_sam2, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    args = ["propagate", clip["frames"], "--mask", clip["mask"], "-o", out, "--sam", "vit_b", "--sam-checkpoint", tiny_sam, "--no-overlay"]
+    checkpoint = tiny_sam if sam == "vit_b" else tiny_sam2
+    args = ["propagate", clip["frames"], "--mask", clip["mask"], "-o", out, "--sam", sam, "--sam-checkpoint", checkpoint, "--no-overlay"]
     result = run_cli([*args, *small_run], capsys, monkeypatch)
     assert result.code == 0, result.err
     names = [p.stem for p in sorted(clip["frames"].glob("*.jpg"))]
@@ -236,16 +238,22 @@ def test_tracking_follows_the_swan(clip, small_run, davis_mini, pixel_features, 
 
 
 def test_sam_refines_every_tracked_frame(clip, small_run, tiny_sam, pixel_features, tmp_path, capsys, monkeypatch):
-    from segment_anything import SamPredictor
+    from pdmtrack.sam.vit import VitBackend
 
-    images: list[tuple[int, ...]] = []  # shape of each image SAM was given
-    set_image = SamPredictor.set_image
+    images: list[tuple[int, ...]] = []  # shape of each image SAM's encoder was given
+    decoded: list[int] = []  # objects per decoder call
+    embed, predict = VitBackend.embed, VitBackend.predict
 
-    def counting_set_image(self, image, *args, **kwargs):
-        images.append(image.shape)
-        return set_image(self, image, *args, **kwargs)
+    def counting_embed(self, frames):
+        images.extend(frame.shape for frame in frames)
+        return embed(self, frames)
 
-    monkeypatch.setattr(SamPredictor, "set_image", counting_set_image)
+    def counting_predict(self, embedding, prompts):
+        decoded.append(len(prompts.boxes))
+        return predict(self, embedding, prompts)
+
+    monkeypatch.setattr(VitBackend, "embed", counting_embed)
+    monkeypatch.setattr(VitBackend, "predict", counting_predict)
     out = tmp_path / "out"
     args = ["propagate", clip["frames"], "--mask", clip["mask"], "-o", out, "--sam", "vit_b", "--sam-checkpoint", tiny_sam, "--no-overlay"]
     result = run_cli([*args, *small_run], capsys, monkeypatch)
@@ -253,5 +261,6 @@ def test_sam_refines_every_tracked_frame(clip, small_run, tiny_sam, pixel_featur
     given = np.asarray(Image.open(clip["mask"]))
     assert len(images) >= NUM_FRAMES - 1, f"SAM saw {len(images)} images for {NUM_FRAMES - 1} tracked frames"
     assert set(images) == {(*given.shape, 3)}, images
+    assert decoded == [1] * (NUM_FRAMES - 1), decoded  # one decoder call per tracked frame
     names = [p.stem for p in sorted(clip["frames"].glob("*.jpg"))]
     check_outputs(out, names, given, {1})

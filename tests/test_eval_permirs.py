@@ -29,7 +29,7 @@ from pdmtrack.eval.permirs import (
     load_benchmark,
 )
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.sam.refine import FrameEmbedding, FramePrompts, SamRefiner
 
 PALETTE = torch.tensor([*COLOURS.values(), (0, 0, 0)], dtype=torch.float32)
 NO_SAM = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
@@ -136,26 +136,27 @@ def test_permis_video_reuses_the_davis_evaluator(permirs: Path, tmp_path: Path) 
         evaluate_permis_video(tmp_path, out_dir=tmp_path / "x", results_dir=results)
 
 
-class BoxPredictor:
-    """A SamPredictor stand-in: every output is the filled prompt box; records the prompts."""
+class BoxBackend:
+    """A SAM backend stand-in: every output is the filled prompt box; records the prompts."""
 
     def __init__(self) -> None:
         self.prompts: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def set_image(self, image: np.ndarray) -> None:
-        self.shape = image.shape[:2]
+    def embed(self, frames: np.ndarray) -> list[FrameEmbedding]:
+        return [FrameEmbedding((), frames.shape[1:3], frames.shape[1:3]) for _ in frames]
 
-    def predict(self, point_coords, point_labels, box, mask_input, multimask_output):
-        self.prompts.append((point_coords[point_labels == 1][0], box))
-        mask = np.zeros(self.shape, dtype=bool)
-        x0, y0, x1, y1 = box.astype(int)
-        mask[y0 : y1 + 1, x0 : x1 + 1] = True
-        return np.stack([mask, mask, mask]), np.ones(3), np.zeros((3, 256, 256))
+    def predict(self, embedding: FrameEmbedding, prompts: FramePrompts) -> torch.Tensor:
+        masks = torch.zeros((len(prompts.boxes), 3, *embedding.frame_size), dtype=torch.bool)
+        for k, (points, box) in enumerate(zip(prompts.points.numpy(), prompts.boxes.numpy())):
+            self.prompts.append((points[0], box))
+            x0, y0, x1, y1 = box.astype(int)
+            masks[k, :, y0 : y1 + 1, x0 : x1 + 1] = True
+        return masks
 
 
 def test_permis_image_with_sam_prompts_at_the_peak(permirs: Path, tmp_path: Path) -> None:
-    predictor = BoxPredictor()
-    refiner = SamRefiner(predictor, mask_input_size=256, min_iou=0.5)
+    predictor = BoxBackend()
+    refiner = SamRefiner(predictor, min_iou=0.5)
     report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=PaletteFeatures(), refiner=refiner)
     assert len(predictor.prompts) == GALLERY  # one SAM call per target frame
     assert report.global_scores()["mIoU"] == 1.0  # the box of an exact coarse mask is the mask

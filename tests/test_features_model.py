@@ -144,3 +144,19 @@ def test_tiny_weights_depend_only_on_the_seed(tmp_path: Path) -> None:
     assert unet_bytes(first) == unet_bytes(again) != unet_bytes(other)
     with pytest.raises(FileExistsError):
         build_tiny_pipeline(first, family="sd")
+
+
+def test_loading_is_quiet_and_skips_random_init(tiny_sdxl: Path, capfd: pytest.CaptureFixture, caplog) -> None:
+    """With accelerate installed, diffusers loads weights into empty modules (no random
+    initialisation first): no "accelerate was not found" warning on any channel."""
+    import warnings
+
+    from diffusers.utils import is_accelerate_available
+
+    assert is_accelerate_available()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        load_diffusion_parts(FeatureConfig(model=str(tiny_sdxl)), CPU, torch.float32)
+    said = capfd.readouterr()
+    text = "\n".join([said.out, said.err, caplog.text, *(str(w.message) for w in caught)])
+    assert "accelerate" not in text.lower() and "low_cpu_mem_usage" not in text

@@ -298,7 +298,10 @@ class ErasingRefiner:
     def __init__(self) -> None:
         self.calls = 0
 
-    def refine(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+    def embed(self, frames: np.ndarray) -> list[None]:
+        return [None] * len(frames)
+
+    def refine(self, image: np.ndarray, scores: torch.Tensor, embedding: None = None) -> torch.Tensor:
         self.calls += 1
         classes = scores.argmax(0)
         return torch.where(classes == 2, 0, classes) if self.calls == 1 else classes

@@ -225,7 +225,11 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
     vae_dir = _component_dir(folder, "vae")
     scheduler_config = _read_json(_component_dir(folder, "scheduler") / "scheduler_config.json")
     text_dirs = [(_component_dir(folder, tok), _component_dir(folder, enc)) for tok, enc in _TEXT_PARTS[family]]
-    common = {"use_safetensors": True, "local_files_only": True}
+    # accelerate: weights go straight into empty modules (no random init first) and, on a
+    # GPU, straight onto the device (no host copy of the whole model).
+    common = {"use_safetensors": True, "local_files_only": True, "low_cpu_mem_usage": True}
+    if device.type == "cuda":
+        common["device_map"] = {"": device}
 
     unet_variant = _weights_variant(unet_dir, dtype)
     unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype, variant=unet_variant, **common)
@@ -239,7 +243,7 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
         tokenizers.append(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
         encoder_cls = CLIPTextModelWithProjection if family == "sdxl" and index == 1 else CLIPTextModel
         variant = _weights_variant(enc_dir, dtype)
-        encoder = encoder_cls.from_pretrained(enc_dir, dtype=dtype, variant=variant, **common)
+        encoder = encoder_cls.from_pretrained(enc_dir, dtype=dtype, variant=variant, **_transformers_kwargs(common))
         text_encoders.append(encoder.to(device).eval().requires_grad_(False))
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in {"epsilon", "v_prediction"}:
@@ -254,6 +258,11 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
         fingerprint=fingerprint,
         prediction_type=prediction_type,
     )
+
+
+def _transformers_kwargs(diffusers_kwargs: dict) -> dict:
+    """The same loading options for a transformers model (it always loads without a random init)."""
+    return {k: v for k, v in diffusers_kwargs.items() if k != "low_cpu_mem_usage"}
 
 
 def _alphas_cumprod(scheduler_config: dict) -> torch.Tensor:

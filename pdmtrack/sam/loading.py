@@ -1,6 +1,7 @@
 """Loading Segment Anything: build the model from segment-anything's own classes, from a
 local checkpoint (safetensors, or a ``.pth`` state dict read with ``weights_only=True``) or
 from the official checkpoint, downloaded once into the cache folder and verified by its sha256.
+SAM 2.1 (``--sam sam2.1-*``) comes through transformers (``sam.hiera``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from tqdm import tqdm
 from pdmtrack.config import SamConfig
 from pdmtrack.errors import InputError
 from pdmtrack.fsutil import atomic_path, hub_offline, user_cache_dir
+from pdmtrack.sam.hiera import SAM2_MODELS, HieraBackend, load_hiera_model
 from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.sam.vit import VitBackend
 
 ARCHITECTURE_KEY = "pdmtrack.sam_architecture"  # safetensors metadata key holding the architecture
 _LOAD_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, TypeError, OSError)
@@ -132,41 +135,42 @@ def build_sam_model(arch: SamArchitecture) -> torch.nn.Module:
 
 
 
-def load_sam(config: SamConfig, device: torch.device, cache_dir: Path | None) -> SamRefiner | None:
-    """The refiner ``config`` asks for: None for ``model_type='none'``; else SAM from
-    ``config.checkpoint`` or from the official checkpoint (downloaded once into
-    ``cache_dir``, default ``~/.cache/pdmtrack/sam``)."""
-    from segment_anything import SamPredictor
-
+def load_sam(
+    config: SamConfig, device: torch.device, cache_dir: Path | None, dtype: torch.dtype = torch.float32
+) -> SamRefiner | None:
+    """The refiner ``config`` asks for: None for ``model_type='none'``; SAM 2.1 (``sam2.1-*``)
+    from the HF hub or a local folder (``config.checkpoint``); else segment-anything's SAM from
+    ``config.checkpoint`` or from the official checkpoint (downloaded once into ``cache_dir``,
+    default ``~/.cache/pdmtrack/sam``). ``dtype``: the autocast precision on CUDA."""
     if config.model_type == "none":
         return None
+    if config.model_type in SAM2_MODELS:
+        return SamRefiner(HieraBackend(load_hiera_model(config.model_type, config.checkpoint, device), dtype), min_iou=config.min_iou)
     if config.checkpoint is not None:
         path = Path(config.checkpoint)
         if not path.is_file():
             raise InputError("--sam-checkpoint", f"no such file: {path}")
     else:
         path = official_checkpoint(config.model_type, cache_dir or default_sam_dir())
-    sam = load_sam_model(path, config.model_type).to(device)
-    return SamRefiner(
-        SamPredictor(sam),
-        mask_input_size=sam.prompt_encoder.mask_input_size[0],
-        min_iou=config.min_iou,
-    )
+    sam = load_sam_model(path, config.model_type, device)
+    return SamRefiner(VitBackend(sam, dtype), min_iou=config.min_iou)
 
 
-def load_sam_model(path: Path, model_type: str) -> torch.nn.Module:
-    """Sam from a checkpoint file: safetensors (architecture from its metadata when present,
-    else ``model_type``'s official one) or a ``.pth`` state dict (weights only)."""
+def load_sam_model(path: Path, model_type: str, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+    """Sam on ``device`` from a checkpoint file: safetensors (architecture from its metadata
+    when present, else ``model_type``'s official one) or a ``.pth`` state dict (weights only).
+    The weights are read straight onto ``device``."""
     arch = OFFICIAL_ARCHITECTURES[model_type]
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as handle:
                 stored = (handle.metadata() or {}).get(ARCHITECTURE_KEY)
             arch = SamArchitecture.from_json(stored) if stored else arch
-            state = load_file(str(path))
+            state = load_file(str(path), device=str(device))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        sam = build_sam_model(arch)
+            state = torch.load(path, map_location=device, weights_only=True)
+        with device:
+            sam = build_sam_model(arch)
         sam.load_state_dict(state)
     except _LOAD_ERRORS as err:
         problem = str(err).splitlines()[0] if str(err) else type(err).__name__

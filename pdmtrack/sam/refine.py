@@ -1,11 +1,16 @@
-"""Segment Anything refinement of coarse per-object masks.
+"""Segment Anything refinement of coarse per-object masks, with any SAM backend.
 
 ``SamRefiner.refine`` takes a frame and the fused per-class scores (background first) and
-prompts SAM once per present object: the box of its coarse mask, a positive point at its
-score peak, negative points at the other objects' peaks, and its coarse log-odds as the
-low-resolution mask input. Of SAM's three outputs the one that agrees best (IoU) with the
-coarse mask is kept; when even that one disagrees wildly the coarse mask stays. Overlaps
-between objects are resolved by the fused score. Loading the model is ``sam.loading``'s job.
+prompts SAM for every present object at once (one decoder call per frame): the box of its
+coarse mask, a positive point at its score peak, negative points at the other objects' peaks,
+and its coarse log-odds as the low-resolution mask input. Of SAM's three outputs the one that
+agrees best (IoU) with the coarse mask is kept; when even that one disagrees wildly the coarse
+mask stays. Overlaps between objects are resolved by the fused score.
+
+The image encoder, SAM's big cost, runs batched over frames: ``SamRefiner.embed(frames)``
+encodes a batch, and ``refine(frame, scores, embedding)`` reuses an embedding. Backends:
+``sam.vit`` (segment-anything's ViT-B/L/H) and ``sam.hiera`` (SAM 2.1 through transformers);
+loading them is ``sam.loading``'s job.
 """
 
 from __future__ import annotations
@@ -15,118 +20,128 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 LOGIT_CLIP = 20.0  # |log-odds| cap of the mask input; SAM's own low-res logits rarely exceed it
 _EPS = 1e-4  # floor of a score before its log (caps the log-odds of an absent class near -9)
 
 
+@dataclass(frozen=True)
+class FrameEmbedding:
+    """A frame as a SAM backend encoded it: its feature maps (no batch dimension), the
+    frame's (height, width) and the (height, width) the encoder saw it at (before padding)."""
 
-class MaskPredictor(Protocol):
-    """What SamRefiner needs of ``segment_anything.SamPredictor`` (tests pass stand-ins)."""
-
-    def set_image(self, image: np.ndarray) -> None: ...
-
-    def predict(
-        self,
-        point_coords: np.ndarray | None,
-        point_labels: np.ndarray | None,
-        box: np.ndarray | None,
-        mask_input: np.ndarray | None,
-        multimask_output: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    features: tuple[torch.Tensor, ...]
+    frame_size: tuple[int, int]
+    input_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
-class ObjectPrompt:
-    """SAM prompts for one object, in the frame's pixel coordinates (x, y)."""
+class FramePrompts:
+    """SAM prompts for the P present objects of one frame, in the frame's pixels (x, y)."""
 
-    box: np.ndarray  # (4,) x0, y0, x1, y1 of the coarse mask (inclusive pixel indices)
-    points: np.ndarray  # (P, 2) the positive peak first, then the other objects' peaks
-    labels: np.ndarray  # (P,) 1 for the positive point, 0 for the negatives
-    mask_input: np.ndarray  # (1, m, m) coarse log-odds in SAM's low-res padded frame
+    boxes: torch.Tensor  # (P, 4) x0, y0, x1, y1 of each coarse mask (inclusive pixel indices)
+    points: torch.Tensor  # (P, P, 2) per object: its positive peak first, then the others' peaks
+    labels: torch.Tensor  # (P, P) int64: 1 for the positive point, 0 for the negatives
+    log_odds: torch.Tensor  # (P, H, W) coarse log-odds (positive where the object wins)
+
+
+class SamBackend(Protocol):
+    """An image encoder and a prompt decoder (``sam.vit``, ``sam.hiera``; tests pass stand-ins)."""
+
+    def embed(self, frames: np.ndarray) -> list[FrameEmbedding]:
+        """Encode (B, H, W, 3) uint8 RGB frames, batched."""
+        ...
+
+    def predict(self, embedding: FrameEmbedding, prompts: FramePrompts) -> torch.Tensor:
+        """(P, C, H, W) bool candidate masks per object, all objects in one decoder call."""
+        ...
 
 
 class SamRefiner:
-    """Refines coarse masks with a SAM predictor (one ``set_image`` per frame).
+    """Refines coarse masks with a SAM backend. ``min_iou``: SAM's best output must reach this
+    IoU with the coarse mask, or the coarse mask is kept."""
 
-    ``mask_input_size`` is the side of SAM's low-resolution mask input (256 for the official
-    models, 4x the image-embedding side). ``min_iou``: SAM's best output must reach this IoU
-    with the coarse mask, or the coarse mask is kept.
-    """
-
-    def __init__(self, predictor: MaskPredictor, *, mask_input_size: int, min_iou: float) -> None:
-        self.predictor = predictor
-        self.mask_input_size = mask_input_size
+    def __init__(self, backend: SamBackend, *, min_iou: float) -> None:
+        self.backend = backend
         self.min_iou = min_iou
 
-    def refine(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+    def embed(self, frames: np.ndarray) -> list[FrameEmbedding]:
+        """Image embeddings of a batch of (B, H, W, 3) frames, for later ``refine`` calls."""
+        return self.backend.embed(frames)
+
+    def refine(
+        self, image: np.ndarray, scores: torch.Tensor, embedding: FrameEmbedding | None = None
+    ) -> torch.Tensor:
         """image (H, W, 3) uint8 RGB, scores (1+K, H, W) fused scores in [0, 1], background
-        first -> (H, W) int64 class indices (0 background, k for object k)."""
+        first -> (H, W) int64 class indices (0 background, k for object k). ``embedding``:
+        the frame's from ``embed`` (computed here when not given)."""
         scores = scores.float()
         coarse = scores.argmax(0)
-        present = [k for k in range(1, scores.shape[0]) if bool((coarse == k).any())]
-        if not present:
+        objects = coarse[None] == torch.arange(1, scores.shape[0], device=coarse.device)[:, None, None]
+        present = torch.nonzero(objects.flatten(1).any(1)).flatten()
+        if len(present) == 0:
             return coarse
-        peaks = {k: _peak_xy(scores[k], coarse == k) for k in present}
-        self.predictor.set_image(image)
-        masks = torch.zeros((scores.shape[0] - 1, *coarse.shape), dtype=torch.bool, device=coarse.device)
-        for k in present:
-            prompt = self.prompt_for(k, scores, coarse, peaks)
-            outputs, _, _ = self.predictor.predict(
-                point_coords=prompt.points,
-                point_labels=prompt.labels,
-                box=prompt.box,
-                mask_input=prompt.mask_input,
-                multimask_output=True,
-            )
-            masks[k - 1] = self.choose(torch.as_tensor(outputs, device=coarse.device), coarse == k)
+        if embedding is None:
+            embedding = self.backend.embed(image[None])[0]
+        regions = objects[present]
+        outputs = self.backend.predict(embedding, frame_prompts(scores, regions, present + 1))
+        chosen = choose(outputs.to(coarse.device), regions, self.min_iou)
+        masks = torch.zeros_like(objects)
+        masks[present] = chosen
         return resolve_overlaps(masks, scores[1:])
 
-    def prompt_for(
-        self, k: int, scores: torch.Tensor, coarse: torch.Tensor, peaks: dict[int, np.ndarray]
-    ) -> ObjectPrompt:
-        """The prompts for object ``k`` (``peaks``: score peak of every present object)."""
-        ys, xs = torch.nonzero(coarse == k, as_tuple=True)
-        box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float().cpu().numpy()
-        others = [peaks[j] for j in sorted(peaks) if j != k]
-        points = np.stack([peaks[k], *others]).astype(np.float32)
-        labels = np.array([1] + [0] * len(others), dtype=np.int64)
-        return ObjectPrompt(box, points, labels, self.mask_input(coarse_log_odds(scores, k)))
 
-    def mask_input(self, log_odds: torch.Tensor) -> np.ndarray:
-        """(H, W) log-odds -> (1, m, m) in SAM's low-res frame: the image resized so its long
-        side fills the square, top-left aligned, the padding set to certain background."""
-        height, width = log_odds.shape
-        m = self.mask_input_size
-        scale = m / max(height, width)
-        inner = (max(1, round(height * scale)), max(1, round(width * scale)))
-        resized = F.interpolate(log_odds[None, None], size=inner, mode="bilinear", align_corners=False)
-        canvas = torch.full((1, m, m), -LOGIT_CLIP, dtype=torch.float32)
-        canvas[0, : inner[0], : inner[1]] = resized[0, 0].cpu()
-        return canvas.numpy()
-
-    def choose(self, outputs: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        """The output (C, H, W) with the best IoU with ``coarse``, or ``coarse`` itself when
-        that IoU is below ``min_iou``."""
-        outputs = outputs.bool()
-        ious = mask_iou(outputs, coarse[None])
-        best = int(ious.argmax())
-        return outputs[best] if float(ious[best]) >= self.min_iou else coarse
+def frame_prompts(scores: torch.Tensor, regions: torch.Tensor, classes: torch.Tensor) -> FramePrompts:
+    """Prompts of the objects ``classes`` (P,) whose coarse masks are ``regions`` (P, H, W)."""
+    count, height, width = regions.shape
+    object_scores = scores[classes]
+    peaks = torch.where(regions, object_scores, torch.full_like(object_scores, -torch.inf)).flatten(1).argmax(1)
+    peaks_xy = torch.stack([peaks % width, peaks // width], dim=1).float()  # (P, 2)
+    order = torch.tensor(_positive_first(count), device=scores.device)
+    labels = torch.zeros((count, count), dtype=torch.int64, device=scores.device)
+    labels[:, 0] = 1
+    return FramePrompts(_boxes(regions), peaks_xy[order], labels, coarse_log_odds(scores, classes))
 
 
-def coarse_log_odds(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """log(score_k) - log(best other score): positive exactly where class k wins the argmax,
-    in the same log-odds units as SAM's own mask logits (threshold 0), clipped."""
-    others = torch.cat([scores[:k], scores[k + 1 :]]).amax(0)
-    margin = torch.log(scores[k].clamp_min(_EPS)) - torch.log(others.clamp_min(_EPS))
-    return margin.clamp(-LOGIT_CLIP, LOGIT_CLIP)
+def _positive_first(count: int) -> list[list[int]]:
+    """Per object i: i, then every other object in order."""
+    return [[i, *(j for j in range(count) if j != i)] for i in range(count)]
+
+
+def _boxes(regions: torch.Tensor) -> torch.Tensor:
+    """(P, 4) float x0, y0, x1, y1 (inclusive) of non-empty (P, H, W) bool masks."""
+    rows, cols = regions.any(2), regions.any(1)
+    first_row, first_col = rows.int().argmax(1), cols.int().argmax(1)
+    last_row = rows.shape[1] - 1 - rows.flip(1).int().argmax(1)
+    last_col = cols.shape[1] - 1 - cols.flip(1).int().argmax(1)
+    return torch.stack([first_col, first_row, last_col, last_row], dim=1).float()
+
+
+def coarse_log_odds(scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) log(score_k) - log(best other score) for each k in ``classes``: positive
+    exactly where class k wins the argmax, in SAM's mask-logit units (threshold 0), clipped."""
+    logs = torch.log(scores.clamp_min(_EPS))
+    top2, top2_index = logs.topk(min(2, len(logs)), dim=0)
+    mine = logs[classes]
+    others = torch.where(top2_index[:1] == classes[:, None, None], top2[-1:], top2[:1])
+    return (mine - others).clamp(-LOGIT_CLIP, LOGIT_CLIP)
+
+
+def choose(outputs: torch.Tensor, regions: torch.Tensor, min_iou: float) -> torch.Tensor:
+    """Per object, the output of (P, C, H, W) with the best IoU with its coarse mask in
+    ``regions`` (P, H, W), or the coarse mask itself when that IoU is below ``min_iou``."""
+    outputs = outputs.bool()
+    ious = mask_iou(outputs, regions[:, None])  # (P, C)
+    best_iou, best = ious.max(1)
+    picked = outputs[torch.arange(len(outputs), device=outputs.device), best]
+    return torch.where((best_iou >= min_iou)[:, None, None], picked, regions)
 
 
 def mask_iou(masks: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """IoU of each (C, H, W) bool mask with the (1, H, W) reference; empty vs empty is 1."""
-    inter = (masks & reference).flatten(1).sum(1).float()
-    union = (masks | reference).flatten(1).sum(1).float()
+    """IoU over the last two dims of bool masks (broadcast against ``reference``); empty vs
+    empty is 1."""
+    inter = (masks & reference).flatten(-2).sum(-1).float()
+    union = (masks | reference).flatten(-2).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
@@ -136,11 +151,3 @@ def resolve_overlaps(masks: torch.Tensor, object_scores: torch.Tensor) -> torch.
     claimed = torch.where(masks, object_scores, torch.full_like(object_scores, -torch.inf))
     winner = claimed.argmax(0) + 1
     return torch.where(masks.any(0), winner, torch.zeros_like(winner))
-
-
-def _peak_xy(score: torch.Tensor, region: torch.Tensor) -> np.ndarray:
-    """(x, y) of the highest ``score`` inside ``region`` (a non-empty bool mask)."""
-    masked = torch.where(region, score, torch.full_like(score, -torch.inf))
-    flat = int(masked.flatten().argmax())
-    width = score.shape[1]
-    return np.array([flat % width, flat // width], dtype=np.float32)
