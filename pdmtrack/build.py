@@ -9,6 +9,7 @@ from __future__ import annotations
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
+from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
 from pdmtrack.sam.loading import default_sam_dir, load_sam
@@ -34,5 +35,15 @@ def feature_source(parts: DiffusionParts, settings: TrackSettings, classes: list
     device = resolve_device(settings.runtime.device)
     extractor = FeatureExtractor(parts, settings.features, classes, device, resolve_dtype(settings.runtime.dtype, device))
     runtime = settings.runtime
-    cache = FeatureCache(runtime.cache_dir, extractor.fingerprint) if runtime.use_cache else None
+    cache = None
+    if runtime.use_cache:
+        cache = FeatureCache(runtime.cache_dir, extractor.fingerprint, max_gb=runtime.cache_max_gb, description=extractor.description)
     return CachedFeatureSource(extractor, cache)
+
+
+def check_feature_cache(settings: TrackSettings) -> None:
+    """InputError now (before any model loads) when the feature cache folder cannot be used:
+    not creatable or writable, its disk full, or a bad bound."""
+    runtime = settings.runtime
+    if runtime.use_cache:
+        CacheFolder(runtime.cache_dir, resolve_max_bytes(runtime.cache_max_gb)).check()

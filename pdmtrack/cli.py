@@ -75,6 +75,10 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (Annotated[int, typer.Option(help="Frames per feature batch.")], _R.batch_size),
     "cache_dir": (Annotated[Optional[Path], typer.Option(help="Feature cache folder.")], None),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
+    "cache_max_gb": (
+        Annotated[Optional[float], typer.Option(help="Feature cache bound in GB (default: $PDMTRACK_CACHE_MAX_GB, else 20); least recently used entries go first.")],
+        None,
+    ),
     "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
 }
 
@@ -136,7 +140,7 @@ def propagate(
         typer.echo(note, err=True)
     typer.echo(
         f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s); "
-        f"feature batches: {summary.cached_batches} from cache, {summary.computed_batches} computed; "
+        f"features: {summary.cached_frames} frames from cache, {summary.computed_frames} computed; "
         f"masks in {summary.out_dir}"
     )
 
@@ -227,6 +231,36 @@ def build_permis(
         **kwargs,
     )
     typer.echo(summary.format())
+
+
+cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_OPTION = Annotated[Optional[Path], typer.Option(help="Feature cache folder (default: $PDMTRACK_CACHE_DIR, else the user cache).")]
+
+
+@cache_app.command("info")
+def cache_info(
+    cache_dir: CACHE_DIR_OPTION = None,
+    cache_max_gb: Annotated[Optional[float], typer.Option(help="Bound to report against (default: $PDMTRACK_CACHE_MAX_GB, else 20).")] = None,
+) -> None:
+    """Size, entries and bound of the feature cache, per model fingerprint."""
+    from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
+
+    typer.echo(CacheFolder(cache_dir, resolve_max_bytes(cache_max_gb)).report().format())
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: CACHE_DIR_OPTION = None,
+    model: Annotated[Optional[str], typer.Option(help="Only entries written with this --model (hub id or local folder).")] = None,
+    older_than: Annotated[Optional[float], typer.Option(help="Only entries not used for this many days.")] = None,
+) -> None:
+    """Delete feature cache entries (all of them without --model / --older-than)."""
+    from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
+
+    folder = CacheFolder(cache_dir, resolve_max_bytes(None))
+    removed, freed = folder.clear(model, older_than)
+    typer.echo(f"removed {removed} entries ({freed / 1e9:.3f} GB) from {folder.root}")
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:

@@ -120,10 +120,13 @@ class RuntimeConfig:
     batch_size: int = 4
     cache_dir: Path | None = None  # None = the user's cache folder (see features.cache)
     use_cache: bool = True
+    cache_max_gb: float | None = None  # None = $PDMTRACK_CACHE_MAX_GB, else 20 (features.cache_folder)
     backend: Backend = "auto"  # video decoding backend: auto, decord or pyav
 
     def __post_init__(self) -> None:
         check_at_least("--batch-size", self.batch_size, 1)
+        if self.cache_max_gb is not None and not self.cache_max_gb > 0:
+            raise InputError("--cache-max-gb", f"must be a positive number of GB, got {self.cache_max_gb} (--no-cache turns the cache off)")
         check_choice("--backend", self.backend, get_args(Backend))
 
 

@@ -34,10 +34,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_mode() -> int:
+    """Permission bits of a new regular file under the process's umask (mkstemp makes 0600)."""
+    return 0o666 & ~_UMASK
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
-from pdmtrack.build import feature_source, load_diffusion, load_refiner
+from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.features.cache import CachedFeatureSource
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.masks import fit_mask_to_frame, read_mask
@@ -46,8 +46,8 @@ class TrackSummary:
     out_dir: Path
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # messages for the user (mask mapping, ...)
-    cached_batches: int = 0  # feature batches read from the cache
-    computed_batches: int = 0  # feature batches computed by the diffusion model
+    cached_frames: int = 0  # frames whose features came from the cache
+    computed_frames: int = 0  # frames whose features the diffusion model computed
 
 
 @dataclass
@@ -114,7 +114,8 @@ def track_video(
 
 
 def _build(settings: TrackSettings, classes: list[str]) -> tuple[CachedFeatureSource, Propagator]:
-    """SAM first (a bad checkpoint fails fast), then the diffusion model; a ready Propagator."""
+    """The cache folder and SAM first (fail fast), then the diffusion model; a ready Propagator."""
+    check_feature_cache(settings)
     refiner = load_refiner(settings)
     source = feature_source(load_diffusion(settings), settings, classes)
     device = resolve_device(settings.runtime.device)

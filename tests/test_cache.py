@@ -1,7 +1,13 @@
-"""Feature cache: hits, misses on changed inputs, corruption recovery, resume, exact round trip."""
+"""Feature cache: per-frame keys, checksums, exactness, the size bound, sharing, info/clear."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,50 +15,49 @@ import pytest
 import torch
 
 import pdmtrack.features.cache as cache_module
+import pdmtrack.features.cache_folder as folder_module
 from pdmtrack.errors import InputError
-from pdmtrack.features.cache import (
-    CachedFeatureSource,
-    FeatureCache,
-    default_cache_dir,
-    frames_key,
-)
+from pdmtrack.features.cache import CachedFeatureSource, FeatureCache, frames_key, tensors_checksum
+from pdmtrack.features.cache_folder import CacheFolder, default_cache_dir, resolve_max_bytes
 from pdmtrack.features.types import PDMFeatures
 
+from tests.cli_runner import assert_one_line_error, run_cli
+
 GRID = (2, 3)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountingSource:
-    """Stand-in extractor: deterministic tensors seeded by each frame's bytes; counts calls."""
+    """Stand-in extractor: per-frame tensors seeded by each frame's bytes, returned as a
+    non-contiguous (transposed) view like the real extractor's; ``batch_noise`` adds one
+    float16 ulp that depends on the batch, like real kernels do. Counts frames computed."""
 
-    def __init__(self, with_classes: bool = True, fail_on_call: int | None = None) -> None:
+    def __init__(self, with_classes: bool = True, fail_on_call: int | None = None, batch_noise: bool = False) -> None:
         self.with_classes = with_classes
         self.fail_on_call = fail_on_call
+        self.batch_noise = batch_noise
         self.calls = 0
+        self.frames = 0
 
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
         self.calls += 1
+        self.frames += len(frames)
         if self.calls == self.fail_on_call:
             raise KeyboardInterrupt("run killed")
-        seeds = [int(frames_key(frame[None])[:12], 16) for frame in frames]
-        per_frame = [torch.Generator().manual_seed(seed) for seed in seeds]
-        appearance = torch.stack([torch.randn(4, *GRID, generator=g) for g in per_frame])
-        semantic = torch.stack([torch.randn(3, *GRID, generator=g) for g in per_frame])
-        if not self.with_classes:
-            return PDMFeatures(appearance.half(), semantic.half())
-        return PDMFeatures(
-            appearance=appearance.half(),
-            semantic=semantic.half(),
-            class_vectors=torch.arange(6, dtype=torch.float16).reshape(2, 3),
-            class_attention=torch.rand(len(frames), 2, *GRID, generator=per_frame[0]),
-        )
+        per_frame = [torch.Generator().manual_seed(int(frames_key(frame)[:12], 16)) for frame in frames]
+        appearance = torch.stack([torch.randn(*GRID, 4, generator=g) for g in per_frame]).half()
+        if self.batch_noise:
+            appearance = appearance + appearance * (len(frames) * 2**-10)
+        semantic = torch.stack([torch.randn(*GRID, 3, generator=g) for g in per_frame]).half()
+        features = PDMFeatures(appearance.permute(0, 3, 1, 2), semantic.permute(0, 3, 1, 2))
+        if self.with_classes:
+            features.class_vectors = torch.arange(6, dtype=torch.float16).reshape(2, 3)
+            features.class_attention = torch.stack([torch.rand(2, *GRID, generator=g) for g in per_frame]).half()
+        return features
 
 
-def make_chunks(count: int, frames_per_chunk: int = 2, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [
-        rng.integers(0, 256, size=(frames_per_chunk, 8, 10, 3), dtype=np.uint8)
-        for _ in range(count)
-    ]
+def make_frames(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(count, 8, 10, 3), dtype=np.uint8)
 
 
 def assert_same(a: PDMFeatures, b: PDMFeatures) -> None:
@@ -62,67 +67,92 @@ def assert_same(a: PDMFeatures, b: PDMFeatures) -> None:
             assert left is None and right is None, name
             continue
         assert left.dtype == right.dtype and left.shape == right.shape, name
+        assert left.stride() == right.stride(), name
         assert torch.equal(left, right), name
 
 
-def cache_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+def entry_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.safetensors") if not p.name.startswith("."))
+
+
+def new_cache(root: Path, fingerprint: str = "fp-a", **options) -> FeatureCache:
+    return FeatureCache(root, fingerprint, description={"model": "tiny", "classes": ["dog"]}, **options)
+
+
+# -- keys, layout, round trip ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("with_classes", [True, False])
-def test_round_trip_is_exact(tmp_path: Path, with_classes: bool) -> None:
-    frames = make_chunks(1)[0]
-    features = CountingSource(with_classes)(frames)
-    cache = FeatureCache(tmp_path, "fp-a")
-    path = cache.put(frames, features)
-    assert path.parent.parent == tmp_path / "fp-a"
-    assert path.parent.name == path.stem[:2]
-    loaded = cache.get(frames)
-    assert loaded is not None
-    assert_same(loaded, features)
+def test_round_trip_is_exact_and_one_entry_per_frame(tmp_path: Path, with_classes: bool) -> None:
+    frames = make_frames(3)
+    features = CountingSource(with_classes)(frames).contiguous()
+    cache = new_cache(tmp_path)
+    assert cache.put(frames, features) == 3
+    files = entry_files(tmp_path)
+    assert len(files) == 3 and all(f.parent.parent == tmp_path / "fp-a" for f in files)
+    assert all(f.parent.name == f.stem[:2] for f in files)
+    for index, frame in enumerate(frames):
+        loaded = cache.get(frame)
+        assert loaded is not None
+        assert_same(loaded, features.select(index).contiguous())
+    description = json.loads((tmp_path / "fp-a" / "info.json").read_text())
+    assert description["model"] == "tiny" and description["fingerprint"] == "fp-a"
 
 
-def test_second_run_is_served_from_cache(tmp_path: Path) -> None:
-    chunks = make_chunks(3)
-    first_source = CountingSource()
-    first = CachedFeatureSource(first_source, FeatureCache(tmp_path, "fp-a"))
-    computed = [first(chunk) for chunk in chunks]
-    assert (first.hits, first.misses, first_source.calls) == (0, 3, 3)
+def test_hits_are_per_frame_across_batch_sizes_and_starts(tmp_path: Path) -> None:
+    frames = make_frames(12)
+    first = CachedFeatureSource(CountingSource(), new_cache(tmp_path))
+    computed = PDMFeatures.cat([first(frames[i : i + 4]) for i in range(0, 12, 4)])
+    assert (first.hits, first.misses) == (0, 12)
 
-    second_source = CountingSource()
-    second = CachedFeatureSource(second_source, FeatureCache(tmp_path, "fp-a"))
-    served = [second(chunk) for chunk in chunks]
-    assert (second.hits, second.misses, second_source.calls) == (3, 0, 0)
-    for a, b in zip(computed, served):
-        assert_same(a, b)
-
-
-def test_changed_setting_is_a_miss(tmp_path: Path) -> None:
-    frames = make_chunks(1)[0]
-    FeatureCache(tmp_path, "fp-a").put(frames, CountingSource()(frames))
-    assert FeatureCache(tmp_path, "fp-a").get(frames) is not None
-    assert FeatureCache(tmp_path, "fp-b").get(frames) is None
+    for batch, start in ((3, 0), (5, 2), (1, 7)):
+        source = CountingSource()
+        again = CachedFeatureSource(source, new_cache(tmp_path))
+        for i in range(start, 12, batch):
+            served = again(frames[i : i + batch])
+            assert_same(served, computed.select(slice(i, i + batch)).contiguous())
+        assert source.calls == 0 and again.misses == 0 and again.hits == 12 - start
+    # the same frame in another "video" (another batch neighbourhood) is a hit too
+    other_video = np.concatenate([make_frames(2, seed=9), frames[5:6]])
     source = CountingSource()
-    CachedFeatureSource(source, FeatureCache(tmp_path, "fp-b"))(frames)
-    assert source.calls == 1
+    CachedFeatureSource(source, new_cache(tmp_path))(other_video[2:])
+    assert source.calls == 0
 
 
-def test_changed_frame_bytes_are_a_miss(tmp_path: Path) -> None:
-    frames = make_chunks(1)[0]
-    cache = FeatureCache(tmp_path, "fp-a")
-    cache.put(frames, CountingSource()(frames))
-    edited = frames.copy()
-    edited[1, 4, 5, 2] ^= 1
-    assert cache.get(edited) is None
-    assert cache.get(frames.copy()) is not None
+def test_changed_setting_or_frame_is_a_miss(tmp_path: Path) -> None:
+    frames = make_frames(1)
+    new_cache(tmp_path).put(frames, CountingSource()(frames))
+    assert new_cache(tmp_path).get(frames[0]) is not None
+    assert new_cache(tmp_path, "fp-b").get(frames[0]) is None
+    edited = frames[0].copy()
+    edited[4, 5, 2] ^= 1
+    assert new_cache(tmp_path).get(edited) is None
 
 
 def test_frames_key_covers_content_shape_and_dtype() -> None:
-    frames = make_chunks(1)[0]
-    strided = np.asfortranarray(frames)
-    assert frames_key(strided) == frames_key(frames)
-    assert frames_key(frames.reshape(2, 10, 8, 3)) != frames_key(frames)
-    assert frames_key(frames.view(np.int8)) != frames_key(frames)
+    frame = make_frames(1)[0]
+    assert frames_key(np.asfortranarray(frame)) == frames_key(frame)
+    assert frames_key(frame.reshape(10, 8, 3)) != frames_key(frame)
+    assert frames_key(frame.view(np.int8)) != frames_key(frame)
+
+
+def test_unsafe_fingerprint_gets_a_hashed_folder(tmp_path: Path) -> None:
+    frames = make_frames(1)
+    cache = new_cache(tmp_path, "../model/at some path")
+    cache.put(frames, CountingSource()(frames))
+    (path,) = entry_files(tmp_path)
+    assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert len(path.relative_to(tmp_path).parts) == 3
+
+
+# -- integrity ---------------------------------------------------------------------------
+
+
+def flip_tensor_byte(path: Path) -> None:
+    """Damage the tensor data only: the header (and its metadata) stay intact."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40
+    path.write_bytes(bytes(data))
 
 
 def truncate_in_header(path: Path) -> None:
@@ -133,98 +163,271 @@ def truncate_in_tensor_data(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
 
 
-def corrupt_with_garbage(path: Path) -> None:
+def garbage(path: Path) -> None:
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes())
 
 
-def corrupt_frame_count(path: Path) -> None:
-    """A well-formed safetensors file whose content describes one frame, not two."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+def consistent_but_wrong_shape(path: Path) -> None:
+    """A well-formed entry with a valid checksum whose tensors are not one frame's."""
+    from safetensors.torch import load, save
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name)[:1].clone() for name in ("appearance", "semantic")}
-    save_file(tensors, path, metadata=metadata)
+    tensors = load(path.read_bytes())
+    metadata = json.loads(path.read_bytes()[8 : 8 + int.from_bytes(path.read_bytes()[:8], "little")])["__metadata__"]
+    tensors = {"appearance": tensors["appearance"].repeat(2, 1, 1, 1), "semantic": tensors["semantic"].repeat(2, 1, 1, 1)}
+    path.write_bytes(save(tensors, metadata={**metadata, "checksum": tensors_checksum(tensors)}))
 
 
 @pytest.mark.parametrize(
-    "corrupt",
-    [truncate_in_header, truncate_in_tensor_data, corrupt_with_garbage, corrupt_frame_count],
+    "damage", [flip_tensor_byte, truncate_in_header, truncate_in_tensor_data, garbage, consistent_but_wrong_shape]
 )
-def test_corrupt_file_is_removed_and_recomputed(tmp_path: Path, corrupt) -> None:
-    frames = make_chunks(1)[0]
-    cache = FeatureCache(tmp_path, "fp-a")
-    path = cache.put(frames, CountingSource()(frames))
-    corrupt(path)
+def test_damaged_entry_is_discarded_and_recomputed(tmp_path: Path, damage, caplog) -> None:
+    frames = make_frames(2)
+    cache = new_cache(tmp_path)
+    original = CachedFeatureSource(CountingSource(), cache)(frames)
+    damaged = entry_files(tmp_path)[0]
+    damage(damaged)
 
-    assert cache.get(frames) is None
-    assert not path.exists()
-
-    source = CountingSource()
-    cached = CachedFeatureSource(source, cache)
-    result = cached(frames)
-    assert (source.calls, cached.misses) == (1, 1)
-    reloaded = cache.get(frames)
-    assert reloaded is not None
-    assert_same(reloaded, result)
+    with caplog.at_level(logging.WARNING):
+        source = CountingSource()
+        served = CachedFeatureSource(source, cache)(frames)
+    assert source.frames == 2, "a damaged entry must not be served"
+    assert "discarding damaged entry" in caplog.text
+    assert_same(served, original)
+    assert len(entry_files(tmp_path)) == 2  # rewritten
+    assert all(cache.get(frame) is not None for frame in frames)
 
 
-def test_killed_run_resumes_from_written_chunks(tmp_path: Path) -> None:
-    chunks = make_chunks(5)
-    killed = CachedFeatureSource(CountingSource(fail_on_call=3), FeatureCache(tmp_path, "fp-a"))
+# -- exactness ---------------------------------------------------------------------------
+
+
+def test_mixed_cached_and_fresh_batches_equal_all_fresh_and_all_cached(tmp_path: Path) -> None:
+    """A batch with one frame missing is computed whole (features depend on the batch in the
+    last bit), and fresh and cached features have the same (contiguous) layout."""
+    frames = make_frames(8)
+    fresh = [CachedFeatureSource(CountingSource(batch_noise=True), None)(frames[i : i + 4]) for i in (0, 4)]
+    CachedFeatureSource(CountingSource(batch_noise=True), new_cache(tmp_path))(frames[:4])
+    CachedFeatureSource(CountingSource(batch_noise=True), new_cache(tmp_path))(frames[4:])
+    entry_files(tmp_path)[0].unlink()  # one frame of one batch missing
+
+    source = CountingSource(batch_noise=True)
+    mixing = CachedFeatureSource(source, new_cache(tmp_path))
+    mixed = [mixing(frames[i : i + 4]) for i in (0, 4)]
+    assert (mixing.hits, mixing.misses, source.frames) == (4, 4, 4)
+    cached = [CachedFeatureSource(CountingSource(), new_cache(tmp_path))(frames[i : i + 4]) for i in (0, 4)]
+    for a, b, c in zip(fresh, mixed, cached):
+        assert a.appearance.is_contiguous() and b.appearance.is_contiguous()
+        assert_same(a, b)
+        assert_same(a, c)
+
+
+# -- resume and interruption -------------------------------------------------------------
+
+
+def test_killed_run_resumes_from_written_frames(tmp_path: Path) -> None:
+    frames = make_frames(10)
+    killed = CachedFeatureSource(CountingSource(fail_on_call=3), new_cache(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        for chunk in chunks:
-            killed(chunk)
-    stored = cache_files(tmp_path)
-    assert len(stored) == 2
-    assert all(p.suffix == ".safetensors" and not p.name.startswith(".") for p in stored)
-
+        for i in range(0, 10, 2):
+            killed(frames[i : i + 2])
+    assert len(entry_files(tmp_path)) == 4
     source = CountingSource()
-    resumed = CachedFeatureSource(source, FeatureCache(tmp_path, "fp-a"))
-    for chunk in chunks:
-        resumed(chunk)
-    assert (resumed.hits, resumed.misses, source.calls) == (2, 3, 3)
-    assert len(cache_files(tmp_path)) == 5
+    resumed = CachedFeatureSource(source, new_cache(tmp_path))
+    for i in range(0, 10, 2):
+        resumed(frames[i : i + 2])
+    assert (resumed.hits, resumed.misses, source.frames) == (4, 6, 6)
 
 
-def test_write_killed_midway_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    frames = make_chunks(1)[0]
-    cache = FeatureCache(tmp_path, "fp-a")
+def test_write_killed_midway_leaves_no_entry(tmp_path: Path, monkeypatch) -> None:
+    frames = make_frames(2)
+    cache = new_cache(tmp_path)
 
-    def half_write(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(cache_module, "save_file", half_write)
+    monkeypatch.setattr(cache.folder, "commit", killed)
     with pytest.raises(KeyboardInterrupt):
         cache.put(frames, CountingSource()(frames))
-    assert cache_files(tmp_path) == []
-    assert cache.get(frames) is None
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"] == []
 
 
 def test_no_cache_passes_through(tmp_path: Path) -> None:
-    frames = make_chunks(1)[0]
+    frames = make_frames(2)
     source = CountingSource()
     direct = CachedFeatureSource(source, None)
     assert_same(direct(frames), direct(frames))
-    assert (source.calls, direct.hits, direct.misses) == (2, 0, 2)
+    assert (source.calls, direct.hits, direct.misses) == (2, 0, 4)
 
 
-def test_unwritable_cache_dir_is_an_input_error(tmp_path: Path) -> None:
+# -- the bound ---------------------------------------------------------------------------
+
+
+def entry_size(tmp_path: Path) -> int:
+    frames = make_frames(1, seed=99)
+    probe = new_cache(tmp_path / "probe")
+    probe.put(frames, CountingSource()(frames))
+    return entry_files(tmp_path / "probe")[0].stat().st_size
+
+
+def test_bound_resolution(monkeypatch) -> None:
+    monkeypatch.delenv(folder_module.MAX_GB_ENV, raising=False)
+    assert resolve_max_bytes(None) == int(folder_module.DEFAULT_MAX_GB * 1e9)
+    monkeypatch.setenv(folder_module.MAX_GB_ENV, "0.5")
+    assert resolve_max_bytes(None) == 500_000_000
+    assert resolve_max_bytes(2) == 2_000_000_000
+    monkeypatch.setenv(folder_module.MAX_GB_ENV, "lots")
+    with pytest.raises(InputError, match="PDMTRACK_CACHE_MAX_GB"):
+        resolve_max_bytes(None)
+    with pytest.raises(InputError, match="--cache-max-gb"):
+        resolve_max_bytes(0)
+
+
+def test_eviction_keeps_the_bound_and_drops_least_recently_used(tmp_path: Path) -> None:
+    size = entry_size(tmp_path)
+    root = tmp_path / "cache"
+    cache = new_cache(root, max_gb=10.5 * size / 1e9)
+    frames = make_frames(30)
+    cache.put(frames[:1], CountingSource()(frames[:1]))
+    for i in range(1, 30):
+        time.sleep(0.002)  # distinct modification times
+        cache.get(frames[0])  # frame 0 stays in use
+        cache.put(frames[i : i + 1], CountingSource()(frames[i : i + 1]))
+        total = sum(p.stat().st_size for p in entry_files(root))
+        assert total <= cache.folder.max_bytes
+    assert cache.get(frames[0]) is not None, "the entry in use must survive"
+    assert cache.get(frames[29]) is not None and cache.get(frames[1]) is None
+    assert len(entry_files(root)) >= 9
+
+
+def test_usage_record_is_recounted_when_missing_stale_or_too_high(tmp_path: Path) -> None:
+    size = entry_size(tmp_path)
+    root = tmp_path / "cache"
+    cache = new_cache(root, max_gb=6.5 * size / 1e9)
+    frames = make_frames(8)
+    cache.put(frames[:4], CountingSource()(frames[:4]))
+    (root / "usage").write_text(f"{10**9} {time.time()}")  # too high (a writer killed mid-commit)
+    cache.put(frames[4:5], CountingSource()(frames[4:5]))
+    assert len(entry_files(root)) == 5, "a recount, no needless eviction"
+    (root / "usage").unlink()
+    cache.put(frames[5:6], CountingSource()(frames[5:6]))
+    assert (root / "usage").read_text().split()[0] == str(6 * size)
+    (root / "usage").write_text(f"0 {time.time() - 2 * folder_module.RECOUNT_SECONDS}")  # too low, but old
+    cache.put(frames[6:8], CountingSource()(frames[6:8]))
+    assert len(entry_files(root)) == 5, "evicted down to the low-water mark"
+    assert (root / "usage").read_text().split()[0] == str(5 * size)
+
+
+def test_entry_above_the_bound_stops_caching_once(tmp_path: Path, caplog) -> None:
+    size = entry_size(tmp_path)
+    cache = new_cache(tmp_path / "cache", max_gb=0.5 * size / 1e9)
+    frames = make_frames(4)
+    source = CountingSource()
+    cached = CachedFeatureSource(source, cache)
+    with caplog.at_level(logging.WARNING):
+        cached(frames[:2])
+        cached(frames[2:])
+    assert source.frames == 4 and entry_files(tmp_path / "cache") == []
+    assert caplog.text.count("going on without caching") == 1
+
+
+# -- sharing between processes -----------------------------------------------------------
+
+WORKER = """
+import sys, numpy as np
+from tests.test_cache import CountingSource, make_frames, new_cache, assert_same
+from pdmtrack.features.cache import CachedFeatureSource
+from pathlib import Path
+root, seed, max_gb = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+frames = np.concatenate([make_frames(24, seed=0), make_frames(24, seed=seed)])
+rng = np.random.default_rng(seed)
+for round_ in range(3):
+    order = rng.permutation(len(frames) // 4)
+    for i in order:
+        batch = frames[4 * i : 4 * i + 4]
+        served = CachedFeatureSource(CountingSource(), new_cache(root, max_gb=max_gb))(batch)
+        assert_same(served, CountingSource()(batch).contiguous())
+print("ok")
+"""
+
+
+def test_concurrent_processes_share_one_bounded_cache(tmp_path: Path) -> None:
+    """Two processes read and write one folder whose bound holds under half of their frames:
+    every batch served equals a fresh computation, and the bound holds throughout."""
+    size = entry_size(tmp_path)
+    root = tmp_path / "cache"
+    max_gb = 30.5 * size / 1e9
+    script = WORKER
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(root), str(seed), str(max_gb)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    bound = resolve_max_bytes(max_gb)
+    peak = 0
+    while any(worker.poll() is None for worker in workers):
+        with CacheFolder(root, bound).locked():  # the published entries, between commits
+            peak = max(peak, sum(entry.size for entry in CacheFolder(root, bound).entries()))
+        time.sleep(0.01)
+    for worker in workers:
+        out, err = worker.communicate()
+        assert worker.returncode == 0 and out.strip() == "ok", err
+    assert 0 < peak <= bound
+    assert sum(p.stat().st_size for p in entry_files(root)) <= bound
+    assert list((root / "tmp").iterdir()) == []
+
+
+# -- unwritable, full disk ---------------------------------------------------------------
+
+
+def test_unusable_folder_is_one_input_error_up_front(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    frames = make_chunks(1)[0]
     with pytest.raises(InputError, match="--cache-dir"):
-        FeatureCache(not_a_dir, "fp-a").put(frames, CountingSource()(frames))
+        CacheFolder(not_a_dir, 10**9).check()
+    with pytest.raises(InputError, match="--cache-dir"):
+        CacheFolder(not_a_dir / "sub", 10**9).check()
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(InputError, match="cannot write the feature cache"):
+            CacheFolder(locked, 10**9).check()
 
 
-def test_unsafe_fingerprint_gets_a_hashed_folder(tmp_path: Path) -> None:
-    cache = FeatureCache(tmp_path, "../model/at some path")
-    frames = make_chunks(1)[0]
-    path = cache.put(frames, CountingSource()(frames))
-    assert path.resolve().is_relative_to(tmp_path.resolve())
-    assert len(path.relative_to(tmp_path).parts) == 3
+def test_full_disk_is_refused_up_front(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CacheFolder, "free_bytes", lambda self: 10**6)
+    with pytest.raises(InputError, match="full.*--no-cache"):
+        CacheFolder(tmp_path, 10**9).check()
+
+
+def test_disk_filling_mid_run_goes_on_without_caching(tmp_path: Path, monkeypatch, caplog) -> None:
+    frames = make_frames(8)
+    cache = new_cache(tmp_path)
+    source = CountingSource()
+    cached = CachedFeatureSource(source, cache)
+    cached(frames[:4])
+    monkeypatch.setattr(CacheFolder, "free_bytes", lambda self: folder_module.FREE_RESERVE_BYTES)
+    with caplog.at_level(logging.WARNING):
+        cached(frames[4:6])
+        cached(frames[6:])
+    assert source.frames == 8 and len(entry_files(tmp_path)) == 4
+    assert caplog.text.count("nearly full") == 1 and not cache.writing
+    assert cached(frames[:4]) is not None and cached.hits == 4  # reading goes on
+
+
+def test_write_error_mid_run_goes_on_without_caching(tmp_path: Path, monkeypatch, caplog) -> None:
+    frames = make_frames(4)
+    cache = new_cache(tmp_path)
+
+    def no_space(data: bytes) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.folder, "stage", no_space)
+    with caplog.at_level(logging.WARNING):
+        CachedFeatureSource(CountingSource(), cache)(frames)
+    assert "No space left on device" in caplog.text and not cache.writing
+
+
+# -- default folder, info and clear ------------------------------------------------------
 
 
 def test_default_cache_dir_follows_environment(monkeypatch, tmp_path: Path) -> None:
@@ -237,3 +440,53 @@ def test_default_cache_dir_follows_environment(monkeypatch, tmp_path: Path) -> N
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "pdmtrack" / "features"
     assert FeatureCache(None, "fp-a").cache_dir == default_cache_dir()
+
+
+def fill_two_groups(root: Path) -> None:
+    frames = make_frames(6)
+    FeatureCache(root, "fp-a", description={"model": "org/model-a"}).put(frames[:4], CountingSource()(frames[:4]))
+    FeatureCache(root, "fp-b", description={"model": "org/model-b"}).put(frames[4:], CountingSource()(frames[4:]))
+
+
+def test_info_and_clear_by_model_and_age(tmp_path: Path) -> None:
+    fill_two_groups(tmp_path)
+    report = CacheFolder(tmp_path, 10**9).report()
+    assert report.entries == 6 and {g.name: g.entries for g in report.groups} == {"fp-a": 4, "fp-b": 2}
+    assert "org/model-a" in report.format() and "fp-b: 2 entries" in report.format()
+
+    old = time.time() - 3 * 86400
+    for path in entry_files(tmp_path / "fp-a")[:3]:
+        os.utime(path, (old, old))
+    folder = CacheFolder(tmp_path, 10**9)
+    assert folder.clear(older_than_days=2)[0] == 3
+    assert folder.clear(model="org/model-b")[0] == 2
+    assert not (tmp_path / "fp-b").exists()
+    assert folder.report().entries == 1
+    assert folder.clear()[0] == 1 and folder.report().entries == 0
+
+
+def test_cache_commands(tmp_path: Path, capsys, monkeypatch) -> None:
+    fill_two_groups(tmp_path)
+    info = run_cli(["cache", "info", "--cache-dir", tmp_path], capsys, monkeypatch)
+    assert info.code == 0 and "6 entries" in info.out and "org/model-b" in info.out
+    cleared = run_cli(["cache", "clear", "--cache-dir", tmp_path, "--model", "org/model-a"], capsys, monkeypatch)
+    assert cleared.code == 0 and "removed 4 entries" in cleared.out
+    assert_one_line_error(
+        run_cli(["cache", "clear", "--cache-dir", tmp_path, "--older-than", "-1"], capsys, monkeypatch), "--older-than"
+    )
+    monkeypatch.setenv(folder_module.MAX_GB_ENV, "-3")
+    assert_one_line_error(run_cli(["cache", "info", "--cache-dir", tmp_path], capsys, monkeypatch), "PDMTRACK_CACHE_MAX_GB")
+
+
+def test_stale_temporaries_are_removed(tmp_path: Path, monkeypatch) -> None:
+    size = entry_size(tmp_path)
+    root = tmp_path / "cache"
+    cache = new_cache(root, max_gb=2.5 * size / 1e9)
+    left_over = cache.folder.stage(b"half an entry")
+    old = time.time() - 2 * folder_module.STALE_TEMP_SECONDS
+    os.utime(left_over, (old, old))
+    frames = make_frames(4)
+    for i in range(4):  # the third needs an eviction scan
+        cache.put(frames[i : i + 1], CountingSource()(frames[i : i + 1]))
+    assert not left_over.exists()
+    assert cache_module.FORMAT_VERSION == "2"

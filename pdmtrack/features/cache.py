@@ -1,16 +1,23 @@
-"""Content-addressed on-disk cache of PDM features: one safetensors file per chunk of frames.
+"""Content-addressed on-disk cache of PDM features, one entry per frame.
 
-A chunk's key is the sha256 of its decoded frame bytes (with shape and dtype) and the
-extractor's fingerprint (model id/revision or folder hash and every feature setting), so a
-changed frame or a changed setting is a miss and nothing stale is ever served. Files are
-written under a temporary name and renamed (``fsutil.atomic_path``), so a killed run leaves
-only complete files and the next run resumes from them. A file that does not load, or whose
-metadata or shapes disagree with the request, is deleted and treated as a miss.
+An entry's key is the sha256 of one decoded frame (pixel bytes, shape, dtype) and the
+extractor's fingerprint (weights, block, every feature setting, class names, dtype), so the
+batch size, ``--start`` and the video a frame came from do not matter, and a changed frame
+or setting is a miss. Each entry is a safetensors file whose metadata repeats the key's
+parts and carries a sha256 of its tensors' bytes; a read checks both (and the shapes), so a
+damaged entry is discarded and recomputed, never served. The folder's size bound, eviction
+and sharing between processes live in ``cache_folder.py``.
+
+Exactness: ``CachedFeatureSource`` serves a batch from the cache only when every frame of it
+is there; otherwise it computes the whole batch, because a frame's features depend in the
+last bit on the batch it is computed in. Every tensor it returns is contiguous, so cached,
+fresh and mixed runs give the same masks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -18,133 +25,166 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
-from pdmtrack.errors import InputError
+from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, resolve_max_bytes
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.fsutil import atomic_path, user_cache_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 1: one entry per batch; 2: one entry per frame, with a checksum
 _REQUIRED = ("appearance", "semantic")
 _OPTIONAL = ("class_vectors", "class_attention")
 _SAFE_DIR_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
-def default_cache_dir() -> Path:
-    """The default cache folder.
-
-    $PDMTRACK_CACHE_DIR when set, else $XDG_CACHE_HOME/pdmtrack/features, else
-    ~/.cache/pdmtrack/features.
-    """
-    explicit = os.environ.get("PDMTRACK_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    return user_cache_dir() / "features"
-
-
 def frames_key(frames: np.ndarray) -> str:
-    """sha256 (hex) of a batch of decoded frames: shape, dtype and pixel bytes."""
+    """sha256 (hex) of decoded pixels: shape, dtype and bytes (one frame or a batch)."""
     digest = hashlib.sha256(f"{frames.shape}|{frames.dtype.str}|".encode())
     digest.update(np.ascontiguousarray(frames).data)
     return digest.hexdigest()
 
 
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
 class _CorruptEntry(Exception):
-    """A cache file that exists but cannot be trusted (raised and handled inside this module)."""
+    """An entry that exists but cannot be trusted (raised and handled inside this module)."""
 
 
 class FeatureCache:
-    """Store of PDMFeatures per chunk of frames, keyed by frame content and ``fingerprint``.
+    """One frame's PDMFeatures per entry, keyed by frame content and ``fingerprint``.
 
-    Layout: ``cache_dir/<fingerprint[:16]>/<key[:2]>/<key>.safetensors`` with
-    ``key = sha256(frames_key + fingerprint)`` (a fingerprint that is not a plain name is
-    replaced by its sha256 in the folder name). Tensors are stored as they come (dtype and
-    shape kept exactly); absent optional fields are simply not stored.
+    Entries live in ``folder/<fingerprint[:16]>/<key[:2]>/<key>.safetensors`` with
+    ``key = sha256(frames_key(frame) + fingerprint)`` (a fingerprint that is not a plain name
+    is replaced by its sha256 in the folder name). ``description`` (model, settings) is
+    written beside them for ``pdmtrack cache info``. When the cache cannot take more (disk
+    nearly full, unwritable), writing stops for this object with one warning and reading goes on.
     """
 
-    def __init__(self, cache_dir: Path | None, fingerprint: str) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        fingerprint: str,
+        *,
+        max_gb: float | None = None,
+        description: dict | None = None,
+    ) -> None:
         if not fingerprint:
             raise ValueError("FeatureCache needs a non-empty fingerprint")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.folder = CacheFolder(cache_dir, resolve_max_bytes(max_gb))
         self.fingerprint = fingerprint
+        self.description = {**(description or {}), "fingerprint": fingerprint, "format_version": FORMAT_VERSION}
         group = fingerprint if _SAFE_DIR_NAME.fullmatch(fingerprint) else _sha256(fingerprint)
-        self.root = self.cache_dir / group[:16]
+        self.group = group[:16]
+        self.writing = True
 
-    def get(self, frames: np.ndarray) -> PDMFeatures | None:
-        """The stored features of ``frames``, or None (a corrupt file is deleted first)."""
-        content_key = frames_key(frames)
+    @property
+    def cache_dir(self) -> Path:
+        return self.folder.root
+
+    def get(self, frame: np.ndarray) -> PDMFeatures | None:
+        """The stored features of one (H, W, 3) frame (a batch of one), or None. An entry
+        that fails its checks is deleted (unless replaced meanwhile) and is a miss."""
+        content_key = frames_key(frame)
         path = self._path(content_key)
-        if not path.is_file():
+        try:
+            with path.open("rb") as handle:
+                inode = os.fstat(handle.fileno()).st_ino
+                data = handle.read()
+        except OSError:  # absent, or evicted before the open
             return None
         try:
-            return self._load(path, self._metadata(content_key, len(frames)))
-        except (_CorruptEntry, SafetensorError, OSError, ValueError, RuntimeError) as err:
-            log.warning("feature cache: discarding unreadable %s (%s)", path, err)
-            path.unlink(missing_ok=True)
+            features = _decode(data, self._metadata(content_key))
+        except _CorruptEntry as err:
+            log.warning("feature cache: discarding damaged entry %s (%s)", path, err)
+            _unlink_if_same(path, inode)
             return None
+        _touch(path)
+        return features
 
-    def put(self, frames: np.ndarray, features: PDMFeatures) -> Path:
-        """Store ``features`` of ``frames`` atomically; returns the file written."""
+    def put(self, frames: np.ndarray, features: PDMFeatures) -> int:
+        """Store each frame of ``frames`` (B, H, W, 3) with its features; returns how many
+        were stored (0 once writing has stopped)."""
         if len(features) != len(frames):
             raise ValueError(f"{len(features)} feature frames for {len(frames)} input frames")
-        tensors = {
-            # a private contiguous copy: safetensors refuses tensors that share memory
-            name: tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-            for name in _REQUIRED + _OPTIONAL
-            if (tensor := getattr(features, name)) is not None
-        }
-        content_key = frames_key(frames)
-        path = self._path(content_key)
+        if not self.writing:
+            return 0
+        staged: list[tuple[Path, Path]] = []
         try:
-            with atomic_path(path) as tmp:
-                save_file(tensors, tmp, metadata=self._metadata(content_key, len(frames)))
+            for index, frame in enumerate(frames):
+                content_key = frames_key(frame)
+                data = _encode(features.select(index), self._metadata(content_key))
+                staged.append((self.folder.stage(data), self._path(content_key)))
+            self.folder.commit(staged, self.group, self.description)
+        except CacheFull as full:
+            self._stop_writing(str(full))
+            return 0
         except OSError as err:
-            raise InputError(
-                self.cache_dir,
-                f"cannot write the feature cache ({err.strerror or err}); "
-                "pass a writable --cache-dir or --no-cache",
-            ) from err
-        return path
+            self._stop_writing(f"cannot write to {self.folder.root} ({err.strerror or err})")
+            return 0
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return len(staged)
+
+    def _stop_writing(self, reason: str) -> None:
+        self.writing = False
+        log.warning("feature cache: %s; going on without caching new features", reason)
 
     def _path(self, content_key: str) -> Path:
         key = _sha256(f"{content_key}|{self.fingerprint}")
-        return self.root / key[:2] / f"{key}.safetensors"
+        return self.folder.root / self.group / key[:2] / f"{key}.safetensors"
 
-    def _metadata(self, content_key: str, frame_count: int) -> dict[str, str]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "frames_key": content_key,
-            "frame_count": str(frame_count),
-        }
-
-    @staticmethod
-    def _load(path: Path, expected: dict[str, str]) -> PDMFeatures:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        for field, value in expected.items():
-            if metadata.get(field) != value:
-                raise _CorruptEntry(f"metadata {field}={metadata.get(field)!r}, expected {value!r}")
-        unknown = set(tensors) - set(_REQUIRED + _OPTIONAL)
-        missing = set(_REQUIRED) - set(tensors)
-        if unknown or missing:
-            raise _CorruptEntry(f"tensors {sorted(tensors)} (missing {sorted(missing)})")
-        features = PDMFeatures(**tensors)
-        _check_shapes(features, int(expected["frame_count"]))
-        return features
+    def _metadata(self, content_key: str) -> dict[str, str]:
+        return {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "frames_key": content_key}
 
 
-def _check_shapes(features: PDMFeatures, frame_count: int) -> None:
-    """Raise _CorruptEntry unless the tensors form a consistent record of ``frame_count`` frames."""
+def _encode(features: PDMFeatures, metadata: dict[str, str]) -> bytes:
+    """safetensors bytes of one frame's features, with ``metadata`` and the checksum."""
+    tensors = {
+        # a private contiguous copy: safetensors refuses tensors that share memory
+        name: tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for name in _REQUIRED + _OPTIONAL
+        if (tensor := getattr(features, name)) is not None
+    }
+    return save_tensors(tensors, metadata={**metadata, "checksum": tensors_checksum(tensors)})
+
+
+def _decode(data: bytes, expected: dict[str, str]) -> PDMFeatures:
+    """The features in an entry's bytes; _CorruptEntry unless metadata, checksum and shapes agree."""
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        tensors = load_tensors(data)
+    except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
+        raise _CorruptEntry(f"unreadable: {err}") from err
+    for name, value in expected.items():
+        if metadata.get(name) != value:
+            raise _CorruptEntry(f"metadata {name}={metadata.get(name)!r}, expected {value!r}")
+    unknown, missing = set(tensors) - set(_REQUIRED + _OPTIONAL), set(_REQUIRED) - set(tensors)
+    if unknown or missing:
+        raise _CorruptEntry(f"tensors {sorted(tensors)} (missing {sorted(missing)})")
+    if metadata.get("checksum") != tensors_checksum(tensors):
+        raise _CorruptEntry("checksum mismatch")
+    features = PDMFeatures(**tensors)
+    _check_shapes(features)
+    return features
+
+
+def _check_shapes(features: PDMFeatures) -> None:
+    """Raise _CorruptEntry unless the tensors form a consistent record of one frame."""
     appearance, semantic = features.appearance, features.semantic
-    if appearance.ndim != 4 or semantic.ndim != 4:
-        raise _CorruptEntry("appearance and semantic must be (B, C, h, w)")
-    if appearance.shape[0] != frame_count or semantic.shape[0] != frame_count:
-        raise _CorruptEntry(f"batch {appearance.shape[0]}/{semantic.shape[0]} != {frame_count}")
+    if appearance.ndim != 4 or semantic.ndim != 4 or appearance.shape[0] != 1 or semantic.shape[0] != 1:
+        raise _CorruptEntry("appearance and semantic must be (1, C, h, w)")
     if semantic.shape[-2:] != appearance.shape[-2:]:
         raise _CorruptEntry("semantic and appearance grids differ")
     vectors, attention = features.class_vectors, features.class_attention
@@ -152,8 +192,25 @@ def _check_shapes(features: PDMFeatures, frame_count: int) -> None:
         raise _CorruptEntry(f"class_vectors shape {tuple(vectors.shape)}")
     if attention is not None:
         classes = attention.shape[1] if vectors is None else vectors.shape[0]
-        if attention.shape != (frame_count, classes, *appearance.shape[-2:]):
+        if attention.shape != (1, classes, *appearance.shape[-2:]):
             raise _CorruptEntry(f"class_attention shape {tuple(attention.shape)}")
+
+
+def _unlink_if_same(path: Path, inode: int) -> None:
+    """Delete ``path`` unless another writer replaced it since it was read."""
+    try:
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used (eviction takes the least recently used first)."""
+    try:
+        os.utime(path)
+    except OSError:  # evicted since the read, or a read-only folder: the data read is still valid
+        pass
 
 
 def _sha256(text: str) -> str:
@@ -161,10 +218,11 @@ def _sha256(text: str) -> str:
 
 
 class CachedFeatureSource:
-    """A FeatureSource that serves chunks from a FeatureCache and computes and stores misses.
+    """A FeatureSource that serves batches from a FeatureCache and computes and stores misses.
 
-    ``hits`` and ``misses`` count chunks (calls). With ``cache=None`` (``--no-cache``) every
-    call goes straight to ``source`` (counted as a miss) and nothing is written.
+    ``hits`` counts frames served from the cache and ``misses`` frames computed (a batch with
+    any frame missing is computed whole, see the module doc; only its missing frames are
+    written). With ``cache=None`` (``--no-cache``) every frame is computed, nothing is written.
     """
 
     def __init__(self, source: FeatureSource, cache: FeatureCache | None) -> None:
@@ -174,16 +232,17 @@ class CachedFeatureSource:
         self.misses = 0
 
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
-        """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames."""
-        cached = None if self.cache is None else self.cache.get(frames)
-        if cached is not None:
-            self.hits += 1
-            return cached
-        self.misses += 1
-        features = self.source(frames)
-        if self.cache is not None:
-            self.cache.put(frames, features)
+        """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames, contiguous tensors."""
+        stored = [] if self.cache is None else [self.cache.get(frame) for frame in frames]
+        if stored and all(entry is not None for entry in stored):
+            self.hits += len(frames)
+            return PDMFeatures.cat(stored).contiguous()  # type: ignore[arg-type]
+        self.misses += len(frames)
+        features = self.source(frames).contiguous()
+        absent = [index for index, entry in enumerate(stored) if entry is None]
+        if self.cache is not None and absent:
+            self.cache.put(frames[absent], features.select(absent))
         return features
 
 
-__all__ = ["CachedFeatureSource", "FeatureCache", "default_cache_dir", "frames_key"]
+__all__ = ["CachedFeatureSource", "FeatureCache", "default_cache_dir", "frames_key", "tensors_checksum"]

@@ -4,7 +4,7 @@ The prompt is fixed for an extractor (its text embeddings are computed once): em
 class names, ``prompt_template`` with the name, or with several names joined by " and a "
 ("a photo of a dog and a cat"). Each name's prompt tokens are found through the tokenizer's
 character offsets, so multi-token names work (their tokens are averaged by the hooks).
-Features leave as float16 on the CPU: cached and fresh runs then agree exactly.
+Features leave as contiguous float16 on the CPU: cached and fresh runs then agree exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,12 +96,12 @@ class FeatureExtractor:
             raise InputError("--model", "its tokenizers split the prompt differently; cannot locate the class tokens")
         self.class_tokens = positions[0]
         self.prompt_embeds, self.pooled_embeds = self._encode_prompt()
-        self.fingerprint = self._fingerprint()
+        self.fingerprint = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()
 
-    def _fingerprint(self) -> str:
-        """Hash of weights, block, every feature setting, class names and dtype."""
+    def _identity(self) -> dict:
+        """What the features depend on: weights, block, every feature setting, class names, dtype."""
         settings = {k: v for k, v in asdict(self.config).items() if k not in ("model", "revision", "layer")}
-        payload = {
+        return {
             "version": FEATURES_VERSION,
             "weights": self.parts.fingerprint,
             "block": self.block,
@@ -108,7 +109,14 @@ class FeatureExtractor:
             "classes": self.class_names,
             "dtype": str(self.dtype),
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def description(self) -> dict:
+        """The fingerprint's inputs plus the model as given (``--model``, ``--revision``), for
+        ``pdmtrack cache info``; a local folder as an absolute path."""
+        model = self.config.model
+        local = Path(model).expanduser()
+        return {**self._identity(), "model": str(local.resolve()) if local.is_dir() else model, "revision": self.config.revision}
 
     @torch.inference_mode()
     def _encode_prompt(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -190,7 +198,8 @@ class FeatureExtractor:
         def as_map(tokens_last: torch.Tensor) -> torch.Tensor:
             batch, _, channels = tokens_last.shape
             spatial = tokens_last.transpose(1, 2).reshape(batch, channels, *grid)
-            return spatial.to(device="cpu", dtype=torch.float16)
+            # contiguous: a transposed view would make fresh and cached features differ in layout
+            return spatial.to(device="cpu", dtype=torch.float16, memory_format=torch.contiguous_format)
 
         has_classes = bool(self.class_tokens)
         return PDMFeatures(

@@ -36,14 +36,27 @@ class PDMFeatures:
         """(h, w) of the feature grid."""
         return tuple(self.appearance.shape[-2:])  # type: ignore[return-value]
 
-    def select(self, index: int | slice) -> PDMFeatures:
-        """Frames ``index`` of the batch (an int keeps a batch axis of 1)."""
+    def select(self, index: int | slice | list[int]) -> PDMFeatures:
+        """Frames ``index`` of the batch (an int keeps a batch axis of 1; a list copies)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
         return PDMFeatures(
             appearance=self.appearance[sl],
             semantic=self.semantic[sl],
             class_vectors=self.class_vectors,
             class_attention=None if self.class_attention is None else self.class_attention[sl],
+        )
+
+    def contiguous(self) -> PDMFeatures:
+        """The same features with every tensor in contiguous (row-major) memory."""
+
+        def dense(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.contiguous()
+
+        return PDMFeatures(
+            appearance=dense(self.appearance),  # type: ignore[arg-type]
+            semantic=dense(self.semantic),  # type: ignore[arg-type]
+            class_vectors=dense(self.class_vectors),
+            class_attention=dense(self.class_attention),
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PDMFeatures:
