@@ -34,49 +34,9 @@ from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.inversion import unet_passes
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
 from pdmtrack.tiny.diffusion import build_tiny_pipeline, tiny_text_encoder
+from published_configs import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG  # beside this script
 
 MODES = ("aidi", "ddim", "noise")
-
-# stabilityai/sdxl-turbo unet/config.json (the SDXL base UNet), written out: no download.
-SDXL_UNET_CONFIG = {
-    "act_fn": "silu",
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 64,
-    "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "use_linear_projection": True,
-}
-# The SDXL VAE (sdxl-turbo vae/config.json).
-SDXL_VAE_CONFIG = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
-}
 
 
 def full_size_parts(tiny_folder: Path, device: torch.device, dtype: torch.dtype) -> DiffusionParts:

@@ -32,12 +32,12 @@ TINY_SAM = SamArchitecture(
 )
 
 
-def build_tiny_sam(path: Path, seed: int = 0) -> Path:
-    """Build the tiny SAM with weights drawn from ``seed`` and save it to ``path``."""
+def build_tiny_sam(path: Path, seed: int = 0, arch: SamArchitecture = TINY_SAM) -> Path:
+    """Build the tiny SAM (or ``arch``) with weights drawn from ``seed`` and save it to ``path``."""
     torch.manual_seed(seed)
-    sam = build_sam_model(TINY_SAM)
+    sam = build_sam_model(arch)
     state = {name: tensor.contiguous() for name, tensor in sam.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={ARCHITECTURE_KEY: TINY_SAM.to_json()})
+        save_file(state, str(tmp), metadata={ARCHITECTURE_KEY: arch.to_json()})
     return path

@@ -48,12 +48,13 @@ def tiny_sam2_config():  # -> transformers.Sam2Config
     )
 
 
-def build_tiny_sam2(folder: Path, seed: int = 0) -> Path:
-    """Build the tiny SAM 2 with weights drawn from ``seed`` and save it (safetensors) in ``folder``."""
+def build_tiny_sam2(folder: Path, seed: int = 0, config=None) -> Path:
+    """Build the tiny SAM 2 (or one of ``config``, a ``Sam2Config``) with weights drawn from
+    ``seed`` and save it (safetensors) in ``folder``."""
     from transformers import Sam2Model
 
     torch.manual_seed(seed)
-    model = Sam2Model(tiny_sam2_config()).eval()
+    model = Sam2Model(config or tiny_sam2_config()).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
