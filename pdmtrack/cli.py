@@ -108,34 +108,40 @@ def with_track_options(command: Callable[..., None]) -> Callable[..., None]:
 @with_track_options
 def propagate(
     video: Annotated[Path, typer.Argument(help="Video file (mp4/mov/avi/mkv/webm) or folder of frames.")],
-    mask: Annotated[Optional[Path], typer.Option(help="First-frame mask: palette/grey/RGB PNG or COCO RLE JSON.")] = None,
+    mask: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON."),
+    ] = None,
     cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: ./pdmtrack_out/<video name>).")] = None,
-    start: Annotated[int, typer.Option(help="First frame to track (its mask is --mask).")] = 0,
+    start: Annotated[Optional[int], typer.Option(help="First frame written (default: the first mask's frame; 0 for backward/both).")] = None,
     end: Annotated[Optional[int], typer.Option(help="Stop before this frame (default: the last).")] = None,
+    direction: Annotated[str, typer.Option(help="forward | backward | both (from the given masks).")] = "forward",
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
     settings: TrackSettings = TrackSettings(),
 ) -> None:
-    """Track the instances of a first-frame mask (or of a class name) through a video."""
-    from pdmtrack.pipeline import track_video
+    """Track the instances of given masks (or of a class name) through a video."""
+    from pdmtrack.run import mask_files, plan_run, track_to_folder
+    from pdmtrack.tracker import Tracker
 
-    out_dir = out if out is not None else Path("pdmtrack_out") / video.stem
-    summary = track_video(
+    plan = plan_run(
         video,
-        out_dir,
-        mask=mask,
+        out if out is not None else Path("pdmtrack_out") / video.stem,
+        masks=mask_files(mask or [], start or 0),
         classes=list(cls or []),
-        settings=settings,
-        overlay=overlay,
-        rle=rle,
-        png=png,
         start=start,
         end=end,
+        direction=direction,
         resize_mask=resize_mask,
+        png=png,
+        overlay=overlay,
+        rle=rle,
+        backend=settings.runtime.backend,
     )
+    summary = track_to_folder(Tracker(settings), plan)
     for note in summary.notes:
         typer.echo(note, err=True)
     typer.echo(

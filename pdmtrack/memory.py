@@ -1,16 +1,24 @@
-"""The propagator's memory: the first frame plus the last n frames, and label propagation.
+"""The propagator's memory: permanent keyframes plus the last n frames, and label propagation.
 
-What is kept per context frame: its unit-norm appearance features (C, N) over the N grid
-cells, and its soft labels (L, N) (background first, one row per object, columns summing to
-1). The buffers are allocated once, so memory is flat in the video's length.
+What is kept per memory frame: its unit-norm appearance features (C, N) over the N grid cells
+and its soft labels (L, N) (background first, one row per object slot, columns summing to 1).
+Two kinds of frames, as Cutie keeps permanent and working memory:
+
+- keyframes: frames whose mask the user gave (the first one and corrections). They stay for
+  the whole run: the first given mask always, plus the ``max_keyframes`` latest later ones
+  (older ones are given out first). A mask that adds objects restarts the keyframes at it:
+  earlier masks would vote "background" on the new objects' cells;
+- recent frames: a ring of the last ``context`` tracked frames. A correction clears it: the
+  frames before a correction carry the drift the correction fixes.
+
+The buffers are allocated once, so memory is flat in the video's length.
 
 Reading the memory is the DAVIS label-propagation protocol of DINO and DIFT: the affinity of
-a target cell to a context entry is exp(cos / temperature); the top-k entries over all
-context frames jointly are kept, normalised, and their labels averaged. Recent frames are
-only searched in a square window around the target cell (motion between nearby frames is
-small); the first frame is searched everywhere when ``global_first_frame`` is set, because
-an object that left and came back can be anywhere by then (set it off for the exact
-DINO/DIFT protocol).
+a target cell to a memory entry is exp(cos / temperature); the top-k entries over all memory
+frames jointly are kept, normalised, and their labels averaged. Recent frames are only
+searched in a square window around the target cell (motion between nearby frames is small);
+keyframes are searched everywhere when ``global_first_frame`` is set, because an object that
+left and came back can be anywhere by then (set it off for the exact DINO/DIFT protocol).
 """
 
 from __future__ import annotations
@@ -39,65 +47,97 @@ def window_mask(grid: tuple[int, int], radius: int, device: torch.device) -> tor
 
 
 def labels_to_grid(labels: torch.Tensor, num_labels: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(H, W) class indices -> (num_labels, N) fraction of each cell covered by each class."""
+    """(H, W) slots -> (num_labels, N) fraction of each cell covered by each slot."""
     one_hot = F.one_hot(labels.long(), num_labels).permute(2, 0, 1).float()
     return F.adaptive_avg_pool2d(one_hot[None], grid)[0].flatten(1)
 
 
 class ContextMemory:
-    """First frame + a ring of the last ``config.context`` frames, read by label propagation."""
+    """Keyframes (slots ``0 .. 1 + max_keyframes``) and a ring of recent frames after them."""
 
     def __init__(
-        self,
-        config: MemoryConfig,
-        first_keys: torch.Tensor,
-        first_labels: torch.Tensor,
-        grid: tuple[int, int],
+        self, config: MemoryConfig, grid: tuple[int, int], channels: int, num_labels: int, device: torch.device
     ) -> None:
-        """first_keys (C, N) appearance features, first_labels (L, N) soft labels."""
-        channels, cells = first_keys.shape
-        if cells != grid[0] * grid[1] or first_labels.shape[1] != cells:
-            raise ValueError(f"keys {tuple(first_keys.shape)} / labels do not fit the grid {grid}")
-        device = first_keys.device
+        cells = grid[0] * grid[1]
         self.config = config
         self.grid = grid
-        self.capacity = config.context + 1
+        self.keyframe_capacity = 1 + config.max_keyframes
+        self.capacity = self.keyframe_capacity + config.context
         self.keys = torch.zeros((self.capacity, channels, cells), device=device)
-        self.labels = torch.zeros((self.capacity, first_labels.shape[0], cells), device=device)
-        self.keys[0] = F.normalize(first_keys.float(), dim=0)
-        self.labels[0] = first_labels.float()
-        self.size = 1  # frames held (first frame included)
-        self._next = 1  # ring slot the next frame goes to (slot 0 is the first frame's)
+        self.labels = torch.zeros((self.capacity, num_labels, cells), device=device)
+        self.keyframes = 0  # keyframe slots in use (from slot 0)
+        self.recent = 0  # recent-frame slots in use
+        self._next = 0  # ring position (0 .. context - 1) the next recent frame goes to
         self._outside = ~window_mask(grid, scaled_radius(config.radius, grid), device)
 
+    @property
+    def size(self) -> int:
+        """Frames held, keyframes included."""
+        return self.keyframes + self.recent
+
+    def _check(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        if keys.shape != self.keys.shape[1:] or labels.shape != self.labels.shape[1:]:
+            raise ValueError(f"keys {tuple(keys.shape)} / labels {tuple(labels.shape)} do not fit the memory")
+
+    def add_keyframe(self, keys: torch.Tensor, labels: torch.Tensor, restart: bool = False) -> None:
+        """A given mask (keys (C, N), labels (L, N)): kept for good; the recent frames are cleared,
+        and with ``restart`` the earlier keyframes too."""
+        self._check(keys, labels)
+        if restart:
+            self.keyframes = 0
+        if self.keyframes == self.keyframe_capacity:
+            if self.keyframe_capacity == 1:  # no room beside the first: it becomes a recent frame
+                self.write(keys, labels)
+                return
+            self.keys[1 : self.keyframe_capacity - 1] = self.keys[2 : self.keyframe_capacity].clone()
+            self.labels[1 : self.keyframe_capacity - 1] = self.labels[2 : self.keyframe_capacity].clone()
+            self.keyframes -= 1
+        self.keys[self.keyframes] = F.normalize(keys.float(), dim=0)
+        self.labels[self.keyframes] = labels.float()
+        self.keyframes += 1
+        self.recent, self._next = 0, 0
+
     def write(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a frame (keys (C, N), soft labels (L, N)), evicting the oldest recent frame."""
-        if self.capacity == 1:
+        """Add a tracked frame (keys (C, N), soft labels (L, N)), evicting the oldest recent one."""
+        self._check(keys, labels)
+        if self.config.context == 0:
             return
-        self.keys[self._next] = F.normalize(keys.float(), dim=0)
-        self.labels[self._next] = labels.float()
-        self.size = min(self.size + 1, self.capacity)
-        self._next = 1 + self._next % (self.capacity - 1)
+        slot = self.keyframe_capacity + self._next
+        self.keys[slot] = F.normalize(keys.float(), dim=0)
+        self.labels[slot] = labels.float()
+        self.recent = min(self.recent + 1, self.config.context)
+        self._next = (self._next + 1) % self.config.context
+
+    def remap_labels(self, keep: list[int], added: int) -> None:
+        """Keep the label rows ``keep`` (background first) and append ``added`` empty ones: objects
+        ended by a correction leave, objects it introduces arrive with no mass in the past."""
+        kept = self.labels[:, keep]
+        self.labels = torch.cat([kept, kept.new_zeros((self.capacity, added, kept.shape[2]))], dim=1)
+
+    def _slots(self) -> torch.Tensor:
+        recent = torch.arange(self.keyframe_capacity, self.keyframe_capacity + self.recent)
+        return torch.cat([torch.arange(self.keyframes), recent]).to(self.keys.device)
 
     def read(self, query: torch.Tensor) -> torch.Tensor:
         """Propagated soft labels (L, N) of a frame with appearance features ``query`` (C, N)."""
         query = F.normalize(query.float(), dim=0)
         cells = query.shape[1]
-        topk = min(self.config.context_topk, cells * self.size)
+        slots = self._slots()
+        unwindowed = self.keyframes if self.config.global_first_frame else 0
+        topk = min(self.config.context_topk, cells * len(slots))
         chunk = max(1, SIMILARITY_BUDGET // (cells * cells))
         scores, entries = [], []
-        for start in range(0, self.size, chunk):
-            stop = min(start + chunk, self.size)
-            similarity = torch.einsum("cn,tcm->ntm", query, self.keys[start:stop])
-            windowed = similarity[:, 1:] if start == 0 and self.config.global_first_frame else similarity
+        for start in range(0, len(slots), chunk):
+            similarity = torch.einsum("cn,tcm->ntm", query, self.keys[slots[start : start + chunk]])
+            windowed = similarity[:, max(0, unwindowed - start) :]
             windowed.masked_fill_(self._outside[:, None], -torch.inf)
             best, index = similarity.flatten(1).topk(min(topk, similarity[0].numel()), dim=1)
             scores.append(best)
-            entries.append(index + start * cells)  # flat (frame, cell) index into the memory
+            entries.append(index + start * cells)  # flat (memory frame, cell) index
         best, entry = scores[0], entries[0]
         if len(scores) > 1:  # the joint top-k lies within the union of the chunks' top-k
             best, pick = torch.cat(scores, 1).topk(topk, dim=1)
             entry = torch.cat(entries, 1).gather(1, pick)
         weights = torch.softmax(best / self.config.temperature, dim=1)  # exp(cos/T), normalised
-        context_labels = self.labels[: self.size].permute(0, 2, 1).reshape(-1, self.labels.shape[1])
-        return torch.einsum("nk,nkl->ln", weights, context_labels[entry])
+        memory_labels = self.labels[slots].permute(0, 2, 1).reshape(-1, self.labels.shape[1])
+        return torch.einsum("nk,nkl->ln", weights, memory_labels[entry])

@@ -1,12 +1,13 @@
-"""The Propagator: first-frame masks in, one label map per frame out (DESIGN section 4).
+"""The Propagator: given masks in, one label map per frame out (DESIGN section 4).
 
-Set it up with frame 0's features and labels (``Propagator.start``), then feed frames one at a
-time (``step``) or a batch at a time (``run``), each with its PDM features from any feature
-source; it never touches the diffusion model. Per frame:
+Give it a mask with its frame's features (``add_keyframe``: the first mask, a correction or
+new objects), then feed frames one at a time (``step``) or a batch at a time (``run``), each
+with its PDM features from any feature source; it never touches the diffusion model, never
+writes files and never times itself. Per frame:
 
-1. label propagation from the first frame and the last n frames (``memory.ContextMemory``);
-2. the PDM instance prior of each object: the combined PDM map of its first-frame reference
-   (its mask on the grid) against the frame;
+1. label propagation from the keyframes and the last n frames (``memory.ContextMemory``);
+2. the PDM instance prior of each object: the combined PDM map of its reference (its mask on
+   the grid in the latest given mask that holds it) against the frame;
 3. fusion (``fuse``: the prior, relative to its level on the propagated object, scales each
    object's propagated mass; background is a class of its own), bilinear upsampling of the
    scores to the frame's size and a per-pixel argmax;
@@ -15,12 +16,14 @@ source; it never touches the diffusion model. Per frame:
    prediction, as DINO's protocol keeps (a hard argmax fed back makes thin or small objects
    shrink frame after frame: on davis-mini's motocross-jump, with colour-statistics
    stand-in features, the rider was gone by frame 6 that way and survived with soft labels).
+
+A given mask is the whole truth at its frame: ids it holds are tracked from there on (new ids
+start there, and the memory's keyframes restart at it), tracked ids it lacks end there.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +32,10 @@ import torch.nn.functional as F
 
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import mask_to_grid_bool, pdm_map
+from pdmtrack.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
 from pdmtrack.memory import ContextMemory, labels_to_grid
-from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
+from pdmtrack.objects import ObjectSlots, object_ids_in
+from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 
 
 def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
@@ -40,8 +44,8 @@ def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.
     The prior only suppresses: object k's propagated mass is scaled by
     ``(1 - weight) + weight * relative_k``, background's is left as it is. ``relative_k`` is
     the prior divided by its mean under k's propagated mass, capped at 1: cells that look as
-    much like k's first-frame reference as the propagated object does keep their mass, cells
-    that look much less like it (a leak onto background or onto another instance) lose up to
+    much like k's reference as the propagated object does keep their mass, cells that look
+    much less like it (a leak onto background or onto another instance) lose up to
     ``weight`` of it. A min-max normalised PDM map peaks at 1 somewhere even when its object
     is gone, so the prior never creates mass: an object that propagation finds nowhere (it
     left the frame) stays absent and background wins.
@@ -54,19 +58,15 @@ def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.
 
 @dataclass
 class _Reference:
-    """Frame 0 as every later frame sees it: its features and each object's grid mask."""
+    """An object as later frames see it: the features of the given mask's frame, its cells there."""
 
-    features: PDMFeatures  # one frame, float32 on the compute device
-    masks: list[torch.Tensor]  # per object, (h, w) bool reference tokens
-    class_indices: list[int | None]
+    features: PDMFeatures  # one frame, float32 on the compute device (shared by a keyframe's objects)
+    mask: torch.Tensor  # (h, w) bool reference tokens
+    class_index: int | None  # row of its class in ``features.class_vectors`` (None: appearance only)
 
 
 class Propagator:
-    """Tracks the objects of a first-frame mask through later frames (one ``step`` each).
-
-    ``timings`` accumulates seconds spent in "matching" (memory read, PDM maps, fusion,
-    memory write) and "refinement" (SAM) for the caller's report.
-    """
+    """Tracks the objects of given masks through later (or earlier) frames, one ``step`` each."""
 
     def __init__(
         self,
@@ -79,82 +79,69 @@ class Propagator:
         self.match_config = match
         self.device = device
         self.refiner = refiner
-        self.timings = {"matching": 0.0, "refinement": 0.0}
-        self.object_ids: list[int] = []
+        self.objects = ObjectSlots(())
         self._memory: ContextMemory | None = None
-        self._reference: _Reference | None = None
+        self._references: dict[int, _Reference] = {}
 
-    def start(
-        self,
-        features: PDMFeatures,
-        labels: np.ndarray,
-        object_ids: Sequence[int],
-        class_indices: Sequence[int | None] | None = None,
+    def add_keyframe(
+        self, features: PDMFeatures, labels: np.ndarray, class_indices: Mapping[int, int | None] | None = None
     ) -> None:
-        """Set up from frame 0: its features (one frame), its (H, W) uint8 object-id labels,
-        the ids to track (pixels with other values are background) and, per object, the index
-        of its class among ``features.class_vectors`` (None: appearance only)."""
+        """A given mask: ``features`` of its frame (one frame), its (H, W) uint8 object ids and,
+        per object id, the row of its class among ``features.class_vectors`` (absent/None:
+        appearance only). Its objects take this frame as their reference."""
         if len(features) != 1:
-            raise ValueError(f"start takes the features of one frame, got {len(features)}")
-        if class_indices is None:
-            class_indices = [None] * len(object_ids)
-        if len(class_indices) != len(object_ids):
-            raise ValueError("one class index (or None) per object id")
-        self.object_ids = [int(i) for i in object_ids]
-        reference = features.to(self.device, torch.float32)
-        grid = reference.grid
-        classes = self.class_map(labels)
-        self._reference = _Reference(
-            features=reference,
-            masks=[self._grid_mask(classes == k + 1, grid) for k in range(len(object_ids))],
-            class_indices=list(class_indices),
-        )
-        first_labels = labels_to_grid(classes.to(self.device), 1 + len(object_ids), grid)
-        self._memory = ContextMemory(
-            self.memory_config, reference.appearance[0].flatten(1), first_labels, grid
-        )
-
-    def _grid_mask(self, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Reference tokens (h, w) bool of a (H, W) object mask on the feature grid."""
-        return mask_to_grid_bool(mask, grid, self.match_config.min_fraction).to(self.device)
-
-    def class_map(self, labels: np.ndarray) -> torch.Tensor:
-        """(H, W) object ids -> (H, W) int64 class indices (0 background, k for object_ids[k-1])."""
-        lookup = np.zeros(256, dtype=np.int64)
-        lookup[self.object_ids] = np.arange(1, len(self.object_ids) + 1)
-        return torch.from_numpy(lookup[np.asarray(labels, dtype=np.uint8)])
+            raise ValueError(f"a keyframe takes the features of one frame, got {len(features)}")
+        class_indices = class_indices or {}
+        present = object_ids_in(labels)
+        frame_features = features.to(self.device, torch.float32)
+        grid = frame_features.grid
+        added: list[int] = []
+        if self._memory is None:
+            channels = frame_features.appearance.shape[1]
+            self._memory = ContextMemory(self.memory_config, grid, channels, 1 + len(present), self.device)
+        else:
+            kept = [i for i in self.objects.ids if i in present]
+            added = [i for i in present if i not in self.objects.ids]
+            self._memory.remap_labels([0, *map(self.objects.slot, kept)], len(added))
+            present = kept + added
+        self.objects = ObjectSlots.of(present)
+        slots = self.objects.to_slots(labels).to(self.device)
+        self._references = {
+            object_id: _Reference(
+                frame_features,
+                mask_to_grid_bool(slots == self.objects.slot(object_id), grid, self.match_config.min_fraction),
+                class_indices.get(object_id) if frame_features.class_vectors is not None else None,
+            )
+            for object_id in self.objects.ids
+        }
+        keys = frame_features.appearance[0].flatten(1)
+        self._memory.add_keyframe(keys, labels_to_grid(slots, self.objects.num_slots, grid), restart=bool(added))
 
     def step(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
         """Labels (H, W) uint8 (object ids, 0 background) of the next frame (H, W, 3) uint8."""
         return next(self.run(frame[None], features))
 
     def run(self, frames: np.ndarray, features: PDMFeatures) -> Iterator[np.ndarray]:
-        """Labels of each of a batch of consecutive frames (B, H, W, 3), in order."""
-        if self._memory is None or self._reference is None:
-            raise RuntimeError("Propagator.start must be called before step/run")
+        """Labels of each of a batch of consecutive frames (B, H, W, 3), in tracking order."""
+        if self._memory is None:
+            raise RuntimeError("Propagator.add_keyframe must be called before step/run")
         if len(features) != len(frames):
             raise ValueError(f"{len(frames)} frames but features of {len(features)}")
-        began = time.perf_counter()
         target = features.to(self.device, torch.float32)
         priors = self.instance_priors(target)  # (B, K, h, w)
-        self._clock("matching", began)
         embeddings: list[FrameEmbedding | None] = [None] * len(frames)
         if self.refiner is not None:  # SAM's image encoder, batched over the frames
-            began = time.perf_counter()
             embeddings = list(self.refiner.embed(frames))
-            self._clock("refinement", began)
         for index, frame in enumerate(frames):
             yield self._track(frame, target.appearance[index].flatten(1), priors[index], embeddings[index])
 
     def instance_priors(self, target: PDMFeatures) -> torch.Tensor:
-        """(B, K, h, w) PDM map of every object's first-frame reference over the frames."""
-        reference = self._reference
-        assert reference is not None
+        """(B, K, h, w) PDM map of every object's reference over the frames."""
         maps = [
-            pdm_map(reference.features, mask, target, class_index, self.match_config)
-            if bool(mask.any())
+            pdm_map(ref.features, ref.mask, target, ref.class_index, self.match_config)
+            if bool(ref.mask.any())
             else torch.zeros((len(target), *target.grid), device=self.device)
-            for mask, class_index in zip(reference.masks, reference.class_indices)
+            for ref in (self._references[object_id] for object_id in self.objects.ids)
         ]
         if not maps:
             return torch.zeros((len(target), 0, *target.grid), device=self.device)
@@ -165,29 +152,38 @@ class Propagator:
     ) -> np.ndarray:
         memory = self._memory
         assert memory is not None
-        began = time.perf_counter()
         grid = memory.grid
         propagated = memory.read(keys).view(-1, *grid)
         fused = fuse(propagated, prior, self.match_config.instance_weight)
         height, width = frame.shape[:2]
         scores = F.interpolate(fused[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        classes = scores.argmax(0)
-        self._clock("matching", began)
         if self.refiner is None:
+            slots = scores.argmax(0)
             remembered = (fused / fused.sum(0, keepdim=True).clamp_min(1e-6)).flatten(1)
         else:
-            began = time.perf_counter()
-            classes = self.refiner.refine(frame, scores, embedding)
-            self._clock("refinement", began)
-            remembered = labels_to_grid(classes, scores.shape[0], grid)
-        began = time.perf_counter()
+            slots = self.refiner.refine(frame, scores, embedding)
+            remembered = labels_to_grid(slots, scores.shape[0], grid)
         memory.write(keys, remembered)
-        lookup = torch.tensor([0, *self.object_ids], dtype=torch.uint8, device=classes.device)
-        labels = lookup[classes].cpu().numpy()
-        self._clock("matching", began)
-        return labels
+        return self.objects.to_ids(slots)
 
-    def _clock(self, stage: str, began: float) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[stage] += time.perf_counter() - began
+
+def mask_from_class_names(
+    frame: np.ndarray, features: PDMFeatures, tau: float, device: torch.device, refiner: SamRefiner | None
+) -> np.ndarray:
+    """Labels of a frame from the class names alone (paper Eq. 3-4): each class's
+    cross-attention map, upsampled to the frame, min-max normalised and thresholded at ``tau``;
+    a pixel claimed by several classes goes to the strongest; SAM refines when given.
+    Object k+1 is the k-th distinct class name. ``ValueError`` when no class clears ``tau``."""
+    if features.class_attention is None:
+        raise ValueError("the features carry no class attention (was a class name given?)")
+    height, width = frame.shape[:2]
+    attention = features.class_attention[0].to(device, torch.float32)
+    upsampled = F.interpolate(attention[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    masks = reference_mask_from_attention(upsampled, tau)
+    scores = minmax(upsampled)
+    if not bool(masks.any()):
+        raise ValueError("the class name's attention is flat on the frame")
+    if refiner is None:
+        return resolve_overlaps(masks, scores).to(torch.uint8).cpu().numpy()
+    background = torch.full_like(scores[:1], tau)  # class k wins where its map passes tau
+    return refiner.refine(frame, torch.cat([background, scores])).to(torch.uint8).cpu().numpy()

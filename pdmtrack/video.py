@@ -196,9 +196,10 @@ class FrameReader:
             source.close()
 
     def batches(
-        self, batch_size: int, start: int = 0, end: int | None = None, prefetch: int = 2
+        self, batch_size: int, start: int = 0, end: int | None = None, prefetch: int = 2, reverse: bool = False
     ) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Yield (frame indices, (B, H, W, 3) uint8 array) for frames ``start..end-1``.
+        """Yield (frame indices, (B, H, W, 3) uint8 array) for frames ``start..end-1``; with
+        ``reverse`` from ``end-1`` down to ``start`` (indices and frames descending).
 
         A background thread decodes up to ``prefetch`` batches ahead (bounded, so memory is
         flat in the video length); its errors are re-raised here; it stops when the
@@ -209,7 +210,15 @@ class FrameReader:
             raise ValueError("batch_size and prefetch must be >= 1")
         if not 0 <= start <= end <= self.num_frames:
             raise ValueError(f"bad frame range [{start}, {end}) for a video of {self.num_frames} frames")
+        if reverse:
+            return _prefetched(lambda: self._reverse_batched(batch_size, start, end), prefetch)
         return _prefetched(lambda: self._batched(batch_size, start, end), prefetch)
+
+    def _reverse_batched(self, batch_size: int, start: int, end: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Batches from the end backwards: each decoded forwards from its first frame, then flipped."""
+        for batch_end in range(end, start, -batch_size):
+            for indices, batch in self._batched(batch_size, max(start, batch_end - batch_size), batch_end):
+                yield indices[::-1], batch[::-1].copy()
 
     def _batched(self, batch_size: int, start: int, end: int) -> Iterator[tuple[list[int], np.ndarray]]:
         """Group ``_frames`` into (indices, stacked array) batches."""

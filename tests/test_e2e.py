@@ -210,7 +210,7 @@ class PixelStatistics:
 def pixel_features(monkeypatch: pytest.MonkeyPatch) -> PixelStatistics:
     """Replace the diffusion features of every run in the test with ``PixelStatistics``."""
     source = PixelStatistics()
-    monkeypatch.setattr("pdmtrack.pipeline.feature_source", lambda parts, settings, classes: source)
+    monkeypatch.setattr("pdmtrack.tracker.feature_source", lambda parts, settings, classes: source)
     return source
 
 

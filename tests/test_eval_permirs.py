@@ -30,6 +30,7 @@ from pdmtrack.eval.permirs import (
 )
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts, SamRefiner
+from pdmtrack.tracker import Tracker
 
 PALETTE = torch.tensor([*COLOURS.values(), (0, 0, 0)], dtype=torch.float32)
 NO_SAM = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
@@ -82,7 +83,7 @@ def test_load_benchmark(permirs: Path) -> None:
 
 def test_permis_image_perfect_matcher_segments_exactly(permirs: Path, tmp_path: Path) -> None:
     source = PaletteFeatures()
-    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=source)
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, tracker=Tracker(NO_SAM, features=source))
     assert len(report.pairs) == GALLERY
     assert report.global_scores() == {"mIoU": 1.0, "cIoU": 1.0, "bIoU": 1.0}
     assert source.calls == NUM_VIDEOS  # one batch per video: its 3 frames together
@@ -97,13 +98,13 @@ def test_permis_image_perfect_matcher_segments_exactly(permirs: Path, tmp_path: 
 
 
 def test_permis_image_flat_maps_find_nothing(permirs: Path, tmp_path: Path) -> None:
-    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=ConstantFeatures())
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, tracker=Tracker(NO_SAM, features=ConstantFeatures()))
     # A flat map min-max normalises to zeros, below the 0.5 threshold: empty predictions.
     assert report.global_scores()["mIoU"] == 0.0 and report.global_scores()["cIoU"] == 0.0
 
 
 def test_permir_perfect_matcher_ranks_own_video_first(permirs: Path, tmp_path: Path) -> None:
-    report = evaluate_permir(permirs, out_dir=tmp_path, settings=NO_SAM, source=PaletteFeatures())
+    report = evaluate_permir(permirs, out_dir=tmp_path, tracker=Tracker(NO_SAM, features=PaletteFeatures()))
     assert report.gallery_size == GALLERY
     assert report.global_scores() == {"mAP": 1.0, "R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
     assert _csv_rows(tmp_path / "permir_global.csv") == [{"mAP": "1.000", "R@1": "1.000", "R@5": "1.000", "R@10": "1.000"}]
@@ -111,7 +112,7 @@ def test_permir_perfect_matcher_ranks_own_video_first(permirs: Path, tmp_path: P
 
 
 def test_permir_uninformative_scores_give_chance_ap(permirs: Path, tmp_path: Path) -> None:
-    report = evaluate_permir(permirs, out_dir=tmp_path, settings=NO_SAM, source=ConstantFeatures())
+    report = evaluate_permir(permirs, out_dir=tmp_path, tracker=Tracker(NO_SAM, features=ConstantFeatures()))
     scores = report.global_scores()
     # All scores tie: AP = precision at the one threshold = positives / gallery = 2 / 6.
     assert scores["mAP"] == pytest.approx(2 / GALLERY)
@@ -157,7 +158,9 @@ class BoxBackend:
 def test_permis_image_with_sam_prompts_at_the_peak(permirs: Path, tmp_path: Path) -> None:
     predictor = BoxBackend()
     refiner = SamRefiner(predictor, min_iou=0.5)
-    report = evaluate_permis_image(permirs, out_dir=tmp_path, settings=NO_SAM, source=PaletteFeatures(), refiner=refiner)
+    tracker = Tracker(NO_SAM, features=PaletteFeatures())
+    tracker.refiner = refiner
+    report = evaluate_permis_image(permirs, out_dir=tmp_path, tracker=tracker)
     assert len(predictor.prompts) == GALLERY  # one SAM call per target frame
     assert report.global_scores()["mIoU"] == 1.0  # the box of an exact coarse mask is the mask
     videos = {v.name: v for v in load_benchmark(permirs)}

@@ -112,12 +112,21 @@ def track_clip(
     """Run the Propagator over the clip the way the pipeline does (batches of features)."""
     source = CellStatistics()
     propagator = Propagator(memory, MatchConfig(), torch.device("cpu"))
-    propagator.start(source(frames[:1]), first_labels, object_ids, class_indices)
+    tracked = np.where(np.isin(first_labels, object_ids), first_labels, 0).astype(np.uint8)
+    rows = dict(zip(object_ids, class_indices)) if class_indices else None
+    propagator.add_keyframe(source(frames[:1]), tracked, rows)
     results = [first_labels]
     for begin in range(1, len(frames), batch):
         chunk = frames[begin : begin + batch]
         results.extend(propagator.run(chunk, source(chunk)))
     return np.stack(results)
+
+
+def first_frame_memory(config: MemoryConfig, keys: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> ContextMemory:
+    """A memory holding one keyframe: ``keys`` (C, N) with soft ``labels`` (L, N)."""
+    memory = ContextMemory(config, grid, keys.shape[0], labels.shape[0], keys.device)
+    memory.add_keyframe(keys, labels)
+    return memory
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,13 +241,13 @@ def test_memory_forgets_all_but_first_and_last_n_frames() -> None:
     torch.manual_seed(0)
     grid, channels, labels_count, n = (6, 8), 5, 3, 4
     cells = grid[0] * grid[1]
-    config = MemoryConfig(context=n, context_topk=5, radius=30)
+    config = MemoryConfig(context=n, context_topk=5, radius=30, max_keyframes=0)
     keys = torch.randn(11, channels, cells)
     labels = torch.softmax(torch.randn(11, labels_count, cells), dim=1)
-    long_memory = ContextMemory(config, keys[0], labels[0], grid)
+    long_memory = first_frame_memory(config, keys[0], labels[0], grid)
     for t in range(1, 11):
         long_memory.write(keys[t], labels[t])
-    short_memory = ContextMemory(config, keys[0], labels[0], grid)
+    short_memory = first_frame_memory(config, keys[0], labels[0], grid)
     for t in range(11 - n, 11):
         short_memory.write(keys[t], labels[t])
     query = torch.randn(channels, cells)
@@ -265,7 +274,7 @@ def test_memory_window_limits_recent_frames_but_not_the_first() -> None:
     def read(global_first: bool, through_first: bool) -> float:
         config = MemoryConfig(context=2, context_topk=1, global_first_frame=global_first)
         background = labels_to_grid(torch.zeros(grid, dtype=torch.long), 2, grid)
-        memory = ContextMemory(config, keys, one_label if through_first else background, grid)
+        memory = first_frame_memory(config, keys, one_label if through_first else background, grid)
         memory.write(keys, background if through_first else one_label)
         return float(memory.read(query)[1, 0])
 
@@ -282,7 +291,7 @@ def test_memory_read_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch)
     grid, channels = (6, 7), 4
     cells = grid[0] * grid[1]
     config = MemoryConfig(context=5, context_topk=7, radius=8)
-    memory = ContextMemory(config, torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0), grid)
+    memory = first_frame_memory(config, torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0), grid)
     for _ in range(5):
         memory.write(torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0))
     query = torch.randn(channels, cells)
@@ -316,7 +325,7 @@ def test_refined_labels_are_what_memory_remembers() -> None:
     for name, refiner in (("coarse", None), ("refined", ErasingRefiner())):
         config = MemoryConfig(context=2, global_first_frame=False)
         propagator = Propagator(config, MatchConfig(), torch.device("cpu"), refiner)  # type: ignore[arg-type]
-        propagator.start(source(frames[:1]), truth[0], [1, 2], [0, 0])
+        propagator.add_keyframe(source(frames[:1]), truth[0], {1: 0, 2: 0})
         predicted = list(propagator.run(frames[1:], source(frames[1:])))
         areas[name] = [int((labels == 2).sum()) for labels in predicted]
     assert areas["coarse"][0] > 0.9 * SIDE * SIDE and areas["refined"][0] == 0

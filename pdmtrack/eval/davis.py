@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +18,9 @@ from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
 from pdmtrack.eval.report import json_ready, write_json
 from pdmtrack.fsutil import read_json
+from pdmtrack.run import TrackSummary, plan_run, track_to_folder
+from pdmtrack.tracker import Tracker
+from pdmtrack.writers import write_palette_png
 
 
 def load_class_map(path: Path | None) -> dict[str, str]:
@@ -50,6 +52,22 @@ def _same_settings_as_before(record: Path, settings: TrackSettings, class_map: d
             raise InputError(record.parent, problem)
         return
     write_json(record, current)
+
+
+class SequenceTracker:
+    """Tracks one sequence into a folder (PNGs only: scoring needs nothing else) with one
+    :class:`Tracker` for every sequence, loaded when the first sequence needs it."""
+
+    def __init__(self, tracker: Tracker | None = None) -> None:
+        self.tracker = tracker
+
+    def __call__(
+        self, *, video: Path, out_dir: Path, mask: Path, classes: list[str], settings: TrackSettings
+    ) -> TrackSummary:
+        plan = plan_run(video, out_dir, masks={0: mask}, classes=classes, overlay=False, backend=settings.runtime.backend)
+        if self.tracker is None:
+            self.tracker = Tracker(settings)
+        return track_to_folder(self.tracker, plan)
 
 
 def track_sequences(
@@ -91,8 +109,6 @@ def _first_mask_without_void(annotation: Path, work_dir: Path) -> Path:
         labels = np.asarray(image)
     if not (labels == VOID_ID).any():
         return annotation
-    from pdmtrack.writers import write_palette_png
-
     cleaned = work_dir / f"{annotation.parent.name}.png"
     write_palette_png(cleaned, np.where(labels == VOID_ID, 0, labels).astype(np.uint8))
     return cleaned
@@ -107,26 +123,25 @@ def evaluate_davis(
     sequences: list[str] | None = None,
     class_map: Path | None = None,
     settings: TrackSettings | None = None,
+    tracker: Tracker | None = None,
     track_fn: Callable | None = None,
 ) -> DavisReport:
     """Evaluate existing results (``results_dir``) or track every sequence into ``out_dir/results``.
 
     Writes ``global_results-<split>.csv``, ``per-sequence_results-<split>.csv`` and
     ``davis_report-<split>.json`` into ``out_dir`` (or ``results_dir`` when no ``out_dir``),
-    prints both tables and returns the report. ``track_fn`` defaults to
-    :func:`pdmtrack.pipeline.track_video` (PNGs only, no overlay video); sequences whose
-    every frame already has a result PNG are not tracked again.
+    prints both tables and returns the report. Sequences are tracked with ``tracker`` (one
+    is loaded from ``settings`` when the first sequence needs it) unless ``track_fn`` replaces
+    :class:`SequenceTracker`; sequences whose every frame already has a result PNG are not
+    tracked again.
     """
     if results_dir is None and out_dir is None:
         raise InputError("--results/-o", "give a results folder to evaluate or an output folder to track into")
     dataset = DavisDataset(Path(root), split, sequences)
     tracking = None
     if results_dir is None and out_dir is not None:
-        if track_fn is None:
-            from pdmtrack.pipeline import track_video
-
-            track_fn = functools.partial(track_video, overlay=False)  # scoring needs the PNGs only
-        settings = settings or TrackSettings()
+        settings = tracker.settings if tracker is not None else settings or TrackSettings()
+        track_fn = track_fn if track_fn is not None else SequenceTracker(tracker)
         results_dir = Path(out_dir) / "results"
         tracking = track_sequences(dataset, results_dir, track_fn, settings, load_class_map(class_map))
     report = evaluate_results(dataset, Path(results_dir))

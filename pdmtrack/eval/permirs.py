@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT
 from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_dataset import image_size
@@ -46,9 +45,9 @@ from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
 from pdmtrack.fsutil import read_json
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.masks import decode_rle
-from pdmtrack.build import feature_source, load_diffusion, load_refiner
 from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
 from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.tracker import Tracker
 
 RECALL_KS = (1, 5, 10)
 
@@ -140,13 +139,14 @@ def _class_index(features: PDMFeatures, classes: list[str], category: str) -> in
 
 
 def _prepare(
-    root: Path, settings: TrackSettings | None, source: FeatureSource | None
-) -> tuple[list[BenchmarkVideo], TrackSettings, FeatureSource, list[str], torch.device]:
+    root: Path, settings: TrackSettings | None, tracker: Tracker | None
+) -> tuple[list[BenchmarkVideo], Tracker, FeatureSource, list[str]]:
+    """The benchmark's videos, the tracker (loaded from ``settings`` unless given), its feature
+    source for the benchmark's classes, and the classes."""
     videos = load_benchmark(Path(root))
-    settings = settings or TrackSettings()
+    tracker = tracker if tracker is not None else Tracker(settings or TrackSettings())
     classes = benchmark_classes(videos)
-    source = source if source is not None else feature_source(load_diffusion(settings), settings, classes)
-    return videos, settings, source, classes, resolve_device(settings.runtime.device)
+    return videos, tracker, tracker.feature_source(classes), classes
 
 
 # --------------------------------------------------------------------------- reports
@@ -265,6 +265,7 @@ def evaluate_permis_video(
     out_dir: Path | None,
     settings: TrackSettings | None = None,
     results_dir: Path | None = None,
+    tracker: Tracker | None = None,
     track_fn: Callable | None = None,
     sequences: list[str] | None = None,
 ) -> DavisReport:
@@ -283,6 +284,7 @@ def evaluate_permis_video(
         sequences=sequences,
         class_map=class_map if class_map.is_file() else None,
         settings=settings,
+        tracker=tracker,
         track_fn=track_fn,
     )
 
@@ -308,17 +310,15 @@ def evaluate_permis_image(
     *,
     out_dir: Path,
     settings: TrackSettings | None = None,
-    source: FeatureSource | None = None,
-    refiner: SamRefiner | None = None,
+    tracker: Tracker | None = None,
 ) -> PermisImageReport:
-    """Segment each video's track in its two non-query frames from the query frame + mask.
-
-    ``source`` defaults to the diffusion features behind the cache; ``refiner`` to SAM as
-    ``settings.sam`` asks (none for ``model_type='none'``). Writes
-    ``permis_image_{global,details}.csv`` and ``permis_image_report.json`` into ``out_dir``.
+    """Segment each video's track in its two non-query frames from the query frame + mask,
+    with ``tracker``'s features and refiner (a tracker is loaded from ``settings`` when none
+    is given). Writes ``permis_image_{global,details}.csv`` and ``permis_image_report.json``
+    into ``out_dir``.
     """
-    videos, settings, source, classes, device = _prepare(root, settings, source)
-    refiner = refiner if refiner is not None else load_refiner(settings)
+    videos, tracker, source, classes = _prepare(root, settings, tracker)
+    settings, refiner, device = tracker.settings, tracker.refiner, tracker.device
     match = settings.match
     pairs: list[PairScores] = []
     for video in tqdm(videos, desc="PerMIS-image", unit="video", disable=None):
@@ -396,13 +396,15 @@ def evaluate_permir(
     *,
     out_dir: Path,
     settings: TrackSettings | None = None,
-    source: FeatureSource | None = None,
+    tracker: Tracker | None = None,
 ) -> PermirReport:
-    """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10.
+    """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10,
+    with ``tracker``'s features (loaded from ``settings`` when none is given).
 
     Writes ``permir_{global,details}.csv`` and ``permir_report.json`` into ``out_dir``.
     """
-    videos, settings, source, classes, device = _prepare(root, settings, source)
+    videos, tracker, source, classes = _prepare(root, settings, tracker)
+    settings, device = tracker.settings, tracker.device
     batch = settings.runtime.batch_size
     query_features = extract_features(source, [video.frames[0] for video in videos], batch, desc="PerMIR queries")
     gallery_owner = np.array([index for index, video in enumerate(videos) for _ in video.frames[1:]])

@@ -1,4 +1,4 @@
-"""track_video end to end with the tiny random-weight diffusion model and tiny SAM.
+"""plan_run + track_to_folder end to end with the tiny random-weight diffusion model and tiny SAM.
 
 Random weights say nothing about quality; these tests check the contract a user relies on:
 one PNG per frame at the input's size named after the input frames, frame ``start`` equal to
@@ -18,9 +18,10 @@ from PIL import Image
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.masks import decode_rle
-from pdmtrack.pipeline import FIRST_FRAME_MASK, STAGES, track_video
+from pdmtrack.run import FIRST_FRAME_MASK, STAGES, plan_run, track_to_folder
 from pdmtrack.tiny.diffusion import build_tiny_pipeline
 from pdmtrack.tiny.sam import build_tiny_sam
+from pdmtrack.tracker import Tracker
 from pdmtrack.video import FrameReader
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
@@ -61,6 +62,12 @@ def settings_for(models: tuple[Path, Path], tmp_path: Path, sam: bool) -> TrackS
         sam=SamConfig(model_type="vit_b", checkpoint=sam_file) if sam else SamConfig(model_type="none"),
         runtime=RuntimeConfig(device="cpu", batch_size=4, cache_dir=tmp_path / "cache"),
     )
+
+
+def track_video(video: Path, out: Path, *, mask: Path | None, classes: list[str], settings: TrackSettings, **options):
+    """Plan (inputs checked, nothing loaded), then load a tracker and run the plan."""
+    plan = plan_run(video, out, masks={options.get("start") or 0: mask} if mask else {}, classes=classes, **options)
+    return track_to_folder(Tracker(settings), plan)
 
 
 def read_png(path: Path) -> np.ndarray:

@@ -1,0 +1,282 @@
+"""One video into an output folder: the writer side of ``Tracker.propagate``.
+
+``plan_run`` checks every input (video, masks, class names, frame range, output folder)
+before any model is loaded; ``track_to_folder`` runs a plan with a loaded ``Tracker`` and
+feeds the PNG, overlay and RLE writers in frame order. The CLI, ``eval davis`` and the
+benchmarks all go through these two.
+
+Directions: ``forward`` tracks from the first given mask to the end; ``backward`` from the
+last given mask down to the range's first frame; ``both`` does both, and a frame between two
+given masks takes the prediction of the nearer one (the error of label propagation grows
+with the distance to its reference; ties go forward). Backward results are kept as PNGs in
+a hidden scratch folder until they are written in frame order, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pdmtrack.errors import InputError
+from pdmtrack.masks import fit_mask_to_frame, read_mask
+from pdmtrack.objects import object_ids_in
+from pdmtrack.tracker import Tracker, VideoState, class_rows, distinct_classes
+from pdmtrack.video import FrameReader
+from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, check_output_folder, write_palette_png
+
+Direction = Literal["forward", "backward", "both"]
+DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
+STAGES = ("decode", "features", "matching", "refinement", "writing")  # TrackSummary.stage_seconds
+FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the mask comes from the class names
+_FRAME_SPEC = re.compile(r"^(\d+):(.+)$")
+
+
+@dataclass
+class TrackSummary:
+    """What a run did: frames written, wall seconds, frames/s, outputs, time per stage."""
+
+    frames: int
+    seconds: float
+    fps: float
+    out_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # messages for the user (mask mapping, ...)
+    cached_frames: int = 0  # frames whose features came from the cache
+    computed_frames: int = 0  # frames whose features the feature source computed
+
+
+@dataclass
+class RunPlan:
+    """The checked inputs of one run: masks fitted to the video, the output frame range."""
+
+    video: Path
+    out_dir: Path
+    reader: FrameReader
+    masks: dict[int, np.ndarray]  # frame index -> (H, W) uint8 object ids
+    classes: list[str]
+    start: int  # first frame written
+    end: int  # frame written last + 1
+    direction: str
+    png: bool = True
+    overlay: bool = True
+    rle: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Every object id the run may write."""
+        if not self.masks:
+            return list(range(1, len(distinct_classes(self.classes)) + 1))
+        return sorted({i for labels in self.masks.values() for i in object_ids_in(labels)})
+
+
+def mask_files(specs: Sequence[str | Path], default_frame: int) -> dict[int, Path]:
+    """``--mask`` values -> {frame: file}: ``FILE`` is the mask of ``default_frame``,
+    ``FRAME:FILE`` the mask of frame FRAME (an existing file named like that stays a file)."""
+    files: dict[int, Path] = {}
+    for spec in specs:
+        match = _FRAME_SPEC.match(str(spec))
+        frame, path = (int(match[1]), Path(match[2])) if match and not Path(spec).exists() else (default_frame, Path(spec))
+        if frame in files:
+            raise InputError("--mask", f"two masks for frame {frame} ({files[frame]}, {path})")
+        files[frame] = path
+    return files
+
+
+def plan_run(
+    video: str | Path,
+    out_dir: str | Path,
+    *,
+    masks: Mapping[int, str | Path] | None = None,
+    classes: Sequence[str] = (),
+    start: int | None = None,
+    end: int | None = None,
+    direction: str = "forward",
+    resize_mask: bool = False,
+    png: bool = True,
+    overlay: bool = True,
+    rle: bool = False,
+    backend: str = "auto",
+) -> RunPlan:
+    """Check a run's inputs (InputError on the first problem); loads no model."""
+    out_dir = check_output_folder(out_dir)
+    if direction not in DIRECTIONS:
+        raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
+    reader = FrameReader(video, backend)
+    if start is not None and not 0 <= start < reader.num_frames:
+        raise InputError("--start", f"{start} is outside the video's frames 0..{reader.num_frames - 1}")
+    fitted, notes = {}, []
+    for frame, path in sorted((masks or {}).items()):
+        if not 0 <= frame < reader.num_frames:
+            raise InputError(path, f"given for frame {frame}, outside the video's frames 0..{reader.num_frames - 1}")
+        mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask)
+        fitted[frame] = mask.labels
+        notes += [mask.note] if mask.note else []
+    if not fitted and not distinct_classes(classes):
+        raise InputError("--mask", "give a first-frame mask (--mask FILE), a class name (--cls NAME) or both")
+    if not fitted and direction != "forward":
+        raise InputError("--direction", f"'{direction}' needs a given mask to track from")
+    first, last = _output_range(fitted, start, end, direction, reader.num_frames)
+    plan = RunPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes)
+    class_rows(plan.classes, plan.object_ids)  # checks the number of class names
+    _spare_inputs(_output_files(plan, masks or {}), plan)
+    return plan
+
+
+def _output_range(
+    masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int
+) -> tuple[int, int]:
+    """[first, last) frames a run writes."""
+    stop = num_frames if end is None else end
+    low = 0 if start is None else start
+    if not low < stop <= num_frames:
+        raise InputError("--end", f"{stop} must lie after --start {low} and at most {num_frames} (the frame count)")
+    inside = [frame for frame in masks if low <= frame < stop]
+    if masks and not inside:
+        raise InputError("--mask", f"no mask is given inside the frame range {low}..{stop - 1}")
+    if direction == "forward":
+        first = low if start is not None or not masks else min(inside)
+        if masks and first not in masks:
+            raise InputError("--start", f"frame {first} has no mask (masks were given at frames {', '.join(map(str, sorted(masks)))})")
+        return first, stop
+    if direction == "backward":
+        return low, max(inside) + 1
+    return low, stop
+
+
+def _output_files(plan: RunPlan, mask_paths: Mapping[int, str | Path]) -> list[Path]:
+    """Every file the run writes into its folder."""
+    names = plan.reader.frame_names[plan.start : plan.end]
+    files = [plan.out_dir / f"{name}.png" for name in names] if plan.png else []
+    files += [plan.out_dir / name for name, wanted in (("overlay.mp4", plan.overlay), ("masks.json", plan.rle)) if wanted]
+    return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks else [])
+
+
+def _spare_inputs(outputs: list[Path], plan: RunPlan) -> None:
+    """Refuse an output folder where an output would overwrite an input (a frame, a mask)."""
+    inputs = {plan.video.resolve()}
+    if plan.video.is_dir():
+        inputs |= {path.resolve() for path in plan.video.iterdir()}
+    for output in outputs:
+        if output.resolve() in inputs:
+            raise InputError(plan.out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
+
+
+def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
+    """Track ``plan`` with ``tracker`` and write its outputs; returns what was done."""
+    began = time.perf_counter()
+    state = tracker.init_state(plan.reader, plan.classes)
+    for frame, labels in plan.masks.items():
+        tracker.add_mask(state, frame, labels)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    writing = 0.0
+    written = 0
+    with contextlib.ExitStack() as stack:
+        stream = _ordered_results(tracker, state, plan, stack)
+        write = stack.enter_context(_writers(plan))
+        bar = stack.enter_context(
+            tqdm(total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame", disable=None)
+        )
+        for frame_idx, labels in stream:
+            tick = time.perf_counter()
+            if not plan.masks and frame_idx == plan.start:
+                write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
+            write(frame_idx, labels)
+            writing += time.perf_counter() - tick
+            written += 1
+            bar.update(1)
+    seconds = time.perf_counter() - began
+    stages = {**state.stage_seconds, "writing": writing}
+    return TrackSummary(
+        written, seconds, written / max(seconds, 1e-9), plan.out_dir, stages, list(plan.notes),
+        state.cached_frames, state.computed_frames,
+    )  # fmt: skip
+
+
+def _ordered_results(
+    tracker: Tracker, state: VideoState, plan: RunPlan, stack: contextlib.ExitStack
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame, labels) for every frame of the plan's range, ascending, per its direction."""
+    if plan.direction == "forward":
+        return tracker.propagate(state, start=plan.start, end=plan.end)
+    keyframes = sorted(frame for frame in plan.masks if plan.start <= frame < plan.end)
+    scratch = Path(tempfile.mkdtemp(prefix=".pdmtrack-backward.", dir=plan.out_dir))
+    stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+    wanted = _backward_wins(keyframes, plan.start, plan.end, plan.direction)
+    for frame_idx, labels in tracker.propagate(state, start=keyframes[-1], end=plan.start - 1, reverse=True):
+        if wanted(frame_idx):
+            write_palette_png(scratch / f"{frame_idx}.png", labels)
+    if plan.direction == "backward":
+        return (_read_scratch(scratch, frame) for frame in range(plan.start, plan.end))
+    return _merge(scratch, tracker.propagate(state, start=keyframes[0], end=plan.end), plan.start, wanted)
+
+
+def _backward_wins(keyframes: list[int], start: int, end: int, direction: str) -> Callable[[int], bool]:
+    """Whether frame t takes the backward prediction: before the first given mask, or nearer
+    to the next given mask than to the previous one (``both``); every frame (``backward``)."""
+    if direction == "backward":
+        return lambda frame: True
+
+    def wins(frame: int) -> bool:
+        if frame in keyframes or frame > keyframes[-1]:
+            return False
+        if frame < keyframes[0]:
+            return True
+        previous = max(k for k in keyframes if k < frame)
+        following = min(k for k in keyframes if k > frame)
+        return following - frame < frame - previous
+
+    return wins
+
+
+def _read_scratch(scratch: Path, frame: int) -> tuple[int, np.ndarray]:
+    with Image.open(scratch / f"{frame}.png") as image:
+        return frame, np.asarray(image)
+
+
+def _merge(
+    scratch: Path, forward: Iterator[tuple[int, np.ndarray]], start: int, backward_wins: Callable[[int], bool]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames before the first mask from the backward pass, then the forward pass with the
+    backward prediction where it is the nearer one."""
+    first = None
+    for frame_idx, labels in forward:
+        if first is None:
+            first = frame_idx
+            yield from (_read_scratch(scratch, frame) for frame in range(start, first))
+        yield (_read_scratch(scratch, frame_idx) if backward_wins(frame_idx) else (frame_idx, labels))
+
+
+@contextlib.contextmanager
+def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """A ``write(frame index, labels)`` feeding every requested output, frames in order; the
+    overlay decodes its own frames (decoding is cheap next to the features)."""
+    reader = plan.reader
+    with contextlib.ExitStack() as stack:
+        pngs = MaskPngWriter(plan.out_dir) if plan.png else None
+        size = (reader.width, reader.height)
+        video = stack.enter_context(OverlayWriter(plan.out_dir / "overlay.mp4", reader.fps, *size)) if plan.overlay else None
+        rles = stack.enter_context(RleJsonWriter(plan.out_dir / "masks.json", *size[::-1], plan.object_ids)) if plan.rle else None
+        frames = (frame for _, batch in reader.batches(8, plan.start, plan.end) for frame in batch) if video else None
+
+        def write(frame_idx: int, labels: np.ndarray) -> None:
+            name = reader.frame_names[frame_idx]
+            if pngs is not None:
+                pngs.write(name, labels)
+            if video is not None and frames is not None:
+                video.write(next(frames), labels)
+            if rles is not None:
+                rles.add(name, labels)
+
+        yield write

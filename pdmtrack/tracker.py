@@ -1,0 +1,280 @@
+"""``Tracker``: the session API. Models load once; a state per video; masks at any frame;
+results stream out of a generator (the shape of SAM 2's video predictor).
+
+    tracker = Tracker(model="stabilityai/sdxl-turbo", sam="vit_b", device="cuda")
+    state = tracker.init_state("video.mp4", classes=["dog"])
+    tracker.add_mask(state, 0, labels)            # (H, W) uint8 object ids
+    for frame_idx, labels in tracker.propagate(state):
+        ...
+
+Nothing here writes files: ``pdmtrack.run`` feeds the results to the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
+from pdmtrack.config import TrackSettings
+from pdmtrack.device import resolve_device
+from pdmtrack.errors import InputError
+from pdmtrack.features.model import DiffusionParts
+from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.objects import object_ids_in
+from pdmtrack.propagate import Propagator, mask_from_class_names
+from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
+from pdmtrack.video import FrameReader
+
+Classes = Sequence[str] | Mapping[int, str]
+STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds
+
+
+class StageClock:
+    """Wall seconds per stage; a stage timed inside another counts for the inner one only."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+        self._nested: list[float] = []  # per open stage: seconds spent in stages nested in it
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - began
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
+
+
+class _TimedRefiner:
+    """A refiner whose ``refine`` calls count as the "refinement" stage."""
+
+    def __init__(self, refiner: SamRefiner, clock: StageClock) -> None:
+        self._refiner, self._clock = refiner, clock
+
+    def embed(self, frames: np.ndarray) -> list[FrameEmbedding]:
+        with self._clock("refinement"):
+            return self._refiner.embed(frames)
+
+    def refine(self, frame: np.ndarray, scores: torch.Tensor, embedding: FrameEmbedding | None = None) -> torch.Tensor:
+        with self._clock("refinement"):
+            return self._refiner.refine(frame, scores, embedding)
+
+
+class VideoState:
+    """One video's session: its frames (streamed, never all in memory), its class names,
+    its feature source and the masks given so far (frame index -> (H, W) uint8 ids)."""
+
+    def __init__(self, reader: FrameReader, classes: Classes, source: FeatureSource) -> None:
+        self.reader = reader
+        self.classes = classes
+        self.source = source
+        self.masks: dict[int, np.ndarray] = {}
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    @property
+    def video(self) -> Path:
+        return self.reader.path
+
+    @property
+    def num_frames(self) -> int:
+        return self.reader.num_frames
+
+    @property
+    def frame_names(self) -> list[str]:
+        return self.reader.frame_names
+
+    @property
+    def height(self) -> int:
+        return self.reader.height
+
+    @property
+    def width(self) -> int:
+        return self.reader.width
+
+    @property
+    def fps(self) -> float:
+        return self.reader.fps
+
+    @property
+    def cached_frames(self) -> int:
+        """Frames whose features came from the cache so far."""
+        return int(getattr(self.source, "hits", 0))
+
+    @property
+    def computed_frames(self) -> int:
+        """Frames whose features the feature source computed so far."""
+        return int(getattr(self.source, "misses", 0))
+
+
+def distinct_classes(classes: Classes) -> list[str]:
+    """The distinct class names in order of first appearance (the feature source's prompt order)."""
+    names = classes.values() if isinstance(classes, Mapping) else classes
+    return list(dict.fromkeys(name.strip() for name in names))
+
+
+def class_rows(classes: Classes, object_ids: Sequence[int]) -> dict[int, int | None]:
+    """Per object id, the row of its class among the distinct names (None: no class).
+
+    ``classes`` is a mapping {id: name}, one name for every object, or one name per object
+    in ascending id order."""
+    names = distinct_classes(classes)
+    if isinstance(classes, Mapping):
+        return {i: names.index(classes[i].strip()) if i in classes else None for i in object_ids}
+    if not classes:
+        return dict.fromkeys(object_ids)
+    if len(classes) == 1:
+        return dict.fromkeys(object_ids, 0)
+    if len(classes) != len(object_ids):
+        raise InputError(
+            "--cls",
+            f"{len(classes)} class names for {len(object_ids)} objects (ids {', '.join(map(str, object_ids))}): "
+            "give one name for all objects or one per object (in id order)",
+        )
+    return {i: names.index(name.strip()) for i, name in zip(sorted(object_ids), classes)}
+
+
+class Tracker:
+    """Zero-shot instance tracker: the diffusion model and SAM loaded once, any number of videos.
+
+    ``Tracker(**options)`` takes the CLI's option names (``model``, ``sam``, ``sam_checkpoint``,
+    ``device``, ``dtype``, ``inversion``, ``size``, ``batch_size``, ``cache_dir``, ``context``,
+    ...: see ``TrackSettings.from_options``) or ``settings=TrackSettings(...)``. ``features``
+    replaces the diffusion features by any source mapping (B, H, W, 3) uint8 RGB frames to a
+    ``PDMFeatures`` record; then no diffusion model is loaded.
+    """
+
+    def __init__(
+        self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: object
+    ) -> None:
+        if settings is not None and options:
+            raise TypeError("give either settings=TrackSettings(...) or option names, not both")
+        self.settings = settings if settings is not None else TrackSettings.from_options(**options)
+        self.device = resolve_device(self.settings.runtime.device)
+        check_feature_cache(self.settings)  # the cache folder and SAM first: fail before the big load
+        self.refiner: SamRefiner | None = load_refiner(self.settings)  # first: a bad checkpoint fails fast
+        self.parts: DiffusionParts | None = None if features is not None else load_diffusion(self.settings)
+        self._custom_features = features
+
+    def feature_source(self, classes: Classes = ()) -> FeatureSource:
+        """The features of this tracker for a prompt naming ``classes`` (cached on disk unless
+        ``--no-cache``); a custom ``features`` source is returned as it is."""
+        if self._custom_features is not None:
+            return self._custom_features
+        assert self.parts is not None
+        return feature_source(self.parts, self.settings, distinct_classes(classes))
+
+    def init_state(self, video: str | Path | FrameReader, classes: Classes | None = None) -> VideoState:
+        """A session over ``video`` (a file, a folder of frames, or an open ``FrameReader``).
+        ``classes``: one name for all objects, one per object in id order, or {id: name}."""
+        reader = video if isinstance(video, FrameReader) else FrameReader(video, self.settings.runtime.backend)
+        classes = classes or []
+        return VideoState(reader, classes, self.feature_source(classes))
+
+    def add_mask(self, state: VideoState, frame_idx: int, labels: np.ndarray) -> None:
+        """Give the objects' mask at ``frame_idx`` ((H, W) object ids 0..255, 0 = background).
+        It is the output at that frame, a permanent reference from then on, and the whole
+        truth there: ids it adds are tracked from it, tracked ids it lacks end at it."""
+        if not 0 <= frame_idx < state.num_frames:
+            raise InputError("mask", f"frame {frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
+        labels = np.asarray(labels)
+        if labels.shape != (state.height, state.width):
+            got = "x".join(map(str, labels.shape[::-1]))
+            raise InputError("mask", f"frame {frame_idx}: mask is {got}, the video is {state.width}x{state.height}")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise InputError("mask", f"frame {frame_idx}: object ids must lie in 0..255")
+        state.masks[int(frame_idx)] = labels.astype(np.uint8, copy=True)
+
+    def propagate(
+        self, state: VideoState, start: int | None = None, end: int | None = None, reverse: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (frame index, (H, W) uint8 object ids) frame by frame from ``start`` to ``end``
+        (exclusive): ``start + 1, ...`` forwards, ``start - 1, ...`` down to frame 0 (or to
+        ``end``) with ``reverse``. ``start`` defaults to the first given mask (the last one with
+        ``reverse``); without any mask the objects come from the class names at ``start``
+        (default 0), object k being the k-th distinct name. Given masks met on the way are
+        taken as they are (corrections)."""
+        start, stop = self._range(state, start, end, reverse)
+        clock = StageClock(state.stage_seconds)
+        refiner = _TimedRefiner(self.refiner, clock) if self.refiner is not None else None
+        propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner)  # type: ignore[arg-type]
+        masks = dict(state.masks)
+        rows = class_rows(state.classes, sorted({i for labels in masks.values() for i in object_ids_in(labels)}))
+        low, high = (stop + 1, start + 1) if reverse else (start, stop)
+        batches = state.reader.batches(self.settings.runtime.batch_size, low, high, reverse=reverse)
+        while True:
+            with clock("decode"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            indices, frames = batch
+            with clock("features"):
+                features = state.source(frames)
+            run: list[int] = []  # batch positions of frames to track, up to the next given mask
+            for position, frame_idx in enumerate(indices):
+                if frame_idx == start and not masks:
+                    with clock("matching"):
+                        masks[start] = self._mask_from_classes(frames[position], features.select(position))
+                    rows = {i: i - 1 for i in object_ids_in(masks[start])}
+                if frame_idx not in masks:
+                    run.append(position)
+                    continue
+                yield from self._track_run(propagator, indices, frames, features, run, clock)
+                run = []
+                with clock("matching"):
+                    propagator.add_keyframe(features.select(position), masks[frame_idx], rows)
+                yield frame_idx, masks[frame_idx]
+            yield from self._track_run(propagator, indices, frames, features, run, clock)
+
+    def _track_run(
+        self,
+        propagator: Propagator,
+        indices: list[int],
+        frames: np.ndarray,
+        features: PDMFeatures,
+        run: list[int],
+        clock: StageClock,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Track the batch positions ``run`` (consecutive, no given mask among them)."""
+        if not run:
+            return
+        results = propagator.run(frames[run[0] : run[-1] + 1], features.select(slice(run[0], run[-1] + 1)))
+        for position in run:
+            with clock("matching"):
+                labels = next(results)
+            yield indices[position], labels
+
+    def _mask_from_classes(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
+        try:
+            return mask_from_class_names(frame, features, self.settings.match.tau, self.device, self.refiner)
+        except ValueError as err:
+            raise InputError("--cls", f"{err}; give a mask (--mask FILE)") from None
+
+    @staticmethod
+    def _range(state: VideoState, start: int | None, end: int | None, reverse: bool) -> tuple[int, int]:
+        """(first frame, frame to stop before) of a pass, checked against the video and the masks."""
+        last = state.num_frames - 1
+        if start is None:
+            start = (max(state.masks) if reverse else min(state.masks)) if state.masks else (last if reverse else 0)
+        if not 0 <= start <= last:
+            raise InputError("--start", f"{start} is outside the video's frames 0..{last}")
+        if state.masks and start not in state.masks:
+            given = ", ".join(map(str, sorted(state.masks)))
+            raise InputError("--start", f"frame {start} has no mask (masks were given at frames {given})")
+        if not state.masks and not distinct_classes(state.classes):
+            raise InputError("--mask", "give a mask (--mask FILE), a class name (--cls NAME) or both")
+        stop = (-1 if reverse else state.num_frames) if end is None else end
+        if reverse and not -1 <= stop < start:
+            raise InputError("--end", f"{stop} must lie before --start {start} when tracking backwards")
+        if not reverse and not start < stop <= state.num_frames:
+            raise InputError("--end", f"{stop} must lie after --start {start} and at most {state.num_frames} (the frame count)")
+        return start, stop
