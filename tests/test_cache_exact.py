@@ -3,7 +3,6 @@ PNGs (tiny random-weight model, SAM off, a folder of frames)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.pipeline import track_video
+from pdmtrack.run import plan_run, track_to_folder
+from pdmtrack.tracker import Tracker
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
 
@@ -40,7 +40,7 @@ def run(clip, tiny_sdxl: Path, out: Path, cache: Path | None) -> list[np.ndarray
         sam=SamConfig(model_type="none"),
         runtime=RuntimeConfig(device="cpu", batch_size=4, cache_dir=cache, use_cache=cache is not None),
     )
-    track_video(frames_dir, out, mask=mask, classes=["car"], settings=settings, overlay=False)
+    track_to_folder(Tracker(settings), plan_run(frames_dir, out, masks={0: mask}, classes=["car"], overlay=False))
     return [np.asarray(Image.open(p)) for p in sorted(out.glob("0*.png"))]
 
 
