@@ -70,6 +70,15 @@ def _tokenize(tokenizer, prompt: str, **options):
     return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, **options)
 
 
+def token_grid(tokens: int, latent_size: tuple[int, int], block: str) -> tuple[int, int]:
+    """(h, w) of the grid that ``tokens`` tokens at ``block`` form over a latent of ``latent_size``."""
+    stride = round(math.sqrt(latent_size[0] * latent_size[1] / tokens))
+    grid = (latent_size[0] // stride, latent_size[1] // stride)
+    if grid[0] * grid[1] != tokens:
+        raise RuntimeError(f"{tokens} tokens at {block} do not form a grid of latent {tuple(latent_size)}")
+    return grid
+
+
 class FeatureExtractor:
     """PDM feature source over a loaded checkpoint (implements ``FeatureSource``)."""
 
@@ -141,7 +150,7 @@ class FeatureExtractor:
         long_side = max(_SIZE_MULTIPLE, round(exact_long / _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
         return (size, long_side) if height <= width else (long_side, size)
 
-    def _predict_noise(self, height: int, width: int, batch: int):
+    def predict_noise(self, height: int, width: int, batch: int):
         """The UNet as eps(z, t) for a batch of ``batch`` inputs of pixel size (height, width)."""
         unet = self.parts.unet
         context = self.prompt_embeds.expand(batch, -1, -1)
@@ -181,19 +190,15 @@ class FeatureExtractor:
             raise ValueError(f"frames must be a (B, H, W, 3) uint8 array, got {getattr(frames, 'shape', type(frames))}")
         height, width = self.input_size(*frames.shape[1:3])
         latents = self._encode_frames(frames, (height, width))
-        predict = self._predict_noise(height, width, len(frames))
+        predict = self.predict_noise(height, width, len(frames))
         noisy = invert(latents, predict, self.parts.alphas_cumprod, self.config)
         with capture_block(self.parts.unet, self.block, self.class_tokens, stop_after=True) as capture:
             predict(noisy, self.config.feature_timestep)
-        return self._to_features(capture, latents.shape[-2:])
+        return self.to_features(capture, latents.shape[-2:])
 
-    def _to_features(self, capture: BlockCapture, latent_size: tuple[int, int]) -> PDMFeatures:
+    def to_features(self, capture: BlockCapture, latent_size: tuple[int, int]) -> PDMFeatures:
         """Tokens-last captures -> channel-first maps on the block's grid, float16 on CPU."""
-        tokens = capture.appearance.shape[1]
-        stride = round(math.sqrt(latent_size[0] * latent_size[1] / tokens))
-        grid = (latent_size[0] // stride, latent_size[1] // stride)
-        if grid[0] * grid[1] != tokens:
-            raise RuntimeError(f"{tokens} tokens at {self.block} do not form a grid of latent {tuple(latent_size)}")
+        grid = token_grid(capture.appearance.shape[1], latent_size, self.block)
 
         def as_map(tokens_last: torch.Tensor) -> torch.Tensor:
             batch, _, channels = tokens_last.shape

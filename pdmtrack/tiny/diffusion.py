@@ -73,7 +73,7 @@ def tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def _write_tokenizer(folder: Path, pad_token: str):
+def write_tiny_tokenizer(folder: Path, pad_token: str):
     """Write vocab.json + merges.txt, load them as a CLIPTokenizer and save it in full."""
     from transformers import CLIPTokenizer
 
@@ -174,9 +174,9 @@ def _assemble(staging: Path, family: str):
     """Build every component in ``staging`` (tokenizers first: the encoders need their ids)."""
     from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    tokenizer = _write_tokenizer(staging / "tokenizer", pad_token=_EOS)
+    tokenizer = write_tiny_tokenizer(staging / "tokenizer", pad_token=_EOS)
     if family == "sdxl":
-        tokenizer_2 = _write_tokenizer(staging / "tokenizer_2", pad_token="!")
+        tokenizer_2 = write_tiny_tokenizer(staging / "tokenizer_2", pad_token="!")
         text_encoder = tiny_text_encoder(tokenizer, with_projection=False, hidden=32, projection=32)
         text_encoder_2 = tiny_text_encoder(tokenizer_2, with_projection=True, hidden=32, projection=32)
         return StableDiffusionXLPipeline(

@@ -1,0 +1,7 @@
+"""OVDiff: open-vocabulary segmentation from prototypes of generated support images.
+
+config (settings) | sampling (support images) | split (foreground/background) | kmeans |
+prototypes | store (on disk) | builder (sample -> split -> features -> prototypes) |
+clip_filter (category pre-filtering) | stuff | segment (nearest prototype) | instances
+(class map -> objects) | run (segment-ov's image loop and writers).
+"""
