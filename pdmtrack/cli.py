@@ -14,6 +14,7 @@ import typer
 
 from pdmtrack.config import DEFAULT_MODEL, FeatureConfig, MatchConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
+from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
 
 app = typer.Typer(
     name="pdmtrack",
@@ -83,25 +84,33 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def with_track_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Add the shared tracker flags to ``command``, which receives them as ``settings``."""
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-        for name, (annotation, default) in TRACK_OPTIONS.items()
-    ]
+def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str) -> Callable:
+    """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as ``param``."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        shared_values = {name: kwargs.pop(name) for name in TRACK_OPTIONS}
-        command(**kwargs, settings=TrackSettings.from_options(**shared_values))
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != param]
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, (annotation, default) in table.items()
+        ]
 
-    wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {
-        **{k: v for k, v in command.__annotations__.items() if k != "settings"},
-        **{name: annotation for name, (annotation, _) in TRACK_OPTIONS.items()},
-    }
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name in table}
+            command(**kwargs, **{param: make(**values)})
+
+        wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {
+            **{k: v for k, v in command.__annotations__.items() if k != param},
+            **{name: annotation for name, (annotation, _) in table.items()},
+        }
+        return wrapper
+
+    return decorate
+
+
+# Add the shared tracker flags to a command, which receives them as ``settings``.
+with_track_options = with_options(TRACK_OPTIONS, TrackSettings.from_options, "settings")
 
 
 @app.command()
@@ -267,6 +276,137 @@ def cache_clear(
     folder = CacheFolder(cache_dir, resolve_max_bytes(None))
     removed, freed = folder.clear(model, older_than)
     typer.echo(f"removed {removed} entries ({freed / 1e9:.3f} GB) from {folder.root}")
+
+
+# ----------------------------------------------------------------------------- OVDiff
+prototypes_app = typer.Typer(help="OVDiff class prototypes from generated support images.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(prototypes_app, name="prototypes")
+_P, _G = PrototypeConfig(), SegmentConfig()
+
+# How prototypes are built (stored under a key of all of them): field name -> (annotation, default).
+PROTOTYPE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "num_support": (Annotated[int, typer.Option("--support", help="Support images sampled per class.")], _P.num_support),
+    "steps": (Annotated[int, typer.Option(help="Sampling steps (1-4 for SDXL-turbo; more for SD 1.x).")], _P.steps),
+    "support_size": (Annotated[int, typer.Option(help="Side of the square support images in pixels.")], _P.support_size),
+    "support_prompt": (Annotated[str, typer.Option(help="Support prompt template ({cls} = the class name).")], _P.support_prompt),
+    "seed": (Annotated[int, typer.Option("--support-seed", help="Seed of the support images' noise.")], _P.seed),
+    "fg_threshold": (Annotated[float, typer.Option(help="Foreground: min-max class attention >= this.")], _P.fg_threshold),
+    "bg_max_fraction": (Annotated[float, typer.Option(help="Background cell: at most this much foreground.")], _P.bg_max_fraction),
+    "parts": (Annotated[int, typer.Option(help="K of the part-level k-means prototypes.")], _P.parts),
+    "kmeans_iters": (Annotated[int, typer.Option(help="k-means iterations at most.")], _P.kmeans_iters),
+    "feature": (Annotated[str, typer.Option(help="Compared features: semantic | appearance | both.")], _P.feature),
+}
+SEGMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "stuff": (Annotated[Optional[str], typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
+    "stuff_threshold": (Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")], _G.stuff_threshold),
+    "clip": (Annotated[str, typer.Option(help="CLIP for category pre-filtering (hub id or folder; none = off).")], _G.clip),
+    "clip_min_classes": (Annotated[int, typer.Option(help="Pre-filter only with at least this many classes.")], _G.clip_min_classes),
+    "clip_min_prob": (Annotated[float, typer.Option(help="Keep classes whose CLIP probability reaches this.")], _G.clip_min_prob),
+}
+
+
+def _segment_config(stuff: Optional[str], clip: str, **values: Any) -> SegmentConfig:
+    """SegmentConfig from its flags: ``--stuff`` a comma list (None: default), ``--clip none`` off."""
+    stuff_names = DEFAULT_STUFF if stuff is None else tuple(_split_list(stuff) or ())
+    return SegmentConfig(stuff=stuff_names, clip=None if clip.lower() == "none" else clip, **values)
+
+
+with_prototype_options = with_options(PROTOTYPE_OPTIONS, PrototypeConfig, "prototype_config")
+with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_config")
+PrototypesDir = Annotated[Optional[Path], typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
+SupportDir = Annotated[Optional[Path], typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
+Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
+
+
+@prototypes_app.command("build")
+@with_track_options
+@with_prototype_options
+def prototypes_build(
+    classes: Classes,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Prototype folder (default: one per model in the user cache).")] = None,
+    support_dir: SupportDir = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build again even when stored.")] = False,
+    settings: TrackSettings = TrackSettings(),
+    prototype_config: PrototypeConfig = PrototypeConfig(),
+) -> None:
+    """Sample support images per class and store its prototypes (stored ones are reused)."""
+    from pdmtrack.ovdiff.run import build_prototypes
+
+    builder = build_prototypes(_split_list(classes) or [], settings, prototype_config, out, support_dir, rebuild)
+    report = builder.report
+    for name in report.loaded:
+        typer.echo(f"{name}: stored")
+    for name in report.built:
+        typer.echo(f"{name}: built in {report.class_seconds[name]:.1f} s")
+    if report.support_images:
+        rate = report.support_images / max(report.sampling_seconds, 1e-9)
+        typer.echo(f"{report.support_images} support images sampled in {report.sampling_seconds:.1f} s ({rate:.2f} images/s)")
+    typer.echo(f"prototypes in {builder.store.root}")
+
+
+@app.command("segment-ov")
+@with_track_options
+@with_prototype_options
+@with_segment_options
+def segment_ov(
+    images: Annotated[list[Path], typer.Argument(help="Image files (JPEG/PNG).")],
+    classes: Classes,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_ov"),
+    prototypes_dir: PrototypesDir = None,
+    support_dir: SupportDir = None,
+    settings: TrackSettings = TrackSettings(),
+    prototype_config: PrototypeConfig = PrototypeConfig(),
+    segment_config: SegmentConfig = SegmentConfig(),
+) -> None:
+    """Open-vocabulary segmentation (OVDiff): palette PNGs of class ids, overlays, legend.json."""
+    from pdmtrack.ovdiff.run import segment_images
+
+    summary = segment_images(
+        images,
+        out,
+        _split_list(classes) or [],
+        settings=settings,
+        prototypes=prototype_config,
+        segment=segment_config,
+        prototypes_dir=prototypes_dir,
+        support_dir=support_dir,
+    )
+    built = summary.build.built
+    typer.echo(
+        f"{summary.images} images in {summary.segment_seconds:.1f} s ({summary.images_per_second:.2f} images/s); "
+        f"prototypes built: {', '.join(built) if built else 'none (all stored)'}; masks in {summary.out_dir}"
+    )
+
+
+@eval_app.command("voc")
+@with_track_options
+@with_prototype_options
+@with_segment_options
+def eval_voc(
+    root: Annotated[Path, typer.Option(help="VOCdevkit/VOC2012 (JPEGImages/, SegmentationClass/, ImageSets/).")],
+    split: Annotated[str, typer.Option(help="ImageSets/Segmentation/<split>.txt")] = "val",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where the reports go.")] = Path("pdmtrack_eval/voc"),
+    prototypes_dir: PrototypesDir = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N images of the split.")] = None,
+    save_predictions: Annotated[bool, typer.Option("--save-predictions", help="Write predictions/<id>.png.")] = False,
+    settings: TrackSettings = TrackSettings(),
+    prototype_config: PrototypeConfig = PrototypeConfig(),
+    segment_config: SegmentConfig = SegmentConfig(),
+) -> None:
+    """PASCAL VOC 2012 semantic segmentation with OVDiff: mIoU over background + 20 classes."""
+    from pdmtrack.eval.voc import evaluate_voc
+
+    evaluate_voc(
+        root,
+        split,
+        out,
+        settings=settings,
+        prototypes=prototype_config,
+        segment=segment_config,
+        prototypes_dir=prototypes_dir,
+        limit=limit,
+        save_predictions=save_predictions,
+    )
 
 
 def _split_list(text: Optional[str]) -> Optional[list[str]]:

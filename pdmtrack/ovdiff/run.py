@@ -57,6 +57,23 @@ def ov_segmenter(builder: PrototypeBuilder, names: list[str], config: SegmentCon
     return OVSegmenter(names, builder.prototypes(names), config, clip, builder.device)
 
 
+def build_prototypes(
+    names: list[str],
+    settings: TrackSettings,
+    config: PrototypeConfig,
+    prototypes_dir: Path | None = None,
+    support_dir: Path | None = None,
+    rebuild: bool = False,
+) -> PrototypeBuilder:
+    """Load the models once and build (or find stored) prototypes of ``names``; the builder
+    (its ``report`` says what was built, its ``store.root`` where)."""
+    names = check_classes(names)
+    refiner = load_refiner(settings)
+    builder = prototype_builder(load_diffusion(settings), settings, config, refiner, prototypes_dir, support_dir)
+    builder.prototypes(names, rebuild)
+    return builder
+
+
 @dataclass
 class OVDiffRun:
     """Everything segmenting needs, built once: the builder, the segmenter, the feature source."""
@@ -68,7 +85,7 @@ class OVDiffRun:
 
     def segment(self, image: np.ndarray) -> Segmentation:
         """Segment one (H, W, 3) uint8 image (features with the empty prompt, cached)."""
-        maps = feature_maps(self.source(image[None]), self.config.feature)[0]
+        maps = feature_maps(self.source(np.stack([image])), self.config.feature)[0]
         return self.segmenter(image, maps)
 
 

@@ -1,0 +1,129 @@
+"""OVDiff through the CLI with the tiny models: prototypes build, segment-ov, eval voc, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdmtrack.ovdiff.store import MANIFEST
+from tests.cli_runner import assert_one_line_error, run_cli
+
+FRAMES = ("00000.jpg", "00001.jpg")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pdmtrack.tiny.clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
+
+
+@pytest.fixture()
+def ov_run(tiny_sdxl: Path, tmp_path: Path) -> list[str]:
+    """Flags for a quick OVDiff run: tiny model, one small support image per class, no SAM."""
+    return [
+        "--model", str(tiny_sdxl), "--size", "64", "--inversion", "noise", "--sam", "none", "--device", "cpu",
+        "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--support", "1", "--support-size", "64",
+        "--parts", "4",
+    ]  # fmt: skip
+
+
+def test_prototypes_build_then_stored(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    protos = tmp_path / "protos"
+    args = ["prototypes", "build", "--classes", "dog,cat", "-o", protos, "--support-dir", tmp_path / "support", *ov_run]
+    first = run_cli(args, capsys, monkeypatch)
+    assert first.code == 0, first.err
+    assert "dog: built" in first.out and "cat: built" in first.out and "images/s" in first.out
+    assert (protos / MANIFEST).is_file() and len(list(protos.glob("*.safetensors"))) == 2
+    assert (tmp_path / "support" / "dog" / "0000.png").is_file()
+    second = run_cli(args[:-2 - len(ov_run)] + ov_run, capsys, monkeypatch)
+    assert second.code == 0, second.err
+    assert "dog: stored" in second.out and "cat: stored" in second.out and "built" not in second.out
+
+
+@pytest.mark.parametrize(
+    ("classes", "fragment"), [("", "class list is empty"), (" , ", "class list is empty"), ("dog,cat,Dog", "twice")]
+)
+def test_bad_class_lists_are_one_line_errors(classes, fragment, ov_run, tmp_path, capsys, monkeypatch) -> None:
+    result = run_cli(["prototypes", "build", "--classes", classes, "-o", tmp_path / "p", *ov_run], capsys, monkeypatch)
+    assert_one_line_error(result, "--classes", fragment)
+
+
+def test_prototype_folder_of_another_model_is_refused(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    protos = tmp_path / "protos"
+    protos.mkdir()
+    (protos / MANIFEST).write_text(json.dumps({"format": "pdmtrack-prototypes", "version": 1, "model": "hub:other@1"}))
+    result = run_cli(["prototypes", "build", "--classes", "dog", "-o", protos, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(result, "--prototypes", "hub:other@1", "another folder")
+    images = [tmp_path / "x.jpg"]
+    Image.new("RGB", (8, 8)).save(images[0])
+    result = run_cli(["segment-ov", *images, "--classes", "dog", "--prototypes", protos, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(result, "--prototypes", "hub:other@1")
+
+
+def test_segment_ov_on_davis_frames(davis_mini, ov_run, tiny_clip, tmp_path, capsys, monkeypatch) -> None:
+    images = [davis_mini / "JPEGImages" / "480p" / "blackswan" / name for name in FRAMES]
+    out = tmp_path / "out"
+    args = ["segment-ov", *images, "--classes", "swan,water,sky", "-o", out, "--prototypes", tmp_path / "protos"]
+    args += ["--clip", tiny_clip, "--clip-min-classes", "2", *ov_run]
+    result = run_cli(args, capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert "2 images" in result.out and "images/s" in result.out
+    for name in FRAMES:
+        stem = Path(name).stem
+        with Image.open(out / f"{stem}.png") as png:
+            assert png.mode == "P" and png.size == (854, 480)
+            labels = np.asarray(png)
+        assert labels.max() <= 3  # ids within background + the three classes
+        with Image.open(out / f"{stem}_overlay.jpg") as overlay:
+            assert overlay.size == (854, 480)
+    legend = json.loads((out / "legend.json").read_text())
+    assert [entry["class"] for entry in legend] == ["background", "swan", "water", "sky"]
+    again = run_cli(args, capsys, monkeypatch)
+    assert again.code == 0 and "none (all stored)" in again.out
+
+
+def test_segment_ov_refuses_to_overwrite_its_input(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    result = run_cli(["segment-ov", image, "--classes", "dog", "-o", tmp_path, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(result, "overwrite an input")
+
+
+def _fake_voc(davis_mini: Path, root: Path) -> Path:
+    """A two-image VOC2012 tree: DAVIS frames with hand-made labels (background, dog, void)."""
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    ids = []
+    for index, name in enumerate(FRAMES):
+        image_id = f"2007_{index:06d}"
+        ids.append(image_id)
+        Image.open(davis_mini / "JPEGImages" / "480p" / "blackswan" / name).save(root / "JPEGImages" / f"{image_id}.jpg")
+        labels = np.zeros((480, 854), np.uint8)
+        labels[100:300, 200:500] = 12  # dog
+        labels[98:102, 200:500] = 255  # void border
+        label_image = Image.fromarray(labels, mode="P")
+        label_image.putpalette([0] * 768)
+        label_image.save(root / "SegmentationClass" / f"{image_id}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_eval_voc_end_to_end(davis_mini, ov_run, tmp_path, capsys, monkeypatch) -> None:
+    root = _fake_voc(davis_mini, tmp_path / "VOC2012")
+    out = tmp_path / "eval"
+    args = ["eval", "voc", "--root", root, "-o", out, "--prototypes", tmp_path / "protos", "--clip", "none"]
+    result = run_cli([*args, "--save-predictions", *ov_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    report = json.loads((out / "voc_report-val.json").read_text())
+    assert report["images"] == 2 and len(report["IoU"]) == 21
+    assert report["mIoU"] is None or 0.0 <= report["mIoU"] <= 1.0
+    assert (out / "voc_global-val.csv").is_file() and (out / "predictions" / "2007_000001.png").is_file()
+    missing = run_cli(["eval", "voc", "--root", tmp_path, "-o", out, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(missing, "--root", "val.txt")
