@@ -373,7 +373,7 @@ def segment_ov(
     )
     built = summary.build.built
     typer.echo(
-        f"{summary.images} images in {summary.segment_seconds:.1f} s ({summary.images_per_second:.2f} images/s); "
+        f"{summary.images} image(s) in {summary.segment_seconds:.1f} s ({summary.images_per_second:.2f} images/s); "
         f"prototypes built: {', '.join(built) if built else 'none (all stored)'}; masks in {summary.out_dir}"
     )
 

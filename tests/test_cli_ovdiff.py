@@ -72,7 +72,7 @@ def test_segment_ov_on_davis_frames(davis_mini, ov_run, tiny_clip, tmp_path, cap
     args += ["--clip", tiny_clip, "--clip-min-classes", "2", *ov_run]
     result = run_cli(args, capsys, monkeypatch)
     assert result.code == 0, result.err
-    assert "2 images" in result.out and "images/s" in result.out
+    assert "2 image(s)" in result.out and "images/s" in result.out
     for name in FRAMES:
         stem = Path(name).stem
         with Image.open(out / f"{stem}.png") as png:
