@@ -206,3 +206,21 @@ def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_p
     report = evaluate_davis(root, "val", out_dir=tmp_path / "out", settings=settings)
     assert report.tracking is not None and report.tracking.tracked == ["a", "b", "c"]
     assert loads == {"diffusion": 1, "sam": 1}
+
+
+def test_the_readme_python_example_runs(
+    davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's Python API example, with the tiny model for SDXL-turbo and the first 24
+    frames of davis-mini's blackswan for DAVIS."""
+    for kind, suffix in (("JPEGImages", "jpg"), ("Annotations", "png")):
+        folder = tmp_path / kind / "480p" / SEQUENCE
+        folder.mkdir(parents=True)
+        for index in range(24):
+            (folder / f"{index:05d}.{suffix}").symlink_to(davis_mini / kind / "480p" / SEQUENCE / f"{index:05d}.{suffix}")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('model="stabilityai/sdxl-turbo"', f'model="{tiny_sdxl}", size=64, inversion="noise", no_cache=True')
+    code = code.replace('sam="vit_b"', 'sam="none"').replace('"DAVIS/', f'"{tmp_path}/')
+    exec(compile(code, "README.md", "exec"), {})
+    assert "24 frames tracked; 21 tracked backwards from frame 20" in capsys.readouterr().out
