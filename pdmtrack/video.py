@@ -2,11 +2,11 @@
 
 ``FrameReader`` knows the frame count, fps and size up front and yields frames one at a
 time or in batches decoded by a background thread; it never holds the whole video.
-Both video backends return identical RGB uint8 frames: decord converts YUV to RGB with
-FFmpeg's ``scale`` filter (colour matrix taken from the stream) and applies the display
-rotation; the PyAV path does the same conversion through ``VideoFrame.to_ndarray`` and
-rotates with ``np.rot90``. (For 8-bit YUV sources the two are bit-identical; decord's
-bundled FFmpeg 4.1 converts >8-bit sources slightly differently from PyAV's FFmpeg.)
+PyAV (FFmpeg 8, ``VideoFrame.to_ndarray``, display rotation by ``np.rot90``) is the
+reference decoding. decord's bundled FFmpeg 4.1 converts YUV to RGB bit-identically only for
+some pixel formats: it differs (by up to ~70 levels) for yuv420p with an odd height,
+yuv410p, yuv440p and every >8-bit format. So ``auto`` uses decord only for the formats in
+``DECORD_EXACT`` and only when its frame 0 equals PyAV's; otherwise PyAV.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 BACKENDS = ("auto", "decord", "pyav")
 FOLDER_FPS = 24.0  # a folder of frames carries no frame rate; outputs use this one
+# Pixel formats decord converts to RGB exactly as PyAV does (measured on FFV1 at even and odd
+# sizes); yuv420p only with an even height (an odd one places the chroma rows differently).
+DECORD_EXACT = {"gray", "bgr0", "yuv411p", "yuv422p", "yuv444p", "yuv420p"}
 
 FrameSource = Iterator[tuple[int, np.ndarray]]
 
@@ -40,8 +43,8 @@ def _natural_key(name: str) -> list[int | str]:
 class FrameReader:
     """Read RGB uint8 frames from a video file or a folder of JPEG/PNG frames.
 
-    ``backend`` is ``auto`` (decord when it is installed and opens the file, else PyAV),
-    ``decord`` or ``pyav``; folders need no backend (``self.backend == "folder"``).
+    ``backend`` is ``auto`` (decord when it is installed, opens the file and decodes this
+    pixel format exactly as PyAV does, else PyAV), ``decord`` or ``pyav``; folders need no backend (``self.backend == "folder"``).
     Frame folders have no frame rate: ``fps`` is ``FOLDER_FPS`` (24.0) for them.
     Every user mistake (missing path, not a video, corrupt or truncated file, no frames,
     frames of different sizes) raises ``InputError`` naming the file.
@@ -97,18 +100,20 @@ class FrameReader:
                 self.path,
                 f"not a video (expected {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)",
             )
-        self._probe_pyav()
+        first = self._probe_pyav()
         self.frame_names = [f"{i:05d}" for i in range(self.num_frames)]
         self.backend = "pyav"
         if backend in ("auto", "decord"):
-            problem = self._check_decord()
+            problem, decord_first = self._check_decord()
+            if problem is None and backend == "auto":
+                problem = self._decord_inexact(first, decord_first)
             if problem is None:
                 self.backend = "decord"
             elif backend == "decord":
                 raise InputError(self.path, f"decord cannot read this video ({problem}); try --backend pyav")
 
-    def _probe_pyav(self) -> None:
-        """Count frames by demuxing (headers can lie), read fps, size and rotation."""
+    def _probe_pyav(self) -> np.ndarray:
+        """Count frames by demuxing (headers can lie), read fps, size and rotation; frame 0."""
         import av
 
         try:
@@ -132,10 +137,11 @@ class FrameReader:
         # A frame's presentation timestamp -> its index, for exact seeking; None when unusable.
         usable = None not in timestamps and len(set(timestamps)) == len(timestamps)
         self._pts_sorted = sorted(timestamps) if usable else None
-        self._probe_first_frame()
+        return self._probe_first_frame()
 
-    def _probe_first_frame(self) -> None:
-        """Decode frame 0 with PyAV: proves the stream decodes; gives rotation and displayed size."""
+    def _probe_first_frame(self) -> np.ndarray:
+        """Decode frame 0 with PyAV: proves the stream decodes; gives rotation, displayed size,
+        pixel format and the frame itself (RGB, as displayed)."""
         import av
 
         try:
@@ -147,24 +153,36 @@ class FrameReader:
             raise InputError(self.path, "cannot decode frame 0: corrupt or truncated video")
         self._rotation = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns, as decord
         self.height, self.width = (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
+        self.coded_size = (frame.width, frame.height)  # (width, height) as stored, before rotation
+        self.pixel_format = frame.format.name
+        return np.rot90(frame.to_ndarray(format="rgb24"), self._rotation)
 
-    def _check_decord(self) -> str | None:
-        """Why decord cannot serve this file, or None when it can."""
+    def _check_decord(self) -> tuple[str | None, np.ndarray | None]:
+        """(why decord cannot serve this file or None when it can, decord's frame 0)."""
         try:
             import decord
         except ImportError:
-            return "decord is not installed"
+            return "decord is not installed", None
         try:
             reader = decord.VideoReader(str(self.path), num_threads=1)
-            shape = reader[0].shape
+            first = reader[0].asnumpy()
             count = len(reader)
             del reader
         except Exception as err:  # decord raises its own DECORDError and RuntimeError subclasses
-            return f"{type(err).__name__}: {err}"
-        if shape[:2] != (self.height, self.width):
-            return f"decord sees {shape[1]}x{shape[0]} frames, not {self.width}x{self.height}"
+            return f"{type(err).__name__}: {err}", None
+        if first.shape[:2] != (self.height, self.width):
+            return f"decord sees {first.shape[1]}x{first.shape[0]} frames, not {self.width}x{self.height}", None
         if count < self.num_frames:
-            return f"decord sees {count} frames of {self.num_frames}"
+            return f"decord sees {count} frames of {self.num_frames}", None
+        return None, first
+
+    def _decord_inexact(self, first: np.ndarray, decord_first: np.ndarray | None) -> str | None:
+        """Why decord would not give PyAV's pixels for this stream, or None when it would."""
+        odd_chroma = self.pixel_format == "yuv420p" and self.coded_size[1] % 2
+        if self.pixel_format not in DECORD_EXACT or odd_chroma:
+            return f"decord converts {self.pixel_format} at {self.coded_size[0]}x{self.coded_size[1]} differently"
+        if decord_first is None or not np.array_equal(first, decord_first):
+            return "decord's frame 0 differs from PyAV's"
         return None
 
     # ------------------------------------------------------------------ reading

@@ -228,3 +228,39 @@ def test_bad_inputs_name_the_file(tmp_path: Path, clip: Path, source_frames: lis
         FrameReader(empty_folder)
     with pytest.raises(InputError, match="unknown backend"):
         FrameReader(clip, backend="opencv")
+
+
+def _ffv1(path: Path, width: int, height: int, pix_fmt: str, count: int = 3) -> list[np.ndarray]:
+    """An FFV1 .mkv of smooth colour gradients; returns the frames as PyAV (the reference) decodes them."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for index in range(count):
+            rgb = np.stack([np.sin(cols / 7 + index) * 100 + 128, np.cos(rows / 5) * 100 + 128, (cols + rows) % 200], -1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "pix_fmt"), [(853, 479, "yuv420p"), (854, 480, "yuv420p10le"), (854, 480, "yuv440p")]
+)
+def test_auto_backend_decodes_like_pyav(tmp_path: Path, width: int, height: int, pix_fmt: str) -> None:
+    """decord converts these (8-bit odd-height yuv420p, 10-bit, yuv440p) differently: auto must not use it."""
+    path = tmp_path / f"{pix_fmt}.mkv"
+    reference = _ffv1(path, width, height, pix_fmt)
+    reader = FrameReader(path)
+    assert (reader.width, reader.height) == (width, height)
+    assert np.array_equal(_all_frames(reader), np.stack(reference))
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="decord is not installed")
+def test_auto_backend_keeps_decord_where_it_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "even.mkv"
+    reference = _ffv1(path, 853, 480, "yuv420p")
+    reader = FrameReader(path)
+    assert reader.backend == "decord" and np.array_equal(_all_frames(reader), np.stack(reference))
