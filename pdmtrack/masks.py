@@ -249,12 +249,22 @@ def _rle_objects(data: object) -> dict[int, dict]:
 
 # ---------------------------------------------------------------------- checking
 def fit_mask_to_frame(
-    mask: LoadedMask, source: str | Path, height: int, width: int, resize: bool = False
+    mask: LoadedMask, source: str | Path, height: int, width: int, resize: bool = False, rotation: int = 0
 ) -> LoadedMask:
-    """Check the mask against the frame size; with ``resize`` resize it (nearest neighbour)."""
+    """Check the mask against the frame size; with ``resize`` resize it (nearest neighbour).
+
+    ``rotation``: the video's display rotation in degrees (its frames are read as displayed);
+    a mask in the stored, unrotated orientation is refused whatever ``resize`` says."""
     mask_height, mask_width = mask.labels.shape
     if (mask_height, mask_width) == (height, width):
         return mask
+    if rotation % 180 == 90 and (mask_height, mask_width) == (width, height):
+        raise InputError(
+            source,
+            f"mask is {mask_width}x{mask_height}, the video's stored size, but the video is rotated by "
+            f"{rotation} degrees (display metadata) and its frames are read upright as displayed, "
+            f"{width}x{height}: rotate the mask the same way (--resize-mask would squash it)",
+        )
     if not resize:
         raise InputError(
             source,

@@ -120,7 +120,7 @@ def plan_run(
     for frame, path in sorted((masks or {}).items()):
         if not 0 <= frame < reader.num_frames:
             raise InputError(path, f"given for frame {frame}, outside the video's frames 0..{reader.num_frames - 1}")
-        mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask)
+        mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask, reader.rotation)
         fitted[frame] = mask.labels
         notes += [mask.note] if mask.note else []
     if not fitted and not distinct_classes(classes):

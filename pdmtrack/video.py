@@ -91,6 +91,7 @@ class FrameReader:
         self.backend = "folder"
         self.num_frames = len(files)
         self.fps = FOLDER_FPS
+        self.rotation = 0
         (self.width, self.height), = sizes
         self.frame_names = stems
 
@@ -153,6 +154,7 @@ class FrameReader:
             raise InputError(self.path, "cannot decode frame 0: corrupt or truncated video")
         self._rotation = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns, as decord
         self.height, self.width = (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
+        self.rotation = self._rotation * 90  # display rotation in degrees; frames are read as displayed
         self.coded_size = (frame.width, frame.height)  # (width, height) as stored, before rotation
         self.pixel_format = frame.format.name
         return np.rot90(frame.to_ndarray(format="rgb24"), self._rotation)
