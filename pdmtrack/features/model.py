@@ -190,10 +190,38 @@ def _component_dir(folder: Path, name: str) -> Path:
 
 
 def _weights_variant(component: Path, dtype: torch.dtype) -> str | None:
+    """The weight variant to load from ``component``, after checking its files are whole."""
     weights = [p.name for p in component.iterdir() if p.name.endswith(".safetensors")]
     if not weights:
         raise _MissingComponent(component.parent, f"component '{component.name}/' has no .safetensors weights")
-    return _pick_variant(weights, dtype)
+    variant = _pick_variant(weights, dtype)
+    _check_weight_files(component, variant)
+    return variant
+
+
+def _check_weight_files(component: Path, variant: str | None) -> None:
+    """Read the header of every weight file of ``variant`` (safetensors checks that the header
+    parses and that the data covers the file exactly) and that an index's shards exist."""
+    from safetensors import SafetensorError, safe_open
+
+    damaged = "damaged or incomplete weights; re-download"
+    for path in sorted(component.iterdir()):
+        if not path.name.endswith((".safetensors", ".safetensors.index.json")):
+            continue
+        if (_FP16_MARK in path.name) != (variant == "fp16"):
+            continue
+        if path.name.endswith(".json"):
+            index = read_json(path)
+            shards = set(index.get("weight_map", {}).values()) if isinstance(index, dict) else set()
+            missing = sorted(name for name in shards if not (component / name).is_file())
+            if missing:
+                raise InputError(component / missing[0], f"missing shard: {damaged}")
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            raise InputError(path, f"{damaged} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
 
 
 def _read_json(path: Path) -> dict:
@@ -231,18 +259,19 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
     if device.type == "cuda":
         common["device_map"] = {"": device}
 
-    unet_variant = _weights_variant(unet_dir, dtype)
-    unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype, variant=unet_variant, **common)
     vae_config = _read_json(vae_dir / "config.json")
     # SDXL's VAE overflows in fp16; diffusers' own pipelines upcast it the same way.
     vae_dtype = torch.float32 if vae_config.get("force_upcast") and dtype == torch.float16 else dtype
+    # Every component's weights are checked before the first (slow) load.
+    unet_variant = _weights_variant(unet_dir, dtype)
     vae_variant = _weights_variant(vae_dir, vae_dtype)
+    text_variants = [_weights_variant(enc_dir, dtype) for _, enc_dir in text_dirs]
+    unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype, variant=unet_variant, **common)
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=vae_dtype, variant=vae_variant, **common)
     tokenizers, text_encoders = [], []
-    for index, (tok_dir, enc_dir) in enumerate(text_dirs):
+    for index, ((tok_dir, enc_dir), variant) in enumerate(zip(text_dirs, text_variants)):
         tokenizers.append(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
         encoder_cls = CLIPTextModelWithProjection if family == "sdxl" and index == 1 else CLIPTextModel
-        variant = _weights_variant(enc_dir, dtype)
         encoder = encoder_cls.from_pretrained(enc_dir, dtype=dtype, variant=variant, **_transformers_kwargs(common))
         text_encoders.append(encoder.to(device).eval().requires_grad_(False))
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
