@@ -4,8 +4,10 @@ and the offline switch every download obeys."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,24 +22,71 @@ os.umask(_UMASK)  # read once: mkstemp creates 0600 files, final files should fo
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
-    On an exception the temporary file is removed and ``target`` is left untouched, so a
-    killed or failed run never leaves a half-written file under the final name.
-    The temporary name keeps the target's suffix so writers that pick a format by
-    extension (PIL, PyAV) still work.
+    The temporary is ``.<stem>.<pid>-<8 random chars>.tmp<suffix>``. On an exception the
+    temporary file is removed and ``target`` is left untouched, so a killed or failed run
+    never leaves a half-written file under the final name. The temporary name keeps the
+    target's suffix so writers that pick a format by extension (PIL, PyAV) still work.
+    A full disk is an ``InputError`` naming the folder.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    with _disk_full_is_input_error(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{target.stem}.{os.getpid()}-"  # the owner's pid: stale once that process is gone
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{target.suffix}", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporaries that killed processes left in ``folder`` (files named as
+    :func:`atomic_path` names them whose process no longer runs on this machine); returns
+    how many. Other files, and temporaries of running processes, are never touched."""
     try:
-        yield tmp
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and not _process_runs(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+_TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours, or another user's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _disk_full_is_input_error(target: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing ``target`` becomes one line naming its folder."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        problem = f"no space left on the device while writing {target.name} (files finished before it are complete)"
+        raise InputError(target.parent, problem) from err
 
 
 def file_mode() -> int:

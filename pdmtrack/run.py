@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import remove_stale_temporaries
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.objects import object_ids_in
 from pdmtrack.tracker import Tracker, VideoState, class_rows, distinct_classes
@@ -180,6 +181,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
     for frame, labels in plan.masks.items():
         tracker.add_mask(state, frame, labels)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(plan.out_dir)
     writing = 0.0
     written = 0
     with contextlib.ExitStack() as stack:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.cli_runner import assert_one_line_error, run_cli
 from tests.test_cli import H, W, base_args, palette_mask  # noqa: F401 (fixture)
@@ -56,3 +60,83 @@ def test_damaged_weights_name_the_file(component, damage, tiny_sdxl, tmp_path, c
     args = ["propagate", frames, "--mask", mask, "-o", tmp_path / "out", "--model", model, "--sam", "none", "--no-cache"]
     result = run_cli(args, capsys, monkeypatch)
     assert_one_line_error(result, f"{component}/{weights.name}", "damaged or incomplete weights; re-download")
+
+
+def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, victim: str, after: int = 0) -> None:
+    """Make the temporary file of ``victim`` (a suffix: .png, .mp4, .json) a link to /dev/full
+    from its ``after``-th temporary on, so writing it fails with ENOSPC like a full disk."""
+    import tempfile
+
+    from pdmtrack import fsutil
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    made = {"count": 0}
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real_mkstemp(*args, **kwargs)
+        if name.endswith(victim):
+            made["count"] += 1
+            if made["count"] > after:
+                os.unlink(name)
+                os.symlink("/dev/full", name)
+        return fd, name
+
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize(("victim", "flags"), [(".png", []), (".mp4", []), (".json", ["--rle"])])
+def test_disk_full_is_one_line_and_leaves_complete_files(victim, flags, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """Item 5: ENOSPC on a PNG, the overlay or masks.json: one line naming the folder, no
+    temporaries, every file left behind complete."""
+    clip = _clip(tmp_path / "clip.mp4")
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:30, 10:30] = 1
+    mask = palette_mask(tmp_path / "first.png", labels)
+    out = tmp_path / "out"
+    _fill_disk_at(monkeypatch, victim, after=3 if victim == ".png" else 0)
+    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
+            "--batch-size", "2", "--cache-dir", tmp_path / "cache", *flags]
+    result = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(result, str(out), "no space left")
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == (3 if victim == ".png" else len(pngs))
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()
+    assert not (out / "overlay.mp4").exists() and not (out / "masks.json").exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """Item 10: the next run removes what killed runs left (only pdmtrack's temporaries of
+    processes that are gone), in the output folder and the feature cache."""
+    from pdmtrack.fsutil import atomic_path
+
+    clip = _clip(tmp_path / "clip.mp4")
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:30, 10:30] = 1
+    mask = palette_mask(tmp_path / "first.png", labels)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
+            "--cache-dir", cache]
+    assert run_cli(args, capsys, monkeypatch).code == 0
+    with atomic_path(out / "00001.png") as live:  # this process's own temporary: kept
+        dead = _dead_pid()
+        stale = [out / f".00003.{dead}-abcdefgh.tmp.png", out / f".overlay.{dead}-x_1y2z3w.tmp.mp4"]
+        entry = next(cache.rglob("*.safetensors"))
+        stale.append(entry.parent / f".{entry.stem}.{dead}-abcdefgh.tmp.safetensors")
+        kept = [out / ".notes.tmp.txt", out / ".00003.abcdefgh.tmp.png", live]
+        for path in stale + kept:
+            path.write_bytes(b"partial")
+        assert run_cli(args, capsys, monkeypatch).code == 0
+        assert [path.name for path in stale if path.exists()] == []
+        assert all(path.exists() for path in kept)
