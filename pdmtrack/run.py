@@ -263,7 +263,8 @@ def _merge(
 @contextlib.contextmanager
 def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
     """A ``write(frame index, labels)`` feeding every requested output, frames in order; the
-    overlay decodes its own frames (decoding is cheap next to the features)."""
+    overlay decodes its own frames (decoding is cheap next to the features) and shows each
+    at its source time, counted from the plan's first frame (a variable frame rate is kept)."""
     reader = plan.reader
     with contextlib.ExitStack() as stack:
         pngs = MaskPngWriter(plan.out_dir) if plan.png else None
@@ -277,7 +278,7 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
             if pngs is not None:
                 pngs.write(name, labels)
             if video is not None and frames is not None:
-                video.write(next(frames), labels)
+                video.write(next(frames), labels, reader.frame_time(frame_idx) - reader.frame_time(plan.start))
             if rles is not None:
                 rles.add(name, labels)
 

@@ -92,6 +92,7 @@ class FrameReader:
         self.num_frames = len(files)
         self.fps = FOLDER_FPS
         self.rotation = 0
+        self._pts_sorted = None
         (self.width, self.height), = sizes
         self.frame_names = stems
 
@@ -128,6 +129,7 @@ class FrameReader:
                     if packet.size > 0 and not packet.is_discard
                 ]
                 rate = stream.average_rate or stream.guessed_rate
+                self._time_base = stream.time_base
         except av.FFmpegError as err:
             problem = f"cannot be opened as a video: corrupt, truncated or not a video ({err})"
             raise InputError(self.path, problem) from err
@@ -204,6 +206,13 @@ class FrameReader:
         """Yield every frame as (H, W, 3) uint8 RGB, decoded in a background thread."""
         for _, batch in self.batches(1):
             yield batch[0]
+
+    def frame_time(self, index: int) -> float:
+        """Seconds from frame 0 to frame ``index``: the video's own timestamps (a variable
+        frame rate is kept), or ``index / fps`` for folders and videos without usable ones."""
+        if self._pts_sorted is None or self._time_base is None:
+            return index / self.fps
+        return float((self._pts_sorted[index] - self._pts_sorted[0]) * self._time_base)
 
     def read(self, index: int) -> np.ndarray:
         """Decode one frame (H, W, 3) uint8 RGB by index."""

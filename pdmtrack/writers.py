@@ -64,12 +64,18 @@ class MaskPngWriter:
         return target
 
 
+# 60000 ticks per second: exact for 24, 25, 30, 50, 60 and 30000/1001 fps, and within
+# MPEG-4 part 2's limit of 65535 (the fallback codec).
+TIME_BASE = Fraction(1, 60000)
+
+
 class VideoWriter:
     """Encode RGB frames to a video with PyAV (H.264 when libx264 is there, else MPEG-4 part 2).
 
-    Odd sizes are padded by one edge row/column (yuv420p needs even sizes). The file is
-    written under a temporary name and renamed on a clean close; after an exception
-    inside the ``with`` block no file appears under ``path``.
+    Each frame keeps the presentation time it is given (a variable frame rate survives);
+    frames without one follow at ``fps``. Odd sizes are padded by one edge row/column
+    (yuv420p needs even sizes). The file is written under a temporary name and renamed on a
+    clean close; after an exception inside the ``with`` block no file appears under ``path``.
     """
 
     def __init__(self, path: str | Path, fps: float, width: int, height: int) -> None:
@@ -77,6 +83,7 @@ class VideoWriter:
         self.fps = fps
         self.width, self.height = width, height
         self._stack = contextlib.ExitStack()
+        self._last_pts: int | None = None
 
     def __enter__(self) -> VideoWriter:
         import av
@@ -92,16 +99,23 @@ class VideoWriter:
         self._stream.width = self.width + self.width % 2
         self._stream.height = self.height + self.height % 2
         self._stream.pix_fmt = "yuv420p"
+        self._stream.codec_context.time_base = TIME_BASE
         if codec == "libx264":
             self._stream.options = {"preset": "veryfast", "crf": "18"}
         return self
 
-    def write(self, frame_rgb: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 RGB frame."""
+    def write(self, frame_rgb: np.ndarray, time: float | None = None) -> None:
+        """Append one (H, W, 3) uint8 RGB frame shown at ``time`` seconds (default: the
+        previous frame's time + 1/fps)."""
         if frame_rgb.shape != (self.height, self.width, 3):
             raise ValueError(f"frame is {frame_rgb.shape}, writer expects {(self.height, self.width, 3)}")
         padded = np.pad(frame_rgb, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
+        last = self._last_pts
+        after_last = 0 if last is None else last + round(1 / (self.fps * TIME_BASE))
+        pts = after_last if time is None else round(time / TIME_BASE)
+        frame.pts = self._last_pts = pts if last is None else max(pts, last + 1)  # strictly increasing
+        frame.time_base = TIME_BASE
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
@@ -140,9 +154,10 @@ class OverlayWriter:
         self._video.__enter__()
         return self
 
-    def write(self, frame_rgb: np.ndarray, labels: np.ndarray) -> None:
-        """Blend ``labels`` (H, W) over ``frame_rgb`` (H, W, 3) and append the result."""
-        self._video.write(blend_labels(frame_rgb, labels, self.alpha))
+    def write(self, frame_rgb: np.ndarray, labels: np.ndarray, time: float | None = None) -> None:
+        """Blend ``labels`` (H, W) over ``frame_rgb`` (H, W, 3) and append the result, shown at
+        ``time`` seconds (see :meth:`VideoWriter.write`)."""
+        self._video.write(blend_labels(frame_rgb, labels, self.alpha), time)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -140,3 +140,37 @@ def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsy
         assert run_cli(args, capsys, monkeypatch).code == 0
         assert [path.name for path in stale if path.exists()] == []
         assert all(path.exists() for path in kept)
+
+
+def _times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [round(float(frame.pts * frame.time_base), 3) for frame in container.decode(video=0)]
+
+
+def test_overlay_keeps_variable_frame_rate_timestamps(tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """Item 11: the overlay of a variable-frame-rate video shows each frame at its source time."""
+    from fractions import Fraction
+
+    times = [0.0, 0.1, 0.15, 0.5, 0.55, 1.2]
+    clip = tmp_path / "vfr.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for time in times:
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(time * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert _times(clip) == times
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:30, 10:30] = 1
+    mask = palette_mask(tmp_path / "first.png", labels)
+    out = tmp_path / "out"
+    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
+            "--cache-dir", tmp_path / "cache", "--start", "1"]
+    assert run_cli(args, capsys, monkeypatch).code == 0
+    assert _times(out / "overlay.mp4") == [round(t - times[1], 3) for t in times[1:]]
