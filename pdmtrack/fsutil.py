@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pdmtrack.errors import InputError
 
@@ -103,6 +103,13 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def is_safe_component(name: object) -> bool:
+    """A single relative path component: no separator, not '.', '..', empty or absolute."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    return "/" not in name and "\\" not in name and "\x00" not in name and not PurePosixPath(name).is_absolute()
 
 
 def user_cache_dir() -> Path:

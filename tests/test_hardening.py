@@ -174,3 +174,45 @@ def test_overlay_keeps_variable_frame_rate_timestamps(tiny_sdxl, tmp_path, capsy
             "--cache-dir", tmp_path / "cache", "--start", "1"]
     assert run_cli(args, capsys, monkeypatch).code == 0
     assert _times(out / "overlay.mp4") == [round(t - times[1], 3) for t in times[1:]]
+
+
+# --- DAVIS split files and results folders -----------------------------------------------------
+
+
+@pytest.fixture()
+def davis(tmp_path: Path) -> Path:
+    from tests.test_eval_davis import make_davis, moving_squares
+
+    shape = (36, 48)
+    return make_davis(tmp_path / "davis", {"alpha": moving_squares(5, shape, [(4, 2, 8)]),
+                                           "beta": moving_squares(5, shape, [(10, 10, 12)])})
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (b"alpha\nbeta\nalpha\n", ["line 3", "'alpha' is listed again (first on line 1)"]),  # item 1
+        (b"alpha\n../480p/beta\n", ["line 2", "not a sequence folder name"]),  # item 9
+        (b"alpha\n..\n", ["line 2", "not a sequence folder name"]),
+        (b"alpha\nb\xe9ta\n", ["not UTF-8 text"]),  # item 7
+    ],
+)
+def test_bad_split_files_are_one_line(davis, content, fragments, tmp_path, capsys, monkeypatch):
+    """Items 1, 7, 9: a split file listing a name twice, a path, or not UTF-8 text is refused
+    naming the line, before anything is tracked or written."""
+    split_file = davis / "ImageSets" / "2017" / "val.txt"
+    split_file.write_bytes(content)
+    out = tmp_path / "out"
+    result = run_cli(["eval", "davis", "--root", davis, "-o", out], capsys, monkeypatch)
+    assert_one_line_error(result, str(split_file), *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("record", [b"\x00\xff{garbage", b'["a list"]', b'"text"'])
+def test_corrupt_tracking_settings_record_is_one_line(davis, record, tmp_path, capsys, monkeypatch):
+    """Item 7: a damaged tracking_settings.json in an eval davis output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tracking_settings.json").write_bytes(record)
+    result = run_cli(["eval", "davis", "--root", davis, "-o", out], capsys, monkeypatch)
+    assert_one_line_error(result, "tracking_settings.json")

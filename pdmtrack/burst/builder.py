@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from pdmtrack.burst.reading import (
     sequence_frame_paths,
-    is_safe_component,
     load_annotation,
     scan_sequence,
     sha256,
@@ -38,6 +37,7 @@ from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_
 from pdmtrack.errors import InputError
 from pdmtrack.fsutil import (
     atomic_write_text,
+    is_safe_component,
 )
 
 

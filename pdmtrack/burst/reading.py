@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,18 +18,12 @@ from pdmtrack.burst.records import (
 from pdmtrack.burst.selection import ScannedSequence, bbox_area
 from pdmtrack.errors import InputError
 from pdmtrack.fsutil import (
+    is_safe_component,
     read_json,
 )
 from pdmtrack.masks import decode_rle
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def is_safe_component(name: object) -> bool:
-    """A single relative path component: no separator, not '.', '..', empty or absolute."""
-    if not isinstance(name, str) or not name or name in (".", ".."):
-        return False
-    return "/" not in name and "\\" not in name and "\x00" not in name and not PurePosixPath(name).is_absolute()
 
 
 def _rle(sequence: dict, entry: object) -> dict:

@@ -46,6 +46,8 @@ def _same_settings_as_before(record: Path, settings: TrackSettings, class_map: d
     current = json.loads(json.dumps(json_ready({**shaping, "class_map": class_map})))
     if record.is_file():
         previous = read_json(record)
+        if not isinstance(previous, dict):
+            raise InputError(record, "not a tracking-settings record (a JSON object); remove it or use a new -o")
         if previous != current:
             changed = sorted(key for key in current if previous.get(key) != current[key])
             problem = f"results here were tracked with other settings ({', '.join(changed)}); use a new -o or remove it"

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import is_safe_component
 
 VOID_ID = 255  # DAVIS annotations mark void pixels with 255; upstream scores them as background
 
@@ -34,6 +35,31 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
+def read_split_file(path: Path) -> list[str]:
+    """The sequence names of a split file, one per line (blank lines ignored). Not UTF-8 text,
+    no names, a name listed twice or a name that is not a plain folder name (a path
+    separator, '.', '..') is an ``InputError`` naming the line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not UTF-8 text (byte {err.start}); a split file lists one sequence name per line") from err
+    except OSError as err:
+        raise InputError(path, f"cannot read the split file ({err.strerror or err})") from err
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if not is_safe_component(name):
+            raise InputError(path, f"line {number}: '{name}' is not a sequence folder name (no '/', '\\', '.' or '..')")
+        if name in first_line:
+            raise InputError(path, f"line {number}: '{name}' is listed again (first on line {first_line[name]})")
+        first_line[name] = number
+    if not first_line:
+        raise InputError(path, "lists no sequences")
+    return list(first_line)
+
+
 class DavisDataset:
     """A DAVIS 2017 folder (JPEGImages/, Annotations/, ImageSets/2017/<split>.txt), validated."""
 
@@ -48,9 +74,7 @@ class DavisDataset:
         split_file = self.root / "ImageSets" / "2017" / f"{split}.txt"
         if not split_file.is_file():
             raise InputError(split_file, f"sequence list of the '{split}' split not found (DAVIS 2017 layout)")
-        listed = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-        if not listed:
-            raise InputError(split_file, "lists no sequences")
+        listed = read_split_file(split_file)
         if sequences is None:
             chosen = listed
         else:
