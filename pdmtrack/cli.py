@@ -226,7 +226,7 @@ def eval_permir(
 def build_permis(
     burst: Annotated[Path, typer.Option(help="BURST root (annotations/, frames/).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("PerMIRS"),
-    splits: Annotated[str, typer.Option(help="Comma-separated BURST splits.")] = "train,val,test",
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated BURST splits (default: those of train,val,test present).")] = None,
     annotations: Annotated[Optional[list[Path]], typer.Option(help="Annotation JSON instead of annotations/<split>/all_classes.json (repeatable).")] = None,
     drop_sources: Annotated[Optional[str], typer.Option(help="Comma-separated source datasets to leave out (default: HACS,AVA,LaSOT; '' keeps all).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
@@ -240,7 +240,7 @@ def build_permis(
     summary = build_permirs(
         burst,
         out,
-        splits=_split_list(splits) or [],
+        splits=_split_list(splits),
         annotations=annotations or None,
         overwrite=overwrite,
         **kwargs,

@@ -19,6 +19,7 @@ from PIL import Image
 
 from pdmtrack.burst import (
     DROPPED_SOURCE,
+    DUPLICATE,
     FRAMES_MISSING,
     MALFORMED,
     NO_SHARED_CATEGORY,
@@ -261,7 +262,7 @@ def test_kept_set_track_and_frames(built) -> None:
     assert chosen == EXPECTED
     assert summary.kept == 3
     assert summary.dropped == {
-        UNSAFE_NAME: 1, DROPPED_SOURCE: 1, NO_SHARED_CATEGORY: 1, MALFORMED: 1, TOO_FEW_FRAMES: 1, FRAMES_MISSING: 1,
+        DUPLICATE: 0, UNSAFE_NAME: 1, DROPPED_SOURCE: 1, NO_SHARED_CATEGORY: 1, MALFORMED: 1, TOO_FEW_FRAMES: 1, FRAMES_MISSING: 1,
     }
     assert summary.class_histogram == {"dog": 1, "car": 1, "person": 1}
     specs = {v.name: v for v in synthetic_videos()}

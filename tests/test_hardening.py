@@ -216,3 +216,51 @@ def test_corrupt_tracking_settings_record_is_one_line(davis, record, tmp_path, c
     (out / "tracking_settings.json").write_bytes(record)
     result = run_cli(["eval", "davis", "--root", davis, "-o", out], capsys, monkeypatch)
     assert_one_line_error(result, "tracking_settings.json")
+
+
+# --- build-permis ------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def burst(tmp_path: Path) -> Path:
+    from tests.test_burst import write_synthetic_burst
+
+    return write_synthetic_burst(tmp_path / "BURST")
+
+
+def test_duplicated_burst_sequence_is_counted_once(burst, tmp_path):
+    """Item 1: a sequence entry listed twice is written once and its copy counted as dropped."""
+    import json
+
+    from pdmtrack.burst import DUPLICATE, build_permirs
+
+    path = burst / "annotations" / "val" / "all_classes.json"
+    data = json.loads(path.read_text())
+    data["sequences"] = data["sequences"] * 2
+    path.write_text(json.dumps(data))
+    out = tmp_path / "PerMIRS"
+    summary = build_permirs(burst, out)
+    videos = [video["video"] for video in json.loads((out / "manifest.json").read_text())["videos"]]
+    assert videos.count("val_000007_ArgoVerse_png_video") == 1
+    listed = (out / "permis-video" / "ImageSets" / "2017" / "val.txt").read_text().split()
+    assert listed.count("val_000007_ArgoVerse_png_video") == 1
+    assert summary.dropped[DUPLICATE] == 1 and summary.kept == 3
+
+
+def test_build_permis_uses_the_splits_present(burst, tmp_path, capsys, monkeypatch):
+    """Item 12: only val downloaded builds from val and says so; a named missing split, or no
+    annotation file at all, is one line."""
+    shutil.rmtree(burst / "annotations" / "train")
+    shutil.rmtree(burst / "annotations" / "test")
+    out = tmp_path / "PerMIRS"
+    result = run_cli(["build-permis", "--burst", burst, "-o", out], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert "built from split(s) val only (train, test not found" in result.out
+    assert "the paper's counts need all of train, val, test" in result.out
+    assert (out / "manifest.json").is_file()
+    named = run_cli(["build-permis", "--burst", burst, "-o", tmp_path / "b", "--splits", "train,val"], capsys, monkeypatch)
+    assert_one_line_error(named, "annotations/train/all_classes.json", "not found")
+    shutil.rmtree(burst / "annotations" / "val")
+    none = run_cli(["build-permis", "--burst", burst, "-o", tmp_path / "c"], capsys, monkeypatch)
+    assert_one_line_error(none, "no BURST annotation file found")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

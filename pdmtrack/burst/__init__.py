@@ -20,6 +20,7 @@ from pdmtrack.burst.builder import build_permirs
 from pdmtrack.burst.records import (
     DROP_REASONS,
     DROPPED_SOURCE,
+    DUPLICATE,
     FRAMES_MISSING,
     MALFORMED,
     NO_SHARED_CATEGORY,
@@ -35,6 +36,7 @@ from pdmtrack.burst.selection import choose_frames, choose_track, select
 __all__ = [
     "DROP_REASONS",
     "DROPPED_SOURCE",
+    "DUPLICATE",
     "FRAMES_MISSING",
     "MALFORMED",
     "NO_SHARED_CATEGORY",

@@ -22,6 +22,7 @@ from pdmtrack.burst.records import (
     DEFAULT_DROPPED_SOURCES,
     DEFAULT_SPLITS,
     DROPPED_SOURCE,
+    DUPLICATE,
     FRAMES_PER_VIDEO,
     MALFORMED,
     MIN_FRAME_GAP,
@@ -41,18 +42,38 @@ from pdmtrack.fsutil import (
 )
 
 
-def _annotation_files(burst_root: Path, splits: Iterable[str], annotations: list[Path] | None) -> list[Path]:
+def _annotation_file(burst_root: Path, split: str) -> Path:
+    return burst_root / "annotations" / split / "all_classes.json"
+
+
+def _annotation_files(
+    burst_root: Path, splits: Iterable[str] | None, annotations: list[Path] | None
+) -> tuple[list[Path], list[str]]:
+    """(annotation files to read, default splits left out because they are not there).
+
+    ``splits`` None: those of train, val, test that are present (none present is an error);
+    named splits must all be present."""
+    missing: list[str] = []
     if annotations:
         files = [Path(path) for path in annotations]
+    elif splits is None:
+        present = [split for split in DEFAULT_SPLITS if _annotation_file(burst_root, split).is_file()]
+        if not present:
+            where = _annotation_file(burst_root, "{" + ",".join(DEFAULT_SPLITS) + "}")
+            raise InputError(where, "no BURST annotation file found (download at least one split)")
+        missing = [split for split in DEFAULT_SPLITS if split not in present]
+        files = [_annotation_file(burst_root, split) for split in present]
     else:
+        if not splits:
+            raise InputError("--splits", "names no split")
         for split in splits:
             if not is_safe_component(split):
                 raise InputError("--splits", f"'{split}' is not a split name")
-        files = [burst_root / "annotations" / split / "all_classes.json" for split in splits]
+        files = [_annotation_file(burst_root, split) for split in splits]
     for path in files:
         if not path.is_file():
             raise InputError(path, "BURST annotation file not found")
-    return files
+    return files, missing
 
 
 def _split_of(path: Path, data: dict) -> str:
@@ -104,13 +125,15 @@ def build_permirs(
     burst_root: Path,
     out_dir: Path,
     *,
-    splits: Iterable[str] = DEFAULT_SPLITS,
+    splits: Iterable[str] | None = None,
     annotations: list[Path] | None = None,
     drop_sources: Iterable[str] = DEFAULT_DROPPED_SOURCES,
     overwrite: bool = False,
 ) -> BuildSummary:
     """Build PerMIR / PerMIS from a BURST folder into ``out_dir`` (see the module docstring).
 
+    ``splits`` None reads those of train, val and test whose annotation file is present (the
+    summary names the missing ones); named splits must all be present.
     ``annotations`` replaces ``annotations/<split>/all_classes.json`` of each split; a file's
     split (for ``frames/<split>/``) is its ``split`` field, else its folder's name.
     ``drop_sources`` lists the BURST datasets left out (case-insensitive; empty keeps all).
@@ -118,21 +141,21 @@ def build_permirs(
     existing ``out_dir`` is an ``InputError`` unless ``overwrite``.
     """
     burst_root, out_dir = Path(burst_root), Path(out_dir)
-    splits = list(splits)
     drop_sources = sorted(set(drop_sources))
     dropped_sources = {name.casefold() for name in drop_sources}
-    files = _annotation_files(burst_root, splits, annotations)
+    files, missing_splits = _annotation_files(burst_root, None if splits is None else list(splits), annotations)
     loaded = [(path, load_annotation(path)) for path in files]
     staging = _prepare_out_dir(out_dir, overwrite, [burst_root, *files])
     try:
-        summary = BuildSummary(out_dir=out_dir)
+        used = [_split_of(path, data) for path, data in loaded]
+        summary = BuildSummary(out_dir=out_dir, splits=used, missing_splits=missing_splits)
         kept = _build_tree(staging, burst_root, loaded, dropped_sources, summary)
         write_lists(staging, kept)
         settings = {
             "drop_sources": drop_sources,
             "frames_per_video": FRAMES_PER_VIDEO,
             "min_frame_gap": MIN_FRAME_GAP,
-            "splits": [_split_of(path, data) for path, data in loaded],
+            "splits": summary.splits,
         }
         sources = [{"path": _recorded_path(path, burst_root), "sha256": sha256(path)} for path, _ in loaded]
         manifest = {
@@ -162,6 +185,7 @@ def _build_tree(
 ) -> list[Kept]:
     """Select and write every qualifying sequence; count the others in ``summary``."""
     kept: list[Kept] = []
+    seen: set[tuple] = set()
     total = sum(len(data["sequences"]) for _, data in loaded)
     with tqdm(total=total, desc="build-permis", unit="seq", disable=None) as bar:
         for path, data in loaded:
@@ -170,10 +194,25 @@ def _build_tree(
             for sequence in sorted(data["sequences"], key=_sequence_order):
                 bar.update(1)
                 try:
+                    _check_first_entry(split, sequence, seen)
                     kept.append(_keep(tree, burst_root, split, sequence, dropped_sources, categories, summary))
                 except Skip as skip:
                     summary.dropped[skip.reason] += 1
     return sorted(kept, key=lambda video: video.name)
+
+
+def _check_first_entry(split: str, sequence: object, seen: set[tuple]) -> None:
+    """``Skip(DUPLICATE)`` for an entry whose (split, id) or frames folder (split, dataset,
+    seq_name) an earlier entry had: one video must not be counted twice."""
+    if not isinstance(sequence, dict):
+        return
+    keys = {
+        ("id", split, repr(sequence.get("id"))),
+        ("frames", split, repr(sequence.get("dataset")), repr(sequence.get("seq_name"))),
+    }
+    if keys & seen:
+        raise Skip(DUPLICATE)
+    seen.update(keys)
 
 
 def _sequence_order(sequence: object) -> tuple[int, str]:

@@ -20,7 +20,10 @@ NO_SHARED_CATEGORY = "fewer than two tracks of one category"
 MALFORMED = "malformed annotation (bad RLE or fields)"
 TOO_FEW_FRAMES = f"fewer than {FRAMES_PER_VIDEO} distant multi-instance frames"
 FRAMES_MISSING = "frames missing, unreadable or of the wrong size"
-DROP_REASONS = (UNSAFE_NAME, DROPPED_SOURCE, NO_SHARED_CATEGORY, MALFORMED, TOO_FEW_FRAMES, FRAMES_MISSING)
+DUPLICATE = "duplicate entry (same split and id, or same frames folder, as an earlier one)"
+DROP_REASONS = (
+    DUPLICATE, UNSAFE_NAME, DROPPED_SOURCE, NO_SHARED_CATEGORY, MALFORMED, TOO_FEW_FRAMES, FRAMES_MISSING
+)
 
 
 @dataclass
@@ -32,6 +35,8 @@ class BuildSummary:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     class_histogram: dict[str, int] = field(default_factory=dict)
     instances_in_chosen_frames: int = 0  # annotated instances summed over the kept frames
+    splits: list[str] = field(default_factory=list)  # the splits read
+    missing_splits: list[str] = field(default_factory=list)  # default splits not downloaded
 
     @property
     def mean_instances_per_frame(self) -> float:
@@ -60,6 +65,11 @@ class BuildSummary:
         lines.append("classes:")
         by_count = sorted(self.class_histogram.items(), key=lambda item: (-item[1], item[0]))
         lines += [f"  {count:6d}  {name}" for name, count in by_count]
+        if self.missing_splits:
+            lines.append(
+                f"note: built from split(s) {', '.join(self.splits)} only ({', '.join(self.missing_splits)} "
+                f"not found under annotations/); the paper's counts need all of {', '.join(DEFAULT_SPLITS)}"
+            )
         return "\n".join(lines)
 
 
