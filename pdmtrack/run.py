@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -186,6 +186,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
     written = 0
     with contextlib.ExitStack() as stack:
         stream = _ordered_results(tracker, state, plan, stack)
+        stack.callback(stream.close)  # an error stops the decode threads at once
         write = stack.enter_context(_writers(plan))
         bar = stack.enter_context(
             tqdm(total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame", disable=None)
@@ -208,7 +209,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
 
 def _ordered_results(
     tracker: Tracker, state: VideoState, plan: RunPlan, stack: contextlib.ExitStack
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[tuple[int, np.ndarray], None, None]:
     """(frame, labels) for every frame of the plan's range, ascending, per its direction."""
     if plan.direction == "forward":
         return tracker.propagate(state, start=plan.start, end=plan.end)
@@ -249,7 +250,7 @@ def _read_scratch(scratch: Path, frame: int) -> tuple[int, np.ndarray]:
 
 def _merge(
     scratch: Path, forward: Iterator[tuple[int, np.ndarray]], start: int, backward_wins: Callable[[int], bool]
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[tuple[int, np.ndarray], None, None]:
     """Frames before the first mask from the backward pass, then the forward pass with the
     backward prediction where it is the nearer one."""
     first = None
@@ -272,6 +273,8 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         video = stack.enter_context(OverlayWriter(plan.out_dir / "overlay.mp4", reader.fps, *size)) if plan.overlay else None
         rles = stack.enter_context(RleJsonWriter(plan.out_dir / "masks.json", *size[::-1], plan.object_ids)) if plan.rle else None
         frames = (frame for _, batch in reader.batches(8, plan.start, plan.end) for frame in batch) if video else None
+        if frames is not None:
+            stack.callback(frames.close)  # an error stops the decode thread at once
 
         def write(frame_idx: int, labels: np.ndarray) -> None:
             name = reader.frame_names[frame_idx]

@@ -132,8 +132,7 @@ def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsy
     with atomic_path(out / "00001.png") as live:  # this process's own temporary: kept
         dead = _dead_pid()
         stale = [out / f".00003.{dead}-abcdefgh.tmp.png", out / f".overlay.{dead}-x_1y2z3w.tmp.mp4"]
-        entry = next(cache.rglob("*.safetensors"))
-        stale.append(entry.parent / f".{entry.stem}.{dead}-abcdefgh.tmp.safetensors")
+        stale.append(cache / "tmp" / f".entry.{dead}-abcdefgh.tmp")
         kept = [out / ".notes.tmp.txt", out / ".00003.abcdefgh.tmp.png", live]
         for path in stale + kept:
             path.write_bytes(b"partial")

@@ -35,7 +35,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_write_text, file_mode, user_cache_dir
+from pdmtrack.fsutil import atomic_write_text, file_mode, remove_stale_temporaries, user_cache_dir
 
 DEFAULT_MAX_GB = 20.0  # DAVIS 2017 val at SDXL/512 is about 9 GB; small next to a laptop's disk
 MAX_GB_ENV = "PDMTRACK_CACHE_MAX_GB"
@@ -163,6 +163,7 @@ class CacheFolder:
             raise InputError(self.root, f"the feature cache folder is a file; {hint}")
         try:
             (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.root / _TMP)  # those of killed writers
             with tempfile.TemporaryFile(dir=self.root / _TMP) as probe:
                 probe.write(b"0")
         except OSError as err:
@@ -185,7 +186,7 @@ class CacheFolder:
         """Write ``data`` to a new temporary file under ``tmp/`` (to be committed)."""
         staging = self.root / _TMP
         staging.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".entry.", suffix=".tmp", dir=staging)
+        fd, name = tempfile.mkstemp(prefix=f".entry.{os.getpid()}-", suffix=".tmp", dir=staging)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -251,7 +252,9 @@ class CacheFolder:
         (self.root / _USAGE).write_text(f"{max(0, usage)} {counted}")
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporaries a killed writer left behind (older than STALE_TEMP_SECONDS)."""
+        """Delete temporaries a killed writer left behind (its process gone, or older than
+        STALE_TEMP_SECONDS: a writer on another machine sharing the folder)."""
+        remove_stale_temporaries(self.root / _TMP)
         cutoff = time.time() - STALE_TEMP_SECONDS
         for path in _files(self.root / _TMP):
             with contextlib.suppress(OSError):
