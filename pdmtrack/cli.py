@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from pdmtrack.config import DEFAULT_MODEL, FeatureConfig, MatchConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
+from pdmtrack.config import DEFAULT_MODEL, FeatureConfig, MatchConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings, check_choice
 from pdmtrack.errors import InputError
 from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
 
@@ -113,8 +113,50 @@ def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], pa
 with_track_options = with_options(TRACK_OPTIONS, TrackSettings.from_options, "settings")
 
 
+# ----------------------------------------------------------------------------- OVDiff
+prototypes_app = typer.Typer(help="OVDiff class prototypes from generated support images.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(prototypes_app, name="prototypes")
+_P, _G = PrototypeConfig(), SegmentConfig()
+
+# How prototypes are built (stored under a key of all of them): field name -> (annotation, default).
+PROTOTYPE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "num_support": (Annotated[int, typer.Option("--support", help="Support images sampled per class.")], _P.num_support),
+    "steps": (Annotated[int, typer.Option(help="Sampling steps (1-4 for SDXL-turbo; more for SD 1.x).")], _P.steps),
+    "support_size": (Annotated[int, typer.Option(help="Side of the square support images in pixels.")], _P.support_size),
+    "support_prompt": (Annotated[str, typer.Option(help="Support prompt template ({cls} = the class name).")], _P.support_prompt),
+    "seed": (Annotated[int, typer.Option("--support-seed", help="Seed of the support images' noise.")], _P.seed),
+    "fg_threshold": (Annotated[float, typer.Option(help="Foreground: min-max class attention >= this.")], _P.fg_threshold),
+    "bg_max_fraction": (Annotated[float, typer.Option(help="Background cell: at most this much foreground.")], _P.bg_max_fraction),
+    "parts": (Annotated[int, typer.Option(help="K of the part-level k-means prototypes.")], _P.parts),
+    "kmeans_iters": (Annotated[int, typer.Option(help="k-means iterations at most.")], _P.kmeans_iters),
+    "feature": (Annotated[str, typer.Option(help="Compared features: semantic | appearance | both.")], _P.feature),
+}
+SEGMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "stuff": (Annotated[Optional[str], typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
+    "stuff_threshold": (Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")], _G.stuff_threshold),
+    "clip": (Annotated[str, typer.Option(help="CLIP for category pre-filtering (hub id or folder; none = off).")], _G.clip),
+    "clip_min_classes": (Annotated[int, typer.Option(help="Pre-filter only with at least this many classes.")], _G.clip_min_classes),
+    "clip_min_prob": (Annotated[float, typer.Option(help="Keep classes whose CLIP probability reaches this.")], _G.clip_min_prob),
+}
+
+
+def _segment_config(stuff: Optional[str], clip: str, **values: Any) -> SegmentConfig:
+    """SegmentConfig from its flags: ``--stuff`` a comma list (None: default), ``--clip none`` off."""
+    stuff_names = DEFAULT_STUFF if stuff is None else tuple(_split_list(stuff) or ())
+    return SegmentConfig(stuff=stuff_names, clip=None if clip.lower() == "none" else clip, **values)
+
+
+with_prototype_options = with_options(PROTOTYPE_OPTIONS, PrototypeConfig, "prototype_config")
+with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_config")
+PrototypesDir = Annotated[Optional[Path], typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
+SupportDir = Annotated[Optional[Path], typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
+Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
+
+
 @app.command()
 @with_track_options
+@with_prototype_options
+@with_segment_options
 def propagate(
     video: Annotated[Path, typer.Argument(help="Video file (mp4/mov/avi/mkv/webm) or folder of frames.")],
     mask: Annotated[
@@ -130,12 +172,17 @@ def propagate(
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
+    init: Annotated[str, typer.Option(help="Without --mask, the first-frame objects from: attention (the class token's cross-attention) | ovdiff (OVDiff segmentation, one object per connected region).")] = "attention",
+    prototypes_dir: Annotated[Optional[Path], typer.Option("--prototypes", help="OVDiff prototype folder for --init ovdiff (default: one per model in the user cache).")] = None,
     settings: TrackSettings = TrackSettings(),
+    prototype_config: PrototypeConfig = PrototypeConfig(),
+    segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
     """Track the instances of given masks (or of a class name) through a video."""
     from pdmtrack.run import mask_files, plan_run, track_to_folder
     from pdmtrack.tracker import Tracker
 
+    check_choice("--init", init, ("attention", "ovdiff"))
     plan = plan_run(
         video,
         out if out is not None else Path("pdmtrack_out") / video.stem,
@@ -150,7 +197,14 @@ def propagate(
         rle=rle,
         backend=settings.runtime.backend,
     )
-    summary = track_to_folder(Tracker(settings), plan)
+    if init == "ovdiff":
+        from pdmtrack.ovdiff.first_frame import check_ovdiff_plan, plan_with_ovdiff_objects
+
+        check_ovdiff_plan(plan)
+    tracker = Tracker(settings)
+    if init == "ovdiff":
+        plan = plan_with_ovdiff_objects(tracker, plan, prototype_config, segment_config, prototypes_dir)
+    summary = track_to_folder(tracker, plan)
     for note in summary.notes:
         typer.echo(note, err=True)
     typer.echo(
@@ -276,46 +330,6 @@ def cache_clear(
     folder = CacheFolder(cache_dir, resolve_max_bytes(None))
     removed, freed = folder.clear(model, older_than)
     typer.echo(f"removed {removed} entries ({freed / 1e9:.3f} GB) from {folder.root}")
-
-
-# ----------------------------------------------------------------------------- OVDiff
-prototypes_app = typer.Typer(help="OVDiff class prototypes from generated support images.", no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(prototypes_app, name="prototypes")
-_P, _G = PrototypeConfig(), SegmentConfig()
-
-# How prototypes are built (stored under a key of all of them): field name -> (annotation, default).
-PROTOTYPE_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "num_support": (Annotated[int, typer.Option("--support", help="Support images sampled per class.")], _P.num_support),
-    "steps": (Annotated[int, typer.Option(help="Sampling steps (1-4 for SDXL-turbo; more for SD 1.x).")], _P.steps),
-    "support_size": (Annotated[int, typer.Option(help="Side of the square support images in pixels.")], _P.support_size),
-    "support_prompt": (Annotated[str, typer.Option(help="Support prompt template ({cls} = the class name).")], _P.support_prompt),
-    "seed": (Annotated[int, typer.Option("--support-seed", help="Seed of the support images' noise.")], _P.seed),
-    "fg_threshold": (Annotated[float, typer.Option(help="Foreground: min-max class attention >= this.")], _P.fg_threshold),
-    "bg_max_fraction": (Annotated[float, typer.Option(help="Background cell: at most this much foreground.")], _P.bg_max_fraction),
-    "parts": (Annotated[int, typer.Option(help="K of the part-level k-means prototypes.")], _P.parts),
-    "kmeans_iters": (Annotated[int, typer.Option(help="k-means iterations at most.")], _P.kmeans_iters),
-    "feature": (Annotated[str, typer.Option(help="Compared features: semantic | appearance | both.")], _P.feature),
-}
-SEGMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "stuff": (Annotated[Optional[str], typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
-    "stuff_threshold": (Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")], _G.stuff_threshold),
-    "clip": (Annotated[str, typer.Option(help="CLIP for category pre-filtering (hub id or folder; none = off).")], _G.clip),
-    "clip_min_classes": (Annotated[int, typer.Option(help="Pre-filter only with at least this many classes.")], _G.clip_min_classes),
-    "clip_min_prob": (Annotated[float, typer.Option(help="Keep classes whose CLIP probability reaches this.")], _G.clip_min_prob),
-}
-
-
-def _segment_config(stuff: Optional[str], clip: str, **values: Any) -> SegmentConfig:
-    """SegmentConfig from its flags: ``--stuff`` a comma list (None: default), ``--clip none`` off."""
-    stuff_names = DEFAULT_STUFF if stuff is None else tuple(_split_list(stuff) or ())
-    return SegmentConfig(stuff=stuff_names, clip=None if clip.lower() == "none" else clip, **values)
-
-
-with_prototype_options = with_options(PROTOTYPE_OPTIONS, PrototypeConfig, "prototype_config")
-with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_config")
-PrototypesDir = Annotated[Optional[Path], typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
-SupportDir = Annotated[Optional[Path], typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
-Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
 
 
 @prototypes_app.command("build")

@@ -127,3 +127,35 @@ def test_eval_voc_end_to_end(davis_mini, ov_run, tmp_path, capsys, monkeypatch) 
     assert (out / "voc_global-val.csv").is_file() and (out / "predictions" / "2007_000001.png").is_file()
     missing = run_cli(["eval", "voc", "--root", tmp_path, "-o", out, *ov_run], capsys, monkeypatch)
     assert_one_line_error(missing, "--root", "val.txt")
+
+
+@pytest.fixture(scope="module")
+def three_frames(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first three frames of blackswan as a frame folder."""
+    folder = tmp_path_factory.mktemp("frames") / "blackswan"
+    folder.mkdir()
+    for path in sorted((davis_mini / "JPEGImages" / "480p" / "blackswan").glob("*.jpg"))[:3]:
+        Image.open(path).save(folder / path.name)
+    return folder
+
+
+def test_propagate_init_ovdiff(three_frames, ov_run, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "out"
+    args = ["propagate", three_frames, "--cls", "swan", "--init", "ovdiff", "-o", out, "--no-overlay"]
+    result = run_cli([*args, "--prototypes", tmp_path / "protos", *ov_run], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert "--init ovdiff:" in result.err and "swan" in result.err
+    with Image.open(out / "first_frame_mask.png") as first:
+        objects = np.asarray(first)
+    assert objects.shape == (480, 854) and objects.max() >= 1
+    assert np.array_equal(np.asarray(Image.open(out / "00000.png")), objects)  # frame 0 is the OVDiff mask
+    assert sorted(p.name for p in out.glob("0000[0-9].png")) == ["00000.png", "00001.png", "00002.png"]
+    assert "3 frames" in result.out
+
+
+def test_propagate_init_flag_errors(three_frames, ov_run, davis_mini, tmp_path, capsys, monkeypatch) -> None:
+    bad = run_cli(["propagate", three_frames, "--cls", "swan", "--init", "cutler", *ov_run], capsys, monkeypatch)
+    assert_one_line_error(bad, "--init", "cutler")
+    mask = davis_mini / "Annotations" / "480p" / "blackswan" / "00000.png"
+    both = ["propagate", three_frames, "--mask", mask, "--init", "ovdiff", "-o", tmp_path / "o", *ov_run]
+    assert_one_line_error(run_cli(both, capsys, monkeypatch), "--init", "not both")
