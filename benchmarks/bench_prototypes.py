@@ -19,6 +19,7 @@ Builds the tiny random-weight SDXL-shaped model (or takes ``--model``), then mea
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -144,7 +145,8 @@ def main() -> None:
         )  # fmt: skip
         device = resolve_device(args.device)
         config = PrototypeConfig(num_support=args.support, steps=args.steps, support_size=args.support_size)
-        print(f"device {device}, torch threads {torch.get_num_threads()}, model {'tiny random SDXL' if not args.model else model}")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"device {device}, torch threads {torch.get_num_threads()}, load average {load}, model {'tiny random SDXL' if not args.model else model}")
         parts = load_diffusion(settings)
         bench_sampling(parts, settings, config, device)
         bench_build(parts, settings, config, workdir / "protos", args.classes)

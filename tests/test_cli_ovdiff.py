@@ -159,3 +159,10 @@ def test_propagate_init_flag_errors(three_frames, ov_run, davis_mini, tmp_path, 
     mask = davis_mini / "Annotations" / "480p" / "blackswan" / "00000.png"
     both = ["propagate", three_frames, "--mask", mask, "--init", "ovdiff", "-o", tmp_path / "o", *ov_run]
     assert_one_line_error(run_cli(both, capsys, monkeypatch), "--init", "not both")
+
+
+def test_missing_clip_model_is_a_one_line_error(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    args = ["segment-ov", image, "--classes", "a,b,c,d", "-o", tmp_path / "o", "--clip", tmp_path / "no-clip", *ov_run]
+    assert_one_line_error(run_cli(args, capsys, monkeypatch), "--clip", "--clip none")

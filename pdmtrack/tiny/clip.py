@@ -6,14 +6,12 @@ its tokenizer is the tiny byte-level one of the tiny diffusion models, its image
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from pdmtrack.tiny.diffusion import write_tiny_tokenizer
+from pdmtrack.tiny.diffusion import staged_folder, write_tiny_tokenizer
 
 _IMAGE_SIZE = 32
 
@@ -22,12 +20,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     """Write a tiny CLIPModel + CLIPProcessor folder at ``path`` (absent or empty); return it."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as staging:
         tokenizer = write_tiny_tokenizer(staging / "tokenizer", pad_token="<|endoftext|>")
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": _IMAGE_SIZE}, crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}
@@ -43,8 +36,4 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
             torch.manual_seed(seed)
             model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
         model.save_pretrained(staging, safe_serialization=True)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+    return Path(path)

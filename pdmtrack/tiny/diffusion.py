@@ -10,10 +10,12 @@ written here: all 256 byte-level tokens (so any text tokenizes) plus merges that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -208,18 +210,26 @@ def build_tiny_pipeline(path: Path, family: str = "sdxl", seed: int = 0) -> Path
     """
     if family not in _FAMILIES:
         raise ValueError(f"family must be one of {_FAMILIES}, not {family!r}")
+    with staged_folder(path) as staging:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pipeline = _assemble(staging, family)
+        pipeline.save_pretrained(staging, safe_serialization=True)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``path`` (which must be absent or empty) and rename it to
+    ``path`` on success, so the folder appears complete or not at all."""
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pipeline = _assemble(staging, family)
-        pipeline.save_pretrained(staging, safe_serialization=True)
+        yield staging
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return path
