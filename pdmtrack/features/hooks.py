@@ -1,16 +1,18 @@
-"""Attention processors that capture PDM's tensors at one UNet transformer block.
+"""Capturing PDM's tensors at one UNet transformer block by observing diffusers' attention.
 
-Following diffusers' own extension point, the processors of the chosen block's self-attention
-(attn1) and cross-attention (attn2) are swapped for ones that compute the usual attention
-output and, on the way, keep what PDM needs — and nothing else:
+Nothing of diffusers is copied or replaced: forward hooks on the chosen block's self-attention
+(attn1) and cross-attention (attn2) projections record their outputs as diffusers' own
+processor computes them, so a diffusers upgrade cannot silently change the features:
 
 - attn1: query and key projections (heads merged) -> appearance = (q + k) / 2
 - attn2: query of the spatial tokens -> semantic; key of each class name's tokens -> class
   vectors; cross-attention probabilities of the class tokens (softmax over all prompt
-  tokens, heads averaged) -> class attention. A name's tokens are averaged.
+  tokens of q k^T * scale, heads averaged) -> class attention. A name's tokens are averaged.
 
-The original processors are put back when the ``capture_block`` context exits, also on error.
-With ``stop_after`` the pass ends at the block: the layers after it are not computed.
+If a diffusers version stops calling ``to_q``/``to_k`` (fused projections), the pass records
+nothing and ``capture_block`` raises instead of returning stale or empty features. The hooks
+are removed when the context exits, also on error. With ``stop_after`` the pass ends at the
+block: the layers after it are not computed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from pdmtrack.errors import InputError
 
@@ -74,78 +75,63 @@ def _merge_name_tokens(tensor: torch.Tensor, groups: Sequence[Sequence[int]]) ->
     return torch.stack([tensor[..., list(tokens), :].mean(dim=-2) for tokens in groups], dim=-2)
 
 
-class _CaptureProcessor:
-    """Diffusers attention processor (AttnProcessor2_0's computation) that records tensors."""
+class _Observer:
+    """Forward hooks on attn1/attn2 and their ``to_q``/``to_k`` that fill a ``BlockCapture``."""
 
-    def __init__(self, capture: BlockCapture, role: str, class_tokens: Sequence[Sequence[int]]) -> None:
+    def __init__(self, block: torch.nn.Module, capture: BlockCapture, class_tokens: Sequence[Sequence[int]]) -> None:
         self.capture = capture
-        self.role = role  # "self" (attn1) or "cross" (attn2)
         self.class_tokens = class_tokens
+        self.cross = block.attn2
+        self.projections: dict[str, torch.Tensor] = {}
+        hooks = [
+            (block.attn1.to_q, self._keep("q1")),
+            (block.attn1.to_k, self._keep("k1")),
+            (block.attn2.to_q, self._keep("q2")),
+            (block.attn2.to_k, self._keep("k2")),
+            (block.attn1, self._self_attention_done),
+            (block.attn2, self._cross_attention_done),
+        ]
+        self.handles = [module.register_forward_hook(hook) for module, hook in hooks]
 
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = hidden_states.shape if hidden_states.ndim == 4 else None
-        if spatial_shape is not None:
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            context = hidden_states
-        elif attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
-        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        self._record(query, key)
+    def _keep(self, name: str):
+        def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            self.projections[name] = output
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, -1, attn.heads, t.shape[-1] // attn.heads).transpose(1, 2)
+        return hook
 
-        query, key, value = heads(query), heads(key), heads(value)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if self.role == "cross" and self.class_tokens:
-            self._record_class_attention(query, key, attention_mask, attn.scale)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
-        out = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if spatial_shape is not None:
-            out = out.transpose(-1, -2).reshape(spatial_shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def _take(self, *names: str) -> list[torch.Tensor]:
+        missing = [name for name in names if name not in self.projections]
+        if missing:
+            raise RuntimeError(f"diffusers' attention did not call to_q/to_k ({', '.join(missing)}): unsupported version")
+        return [self.projections.pop(name) for name in names]
 
-    def _record(self, query: torch.Tensor, key: torch.Tensor) -> None:
-        if self.role == "self":
-            self.capture.appearance = (query + key) / 2
-            return
+    def _self_attention_done(self, *_: object) -> None:
+        query, key = self._take("q1", "k1")
+        self.capture.appearance = (query + key) / 2
+
+    def _cross_attention_done(self, *_: object) -> None:
+        query, key = self._take("q2", "k2")
         self.capture.semantic = query
         if self.class_tokens:
             # The prompt is the same for every frame: its keys are too; keep frame 0's.
             self.capture.class_vectors = _merge_name_tokens(key[0], self.class_tokens)
+            self.capture.class_attention = self._class_attention(query, key)
 
-    def _record_class_attention(self, query, key, attention_mask, scale: float) -> None:
-        logits = (query.float() @ key.float().transpose(-1, -2)) * scale  # (B, heads, N, T)
-        if attention_mask is not None:
-            logits = logits + attention_mask.float()
-        probs = logits.softmax(dim=-1).mean(dim=1)  # (B, N, T)
-        self.capture.class_attention = _merge_name_tokens(probs.unsqueeze(-1), self.class_tokens).squeeze(-1)
+    def _class_attention(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """(B, N, K) softmax(q k^T * scale) over the prompt tokens, heads averaged, per name."""
+        attn = self.cross
+        query = query.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        key = key.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        probs = ((query.float() @ key.float().transpose(-1, -2)) * attn.scale).softmax(dim=-1).mean(dim=1)
+        return _merge_name_tokens(probs.unsqueeze(-1), self.class_tokens).squeeze(-1)
 
 
 class _BlockReached(Exception):
@@ -168,17 +154,13 @@ def capture_block(
     """
     module = unet.get_submodule(block)
     capture = BlockCapture()
-    swapped = [(module.attn1, "self"), (module.attn2, "cross")]
-    originals = [attn.processor for attn, _ in swapped]
+    observer = _Observer(module, capture, class_tokens)
     stopper = module.register_forward_hook(_stop_pass) if stop_after else None
     try:
-        for attn, role in swapped:
-            attn.set_processor(_CaptureProcessor(capture, role, class_tokens))
         yield capture
     except _BlockReached:
         pass
     finally:
         if stopper is not None:
             stopper.remove()
-        for (attn, _), original in zip(swapped, originals):
-            attn.set_processor(original)
+        observer.remove()
