@@ -166,3 +166,11 @@ def test_missing_clip_model_is_a_one_line_error(ov_run, tmp_path, capsys, monkey
     Image.new("RGB", (8, 8)).save(image)
     args = ["segment-ov", image, "--classes", "a,b,c,d", "-o", tmp_path / "o", "--clip", tmp_path / "no-clip", *ov_run]
     assert_one_line_error(run_cli(args, capsys, monkeypatch), "--clip", "--clip none")
+
+
+def test_propagate_init_ovdiff_without_objects_is_a_one_line_error(three_frames, ov_run, tmp_path, capsys, monkeypatch) -> None:
+    import pdmtrack.ovdiff.first_frame as first_frame
+
+    monkeypatch.setattr(first_frame, "split_instances", lambda labels, names, min_area: (np.zeros_like(labels), []))
+    args = ["propagate", three_frames, "--cls", "swan", "--init", "ovdiff", "-o", tmp_path / "out", *ov_run]
+    assert_one_line_error(run_cli(args, capsys, monkeypatch), "--init", "found no swan", "--mask")

@@ -229,3 +229,14 @@ def test_voc_confusion_and_miou_by_hand() -> None:
     assert np.isnan(class_iou(absent)[1:]).all() and mean_iou(absent) == 1.0
     with pytest.raises(ValueError):
         confusion_matrix(np.array([[5]], np.uint8), np.array([[0]], np.uint8), 3)
+
+
+def test_feature_maps_kinds() -> None:
+    from pdmtrack.features.types import PDMFeatures
+    from pdmtrack.ovdiff.prototypes import feature_maps
+
+    features = PDMFeatures(appearance=torch.ones(1, 2, 3, 3, dtype=torch.float16), semantic=torch.zeros(1, 4, 3, 3))
+    assert feature_maps(features, "semantic").shape == (1, 4, 3, 3)
+    assert feature_maps(features, "appearance").dtype == torch.float32
+    both = feature_maps(features, "both")
+    assert both.shape == (1, 6, 3, 3) and torch.allclose(both[0, 4:].norm(dim=0), torch.ones(3, 3))
