@@ -174,6 +174,7 @@ def propagate(
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
     init: Annotated[str, typer.Option(help="Without --mask, the first-frame objects from: attention (the class token's cross-attention) | ovdiff (OVDiff segmentation, one object per connected region).")] = "attention",
     prototypes_dir: Annotated[Optional[Path], typer.Option("--prototypes", help="OVDiff prototype folder for --init ovdiff (default: one per model in the user cache).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another run's outputs in -o (a folder holds one run's outputs).")] = False,
     settings: TrackSettings = TrackSettings(),
     prototype_config: PrototypeConfig = PrototypeConfig(),
     segment_config: SegmentConfig = SegmentConfig(),
@@ -196,6 +197,8 @@ def propagate(
         overlay=overlay,
         rle=rle,
         backend=settings.runtime.backend,
+        settings=settings,
+        overwrite=overwrite,
     )
     if init == "ovdiff":
         from pdmtrack.ovdiff.first_frame import check_ovdiff_plan, plan_with_ovdiff_objects

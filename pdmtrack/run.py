@@ -29,7 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import remove_stale_temporaries
+from pdmtrack import run_record
+from pdmtrack.config import TrackSettings
+from pdmtrack.fsutil import ensure_writable_folder, remove_stale_temporaries
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.objects import object_ids_in
 from pdmtrack.tracker import Tracker, VideoState, class_rows, distinct_classes
@@ -73,6 +75,7 @@ class RunPlan:
     overlay: bool = True
     rle: bool = False
     notes: list[str] = field(default_factory=list)
+    overwrite: bool = False  # replace another run's outputs in out_dir (see run_record)
 
     @property
     def object_ids(self) -> list[int]:
@@ -109,8 +112,13 @@ def plan_run(
     overlay: bool = True,
     rle: bool = False,
     backend: str = "auto",
+    settings: TrackSettings | None = None,
+    overwrite: bool = False,
 ) -> RunPlan:
-    """Check a run's inputs (InputError on the first problem); loads no model."""
+    """Check a run's inputs (InputError on the first problem); loads no model.
+
+    The output folder must be writable and hold no other run's outputs (checked against its
+    run record with ``settings`` when given) unless ``overwrite``; see ``run_record``."""
     out_dir = check_output_folder(out_dir)
     if direction not in DIRECTIONS:
         raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
@@ -129,10 +137,26 @@ def plan_run(
     if not fitted and direction != "forward":
         raise InputError("--direction", f"'{direction}' needs a given mask to track from")
     first, last = _output_range(fitted, start, end, direction, reader.num_frames)
-    plan = RunPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes)
+    plan = RunPlan(
+        Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite
+    )
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
-    _spare_inputs(_output_files(plan, masks or {}), plan)
+    _spare_inputs(_output_files(plan), plan)
+    # Without given masks the first-frame objects are not known yet (class names, OVDiff):
+    # track_to_folder checks again with them, before writing anything.
+    run_record.check_reuse(out_dir, _record(plan, settings, known_masks=bool(fitted)), overwrite)
+    ensure_writable_folder(out_dir)
     return plan
+
+
+def _record(plan: RunPlan, settings: TrackSettings | None, known_masks: bool = True) -> dict:
+    """The identity of ``plan``'s run for its folder's run record."""
+    return run_record.describe(
+        video=plan.video, start=plan.start, end=plan.end, direction=plan.direction,
+        masks=plan.masks if known_masks else None,
+        classes=plan.classes, outputs={"png": plan.png, "overlay": plan.overlay, "rle": plan.rle},
+        files=[path.name for path in _output_files(plan)], settings=settings,
+    )  # fmt: skip
 
 
 def _output_range(
@@ -156,7 +180,7 @@ def _output_range(
     return low, stop
 
 
-def _output_files(plan: RunPlan, mask_paths: Mapping[int, str | Path]) -> list[Path]:
+def _output_files(plan: RunPlan) -> list[Path]:
     """Every file the run writes into its folder."""
     names = plan.reader.frame_names[plan.start : plan.end]
     files = [plan.out_dir / f"{name}.png" for name in names] if plan.png else []
@@ -180,8 +204,12 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
     state = tracker.init_state(plan.reader, plan.classes)
     for frame, labels in plan.masks.items():
         tracker.add_mask(state, frame, labels)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    record = _record(plan, tracker.settings)
+    run_record.check_reuse(plan.out_dir, record, plan.overwrite)
+    ensure_writable_folder(plan.out_dir)
     remove_stale_temporaries(plan.out_dir)
+    run_record.replace_previous(plan.out_dir, record)
+    run_record.write_started(plan.out_dir, record)
     writing = 0.0
     written = 0
     with contextlib.ExitStack() as stack:
@@ -200,6 +228,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
             written += 1
             bar.update(1)
     seconds = time.perf_counter() - began
+    run_record.write_finished(plan.out_dir, record, written, seconds)
     stages = {**state.stage_seconds, "writing": writing}
     return TrackSummary(
         written, seconds, written / max(seconds, 1e-9), plan.out_dir, stages, list(plan.notes),

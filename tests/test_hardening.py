@@ -263,3 +263,66 @@ def test_build_permis_uses_the_splits_present(burst, tmp_path, capsys, monkeypat
     none = run_cli(["build-permis", "--burst", burst, "-o", tmp_path / "c"], capsys, monkeypatch)
     assert_one_line_error(none, "no BURST annotation file found")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+# --- output folders: writable, one run each ------------------------------------------------
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in (root ignores modes: use sysfs, which refuses)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir(mode=0o500)
+        return folder / "out"
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without /sys: no unwritable folder to test with")
+    return Path("/sys/kernel/pdmtrack-out")
+
+
+@pytest.mark.parametrize("command", ["propagate", "eval davis"])
+@pytest.mark.parametrize("problem", ["file in the way", "not writable"])
+def test_unusable_output_folder_is_refused_before_loading(command, problem, davis, tmp_path, capsys, monkeypatch):
+    """Item 4: checked before any model loads (the default hub model is not cached here, so
+    loading it first would end with another message)."""
+    if problem == "file in the way":
+        (tmp_path / "afile").write_text("in the way")
+        out, fragments = tmp_path / "afile" / "sub", [str(tmp_path / "afile"), "is a file"]
+    else:
+        out, fragments = _unwritable_folder(tmp_path), ["cannot"]
+    if command == "propagate":
+        mask = davis / "Annotations" / "480p" / "alpha" / "00000.png"
+        args = ["propagate", davis / "JPEGImages" / "480p" / "alpha", "--mask", mask, "-o", out]
+    else:
+        args = ["eval", "davis", "--root", davis, "-o", out]
+    result = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(result, str(out), *fragments)
+    assert "Hugging Face" not in result.err
+
+
+def test_a_folder_keeps_one_runs_outputs(tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """Item 2: a shorter or otherwise different run into a used folder is refused (saying how
+    to override); with --overwrite the previous run's files go first; the folder then holds
+    exactly that run's outputs and its run record."""
+    import json
+
+    clip = _clip(tmp_path / "clip.mp4")
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:30, 10:30] = 1
+    mask = palette_mask(tmp_path / "first.png", labels)
+    out = tmp_path / "out"
+    base = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
+            "--cache-dir", tmp_path / "cache", "--rle"]
+    assert run_cli(base, capsys, monkeypatch).code == 0
+    assert run_cli(base, capsys, monkeypatch).code == 0  # the same run again: fine
+    shorter = run_cli([*base[:-1], "--end", "3"], capsys, monkeypatch)
+    assert_one_line_error(shorter, str(out), "another run", "frames", "outputs", "--overwrite")
+    labels[40:60, 50:90] = 2
+    other_mask = run_cli([*base[:3], palette_mask(tmp_path / "second.png", labels), *base[4:]], capsys, monkeypatch)
+    assert_one_line_error(other_mask, str(out), "another run", "masks", "--overwrite")
+    assert len(list(out.glob("*.png"))) == 6
+    assert run_cli([*base[:-1], "--end", "3", "--overwrite"], capsys, monkeypatch).code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png", "overlay.mp4", "run.json"]
+    record = json.loads((out / "run.json").read_text())
+    assert record["frames"] == [0, 3] and record["frames_written"] == 3 and record["finished"]
+    assert record["settings"]["features"]["size"] == 64 and record["files"] == names[:3] + ["overlay.mp4"]

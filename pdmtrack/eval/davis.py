@@ -17,7 +17,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
 from pdmtrack.eval.report import json_ready, write_json
-from pdmtrack.fsutil import read_json
+from pdmtrack.fsutil import ensure_writable_folder, read_json
 from pdmtrack.run import TrackSummary, plan_run, track_to_folder
 from pdmtrack.tracker import Tracker
 from pdmtrack.writers import write_palette_png
@@ -66,7 +66,10 @@ class SequenceTracker:
     def __call__(
         self, *, video: Path, out_dir: Path, mask: Path, classes: list[str], settings: TrackSettings
     ) -> TrackSummary:
-        plan = plan_run(video, out_dir, masks={0: mask}, classes=classes, overlay=False, backend=settings.runtime.backend)
+        plan = plan_run(
+            video, out_dir, masks={0: mask}, classes=classes, overlay=False, backend=settings.runtime.backend,
+            settings=settings,
+        )  # fmt: skip
         if self.tracker is None:
             self.tracker = Tracker(settings)
         return track_to_folder(self.tracker, plan)
@@ -140,6 +143,10 @@ def evaluate_davis(
     if results_dir is None and out_dir is None:
         raise InputError("--results/-o", "give a results folder to evaluate or an output folder to track into")
     dataset = DavisDataset(Path(root), split, sequences)
+    if out_dir is not None:  # before any model loads
+        ensure_writable_folder(out_dir)
+    elif Path(results_dir).is_dir():
+        ensure_writable_folder(results_dir)
     tracking = None
     if results_dir is None and out_dir is not None:
         settings = tracker.settings if tracker is not None else settings or TrackSettings()

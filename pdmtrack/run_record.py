@@ -1,0 +1,146 @@
+"""The run record of an output folder (``run.json``): one folder, one run's outputs.
+
+A run writes ``run.json`` before its first output (``finished`` null) and completes it at
+the end (finish time, frames written), so even a killed run's folder says what is in it.
+The record holds what shapes the outputs: the video, the frame range and direction, the
+given masks (a sha256 of their pixels), the class names, which outputs are written, every
+tracking setting but the runtime ones, and the list of files the run writes.
+
+A later run into the same folder is checked against it (:func:`check_reuse`): the same
+run again (a rerun, or a restart after a kill) goes ahead and rewrites the same files;
+another run is refused unless ``overwrite``, which first deletes every file the previous
+record lists (:func:`replace_previous`), so a folder never mixes two runs' outputs. A folder
+without a record that already holds files this run would write is refused the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pdmtrack.config import TrackSettings
+from pdmtrack.errors import InputError
+from pdmtrack.eval.report import json_ready
+from pdmtrack.fsutil import atomic_write_text, is_safe_component, read_json
+
+RUN_RECORD = "run.json"
+FORMAT = 1
+_OVERRIDE = "pass --overwrite to replace them, or choose another -o"
+
+
+def describe(
+    *,
+    video: Path,
+    start: int,
+    end: int,
+    direction: str,
+    masks: Mapping[int, np.ndarray] | None,
+    classes: list[str],
+    outputs: dict[str, bool],
+    files: list[str],
+    settings: TrackSettings | None,
+) -> dict:
+    """The record's identity part: everything that shapes the outputs (JSON-ready)."""
+    shaping = None if settings is None else {k: v for k, v in settings.to_dict().items() if k != "runtime"}
+    record = {
+        "format": FORMAT,
+        "video": str(Path(video).resolve()),
+        "frames": [start, end],
+        "direction": direction,
+        "masks": None if masks is None else {str(frame): _digest(labels) for frame, labels in sorted(masks.items())},
+        "classes": list(classes),
+        "outputs": dict(outputs),
+        "settings": shaping,
+        "files": list(files),
+    }
+    return json.loads(json.dumps(json_ready(record)))
+
+
+def check_reuse(out_dir: Path, record: dict, overwrite: bool) -> None:
+    """InputError when ``out_dir`` holds another run's outputs (and ``overwrite`` is off).
+
+    A field that is None in ``record`` (settings or masks not known yet) matches anything."""
+    previous = _read(out_dir)
+    if previous is None:
+        clashing = [name for name in record["files"] if (out_dir / name).exists()]
+        if clashing and not overwrite:
+            problem = (
+                f"holds {len(clashing)} file(s) this run would write ({', '.join(clashing[:3])}"
+                f"{', ...' if len(clashing) > 3 else ''}) but no {RUN_RECORD} saying which run wrote them; {_OVERRIDE}"
+            )
+            raise InputError(out_dir, problem)
+        return
+    differing = _differences(previous, record)
+    if differing and not overwrite:
+        problem = (
+            f"holds the outputs of another run (its {RUN_RECORD} differs in: {', '.join(differing)}); "
+            f"a folder keeps one run's outputs: {_OVERRIDE}"
+        )
+        raise InputError(out_dir, problem)
+
+
+def replace_previous(out_dir: Path, record: dict) -> int:
+    """Delete the files of the previous run that ``record`` does not write again (all of
+    them when it differs); returns how many were deleted."""
+    previous = _read(out_dir)
+    if previous is None or not _differences(previous, record):
+        return 0
+    removed = 0
+    for name in previous.get("files", []):
+        if is_safe_component(name):
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / name).unlink()
+                removed += 1
+    return removed
+
+
+def write_started(out_dir: Path, record: dict) -> None:
+    """Write the record of a run that is starting (before any output)."""
+    atomic_write_text(out_dir / RUN_RECORD, _text({**record, "started": _now(), "finished": None}))
+
+
+def write_finished(out_dir: Path, record: dict, frames: int, seconds: float) -> None:
+    """Complete the record once every output is written."""
+    started = _read(out_dir) or {}
+    done = {**record, "started": started.get("started"), "finished": _now(), "frames_written": frames,
+            "seconds": round(seconds, 3)}  # fmt: skip
+    atomic_write_text(out_dir / RUN_RECORD, _text(done))
+
+
+def _differences(previous: dict, record: dict) -> list[str]:
+    """The identity fields in which two records differ (a field None in either: not known)."""
+    return [
+        key
+        for key, value in record.items()
+        if key != "files" and value is not None and previous.get(key) is not None and previous.get(key) != value
+    ]
+
+
+def _read(out_dir: Path) -> dict | None:
+    path = out_dir / RUN_RECORD
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise InputError(path, f"not a pdmtrack run record; remove it (and the outputs beside it) or choose another -o")
+    return record
+
+
+def _digest(labels: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{labels.shape}{labels.dtype}".encode())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _text(record: dict) -> str:
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
