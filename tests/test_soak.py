@@ -1,5 +1,5 @@
-"""benchmarks/soak.py stays runnable: one killed run and one final run (the full soak, 200
-runs, is run by hand: `python benchmarks/soak.py`)."""
+"""benchmarks/soak.py stays runnable: one run (killed unless it beats its random deadline)
+and a final run; the full soak (200 runs) is run by hand: `python benchmarks/soak.py`."""
 
 from __future__ import annotations
 
@@ -18,4 +18,4 @@ def test_soak_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec.loader.exec_module(soak)
     assert soak.main(["--runs", "1", "--kill-share", "1", "--work", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "1  runs killed" in printed and "0  temporaries after the final run" in printed
+    assert "0  temporaries after the final run" in printed and "differs" not in printed
