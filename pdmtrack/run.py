@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pdmtrack.background import BackgroundCalls
 from pdmtrack.errors import InputError
 from pdmtrack import run_record
 from pdmtrack.config import TrackSettings
@@ -40,7 +41,10 @@ from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, check_
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
-STAGES = ("decode", "features", "matching", "refinement", "writing")  # TrackSummary.stage_seconds
+# TrackSummary.stage_seconds: busy seconds per stage. Writing runs in its own thread (overlapped
+# with tracking); "writing_wait" is what it cost the tracking loop (a full queue, the final drain).
+STAGES = ("decode", "features", "matching", "refinement", "writing", "writing_wait")
+WRITE_QUEUE = 16  # frames the tracking loop may run ahead of the writer thread
 FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the mask comes from the class names
 _FRAME_SPEC = re.compile(r"^(\d+):(.+)$")
 
@@ -210,7 +214,6 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
     remove_stale_temporaries(plan.out_dir)
     run_record.replace_previous(plan.out_dir, record)
     run_record.write_started(plan.out_dir, record)
-    writing = 0.0
     written = 0
     with contextlib.ExitStack() as stack:
         stream = _ordered_results(tracker, state, plan, stack)
@@ -219,17 +222,15 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
         bar = stack.enter_context(
             tqdm(total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame", disable=None)
         )
+        # entered last, left first: every queued frame is written before the writers close
+        writer = stack.enter_context(BackgroundCalls(write, WRITE_QUEUE, "pdmtrack-write"))
         for frame_idx, labels in stream:
-            tick = time.perf_counter()
-            if not plan.masks and frame_idx == plan.start:
-                write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
-            write(frame_idx, labels)
-            writing += time.perf_counter() - tick
+            writer.submit(frame_idx, labels)
             written += 1
             bar.update(1)
     seconds = time.perf_counter() - began
     run_record.write_finished(plan.out_dir, record, written, seconds)
-    stages = {**state.stage_seconds, "writing": writing}
+    stages = {**state.stage_seconds, "writing": writer.busy_seconds, "writing_wait": writer.wait_seconds}
     return TrackSummary(
         written, seconds, written / max(seconds, 1e-9), plan.out_dir, stages, list(plan.notes),
         state.cached_frames, state.computed_frames,
@@ -292,9 +293,10 @@ def _merge(
 
 @contextlib.contextmanager
 def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
-    """A ``write(frame index, labels)`` feeding every requested output, frames in order; the
-    overlay decodes its own frames (decoding is cheap next to the features) and shows each
-    at its source time, counted from the plan's first frame (a variable frame rate is kept)."""
+    """A ``write(frame index, labels)`` feeding every requested output (and the class-name
+    mask), frames in order; the overlay decodes its own frames (decoding is cheap next to the
+    features) and shows each at its source time, counted from the plan's first frame (a
+    variable frame rate is kept). ``track_to_folder`` calls it from its writer thread."""
     reader = plan.reader
     with contextlib.ExitStack() as stack:
         pngs = MaskPngWriter(plan.out_dir) if plan.png else None
@@ -307,6 +309,8 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
 
         def write(frame_idx: int, labels: np.ndarray) -> None:
             name = reader.frame_names[frame_idx]
+            if not plan.masks and frame_idx == plan.start:
+                write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
             if pngs is not None:
                 pngs.write(name, labels)
             if video is not None and frames is not None:

@@ -113,6 +113,59 @@ def test_frame_range_with_every_output(models, clip, tmp_path: Path) -> None:
     assert (overlay.num_frames, overlay.height, overlay.width) == (3, HEIGHT, WIDTH)
 
 
+def test_writing_runs_off_the_tracking_thread_and_a_slow_writer_changes_nothing(
+    models, clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PNG, overlay and RLE writers run in the writer thread; slowing them down changes no
+    output byte, and the tracking loop runs ahead of them (bounded by the queue)."""
+    import threading
+    import time
+
+    from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter
+
+    frames_dir, mask, _ = clip
+    settings = settings_for(models, tmp_path, sam=False)
+    track_video(frames_dir, tmp_path / "fast", mask=mask, classes=[], settings=settings, overlay=True, rle=True)
+    threads: set[str] = set()
+    tracked_ahead: list[int] = []
+    propagate = Tracker.propagate
+
+    def counting_propagate(self, *args, **kwargs):
+        for item in propagate(self, *args, **kwargs):
+            tracked_ahead.append(item[0])
+            yield item
+
+    def slow(method):
+        def wrapper(self, *args, **kwargs):
+            threads.add(threading.current_thread().name)
+            time.sleep(0.05)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Tracker, "propagate", counting_propagate)
+    written_when: list[int] = []
+    png_write = MaskPngWriter.write
+
+    def recording_png_write(self, name, labels):  # on the tracking thread this would wait in vain
+        deadline = time.monotonic() + 20
+        while len(tracked_ahead) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        written_when.append(len(tracked_ahead))
+        return png_write(self, name, labels)
+
+    monkeypatch.setattr(MaskPngWriter, "write", slow(recording_png_write))
+    monkeypatch.setattr(OverlayWriter, "write", slow(OverlayWriter.write))
+    monkeypatch.setattr(RleJsonWriter, "add", slow(RleJsonWriter.add))
+    summary = track_video(frames_dir, tmp_path / "slow", mask=mask, classes=[], settings=settings, overlay=True, rle=True)
+
+    assert threads == {"pdmtrack-write"}
+    assert written_when[0] >= 3  # the tracker ran ahead of the writer
+    assert summary.stage_seconds["writing"] >= 3 * 0.05 * FRAMES
+    for name in [f"frame_{t:02d}.png" for t in range(FRAMES)] + ["masks.json", "overlay.mp4"]:
+        assert (tmp_path / "slow" / name).read_bytes() == (tmp_path / "fast" / name).read_bytes(), name
+
+
 def test_class_name_alone_gives_the_first_mask(models, clip, tmp_path: Path) -> None:
     frames_dir, _, _ = clip
     out = tmp_path / "out"
