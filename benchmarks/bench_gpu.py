@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--unet-batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     parser.add_argument("--size", type=int, default=512, help="short side of the model input")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (pdmtrack --compile)")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script only")
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
@@ -91,7 +92,7 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
 
     peak = matmul_peak(bench)
     print(f"matrix peak ({DTYPE_NAMES[bench.dtype]} matmul, n = {2048 if bench.smoke else 8192}): {peak:.0f} TFLOP/s")
-    parts, load_seconds = timed(lambda: load_parts(bench, model))
+    parts, load_seconds = timed(lambda: load_parts(bench, model, args.compile))
     print(f"SDXL load from the local folder (UNet, VAE, 2 text encoders; files in the page cache): {load_seconds:.1f} s")
     unet_table(bench, parts, size, args.unet_batches, peak)
     feature_flops = features_table(bench, parts, size, args.modes, peak)
@@ -159,11 +160,12 @@ def save_mask(labels, path: Path) -> None:
     write_palette_png(path, labels)
 
 
-def load_parts(bench: Bench, model: Path):
-    from pdmtrack.config import FeatureConfig
-    from pdmtrack.features.model import load_diffusion_parts
+def load_parts(bench: Bench, model: Path, compile_unet: bool):
+    from pdmtrack.build import load_diffusion
+    from pdmtrack.config import FeatureConfig, RuntimeConfig, TrackSettings
 
-    return load_diffusion_parts(FeatureConfig(model=str(model)), bench.device, bench.dtype)
+    runtime = RuntimeConfig(device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], compile=compile_unet)
+    return load_diffusion(TrackSettings(features=FeatureConfig(model=str(model)), runtime=runtime))
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -254,12 +256,14 @@ def features_table(bench: Bench, parts, size: int, modes: list[str], peak: float
     flops_per_frame = {}
     for mode in modes:
         extractor = FeatureExtractor(parts, FeatureConfig(model="bench", size=size, inversion=mode), ["dog"])
+        _, first = timed(lambda: extractor(frames), bench)  # with --compile: the compile time
         flops_per_frame[mode] = count_flops(lambda: extractor(frames)) / batch
         repeats = 1 if bench.smoke else 3
         _, seconds = timed(lambda: [extractor(frames) for _ in range(repeats)], bench)
         fps = batch * repeats / seconds
         rate = flops_per_frame[mode] * fps / 1e12
-        print(f"{mode:6} {fps:9.2f} {1000 / fps:9.1f} {flops_per_frame[mode] / 1e12:12.2f} {rate:8.1f} {rate / peak:8.1%}")
+        print(f"{mode:6} {fps:9.2f} {1000 / fps:9.1f} {flops_per_frame[mode] / 1e12:12.2f} {rate:8.1f} {rate / peak:8.1%}"
+              f"   (first batch {first:.1f} s)")  # fmt: skip
     return flops_per_frame
 
 
@@ -267,7 +271,9 @@ def end_to_end_table(
     bench: Bench, args: argparse.Namespace, model: Path, refiners: dict[str, Path], clip: Path, mask: Path,
     size: int, feature_flops: dict[str, float],
 ) -> None:  # fmt: skip
-    """Track the clip to disk per mode and refiner; a line each."""
+    """Track the clip to disk per mode and refiner (a Tracker loaded for each); a line each.
+    Stage shares are each stage's busy time over the wall time (stages overlap: writing and
+    feature extraction run in their own threads)."""
     from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
     from pdmtrack.run import STAGES, plan_run, track_to_folder
     from pdmtrack.tracker import Tracker
@@ -279,28 +285,22 @@ def end_to_end_table(
                 features=FeatureConfig(model=str(model), size=size, inversion=mode),  # type: ignore[arg-type]
                 sam=SamConfig(model_type=refiner, checkpoint=refiners.get(refiner)),  # type: ignore[arg-type]
                 runtime=RuntimeConfig(
-                    device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], batch_size=batch_size(args.batch_size), use_cache=False
+                    device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], batch_size=args.batch_size,
+                    use_cache=False, compile=args.compile,
                 ),
             )
             if bench.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(bench.device)
-            out = bench.work / f"out-{mode}-{refiner}"
-            began = time.perf_counter()
-            tracker = Tracker(settings)
-            stages = {"setup": time.perf_counter() - began}
-            summary = track_to_folder(tracker, plan_run(clip, out, masks={0: mask}, classes=["dog"]))
-            stages |= summary.stage_seconds
-            tracking = summary.seconds
-            fps = summary.frames / tracking
-            shares = ", ".join(f"{s} {stages[s] / tracking:.0%}" for s in STAGES)
+            plan = plan_run(clip, bench.work / f"out-{mode}-{refiner}", masks={0: mask}, classes=["dog"])
+            tracker, load_seconds = timed(lambda: Tracker(settings), bench)
+            summary = track_to_folder(tracker, plan)
+            fps = summary.frames / summary.seconds
+            shares = ", ".join(f"{s} {summary.stage_seconds.get(s, 0.0) / summary.seconds:.0%}" for s in STAGES)
             memory = torch.cuda.max_memory_allocated(bench.device) / 2**30 if bench.device.type == "cuda" else float("nan")
-            tflops = feature_flops[mode] * fps / 1e12
             print(f"{mode:6} --sam {refiner:23} {fps:7.2f} frames/s ({1000 / fps:.1f} ms/frame), feature work at "
-                  f"{tflops:.1f} TFLOP/s; setup+load {stages['setup']:.1f} s; peak GPU {memory:.1f} GiB; {shares}")  # fmt: skip
-
-
-def batch_size(value: str) -> int:
-    return 8 if value == "auto" else int(value)
+                  f"{feature_flops[mode] * fps / 1e12:.1f} TFLOP/s; load {load_seconds:.1f} s; peak GPU {memory:.1f} GiB; "
+                  f"busy/wall: {shares}")  # fmt: skip
+            del tracker
 
 
 if __name__ == "__main__":

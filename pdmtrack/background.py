@@ -1,9 +1,13 @@
-"""``BackgroundCalls``: one function called in a worker thread, in submission order, through a
-bounded queue, so a producer (the tracking loop) never waits on slow consumers (PNG encoding,
-H.264, RLE) unless it runs a whole queue ahead of them.
+"""Work in background threads through bounded queues.
 
-An exception in the worker stops it and is re-raised in the producer at its next ``submit`` or
-at ``close``. Leaving the ``with`` block waits for every submitted call; leaving it by an
+``prefetched``: an iterator produced in a worker thread (decoding, feature extraction), a few
+items ahead of its consumer. ``BackgroundCalls``: one function called in a worker thread, in
+submission order, so a producer (the tracking loop) never waits on slow consumers (PNG
+encoding, H.264, RLE) unless it runs a whole queue ahead of them.
+
+Either way an exception in the worker reaches the other side. An exception in a
+``BackgroundCalls`` worker stops it and is re-raised in the producer at its next ``submit`` or
+at ``close``; leaving its ``with`` block waits for every submitted call, leaving it by an
 exception stops the worker after the call in progress and drops the rest.
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 _STOP = object()
@@ -79,3 +83,55 @@ class BackgroundCalls:
         self._abandon.set()  # the producer failed: finish the call in progress, drop the rest
         self._queue.put(_STOP)
         self._thread.join()
+
+
+_DONE = object()
+
+
+def prefetched(make_source: Callable[[], Iterator], prefetch: int, name: str) -> Iterator:
+    """Run ``make_source()`` in a daemon thread named ``name``, handing items over through a bounded queue.
+
+    The thread starts on the first ``next()``. The source is created, iterated and closed
+    inside the worker (decoders are not shared between threads). Exceptions in the worker are re-raised in the consumer; when the
+    consumer stops early (break, exception, garbage collection) the worker is told to
+    stop and joined.
+    """
+    items: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            source = make_source()
+            try:
+                for item in source:
+                    if not hand_over(item):
+                        return
+            finally:
+                source.close()
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            hand_over(err)
+            return
+        hand_over(_DONE)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -10,16 +10,22 @@ from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
+from pdmtrack.features.compile import compile_unet
 from pdmtrack.features.extractor import FeatureExtractor
+from pdmtrack.features.hooks import resolve_block
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
 from pdmtrack.sam.loading import default_sam_dir, load_sam
 from pdmtrack.sam.refine import SamRefiner
 
 
 def load_diffusion(settings: TrackSettings) -> DiffusionParts:
-    """The diffusion model's parts (UNet, VAE, text encoders) on the settings' device and dtype."""
+    """The diffusion model's parts (UNet, VAE, text encoders) on the settings' device and dtype,
+    the UNet compiled with ``--compile``."""
     device = resolve_device(settings.runtime.device)
-    return load_diffusion_parts(settings.features, device, resolve_dtype(settings.runtime.dtype, device))
+    parts = load_diffusion_parts(settings.features, device, resolve_dtype(settings.runtime.dtype, device))
+    if settings.runtime.compile:
+        compile_unet(parts.unet, resolve_block(parts.unet, settings.features.layer))
+    return parts
 
 
 def load_refiner(settings: TrackSettings) -> SamRefiner | None:

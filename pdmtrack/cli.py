@@ -73,7 +73,10 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
     "dtype": (Annotated[str, typer.Option(help="auto | fp16 | bf16 | fp32.")], _R.dtype),
-    "batch_size": (Annotated[int, typer.Option(help="Frames per feature batch.")], _R.batch_size),
+    "batch_size": (
+        Annotated[str, typer.Option(help="Frames per feature batch, or auto (from free GPU memory on CUDA; 4 on CPU).")],
+        _R.batch_size,
+    ),
     "cache_dir": (Annotated[Optional[Path], typer.Option(help="Feature cache folder.")], None),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
     "cache_max_gb": (
@@ -81,6 +84,10 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
+    "compile": (
+        Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (compile time on the first batch of each frame size).")],
+        False,
+    ),
 }
 
 

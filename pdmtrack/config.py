@@ -117,14 +117,21 @@ class RuntimeConfig:
 
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 4
+    batch_size: int | str = "auto"  # frames per feature batch; auto: from free GPU memory on CUDA, 4 on the CPU
     cache_dir: Path | None = None  # None = the user's cache folder (see features.cache)
     use_cache: bool = True
     cache_max_gb: float | None = None  # None = $PDMTRACK_CACHE_MAX_GB, else 20 (features.cache_folder)
+    compile: bool = False  # torch.compile the UNet's blocks (features.compile); pays off on long GPU runs
     backend: Backend = "auto"  # video decoding backend: auto, decord or pyav
 
     def __post_init__(self) -> None:
-        check_at_least("--batch-size", self.batch_size, 1)
+        if self.batch_size != "auto":
+            try:
+                frames = int(self.batch_size)
+            except (TypeError, ValueError):
+                raise InputError("--batch-size", f"must be a positive number of frames or auto, got '{self.batch_size}'") from None
+            check_at_least("--batch-size", frames, 1)
+            object.__setattr__(self, "batch_size", frames)
         if self.cache_max_gb is not None and not self.cache_max_gb > 0:
             raise InputError("--cache-max-gb", f"must be a positive number of GB, got {self.cache_max_gb} (--no-cache turns the cache off)")
         check_choice("--backend", self.backend, get_args(Backend))

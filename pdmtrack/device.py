@@ -38,3 +38,9 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     if device.type != "cuda" or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def search_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """Precision of the memory read's first pass: the run's half dtype on CUDA (tensor cores;
+    the top-k stays exact), float32 elsewhere (half-precision matmuls are slow on CPUs)."""
+    return dtype if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else torch.float32

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.config import MemoryConfig
-from pdmtrack.matching import SIMILARITY_BUDGET
+from pdmtrack.affinity import similarity_budget, top_entries
 
 REFERENCE_SHORT_SIDE = 30  # MemoryConfig.radius is given for a grid with this short side
 
@@ -56,8 +56,16 @@ class ContextMemory:
     """Keyframes (slots ``0 .. 1 + max_keyframes``) and a ring of recent frames after them."""
 
     def __init__(
-        self, config: MemoryConfig, grid: tuple[int, int], channels: int, num_labels: int, device: torch.device
+        self,
+        config: MemoryConfig,
+        grid: tuple[int, int],
+        channels: int,
+        num_labels: int,
+        device: torch.device,
+        search_dtype: torch.dtype = torch.float32,
     ) -> None:
+        """``search_dtype``: float16/bfloat16 for the half-precision first pass of the top-k
+        search (exact all the same, see ``affinity``), float32 for a float32 search only."""
         cells = grid[0] * grid[1]
         self.config = config
         self.grid = grid
@@ -65,6 +73,9 @@ class ContextMemory:
         self.capacity = self.keyframe_capacity + config.context
         self.keys = torch.zeros((self.capacity, channels, cells), device=device)
         self.labels = torch.zeros((self.capacity, num_labels, cells), device=device)
+        half = search_dtype != torch.float32
+        self.search_keys = torch.zeros((self.capacity, channels, cells), device=device, dtype=search_dtype) if half else None
+        self.budget = similarity_budget(device)
         self.keyframes = 0  # keyframe slots in use (from slot 0)
         self.recent = 0  # recent-frame slots in use
         self._next = 0  # ring position (0 .. context - 1) the next recent frame goes to
@@ -89,11 +100,11 @@ class ContextMemory:
             if self.keyframe_capacity == 1:  # no room beside the first: it becomes a recent frame
                 self.write(keys, labels)
                 return
-            self.keys[1 : self.keyframe_capacity - 1] = self.keys[2 : self.keyframe_capacity].clone()
-            self.labels[1 : self.keyframe_capacity - 1] = self.labels[2 : self.keyframe_capacity].clone()
+            for buffer in (self.keys, self.labels, self.search_keys):
+                if buffer is not None:
+                    buffer[1 : self.keyframe_capacity - 1] = buffer[2 : self.keyframe_capacity].clone()
             self.keyframes -= 1
-        self.keys[self.keyframes] = F.normalize(keys.float(), dim=0)
-        self.labels[self.keyframes] = labels.float()
+        self._store(self.keyframes, keys, labels)
         self.keyframes += 1
         self.recent, self._next = 0, 0
 
@@ -102,9 +113,7 @@ class ContextMemory:
         self._check(keys, labels)
         if self.config.context == 0:
             return
-        slot = self.keyframe_capacity + self._next
-        self.keys[slot] = F.normalize(keys.float(), dim=0)
-        self.labels[slot] = labels.float()
+        self._store(self.keyframe_capacity + self._next, keys, labels)
         self.recent = min(self.recent + 1, self.config.context)
         self._next = (self._next + 1) % self.config.context
 
@@ -114,30 +123,27 @@ class ContextMemory:
         kept = self.labels[:, keep]
         self.labels = torch.cat([kept, kept.new_zeros((self.capacity, added, kept.shape[2]))], dim=1)
 
-    def _slots(self) -> torch.Tensor:
-        recent = torch.arange(self.keyframe_capacity, self.keyframe_capacity + self.recent)
-        return torch.cat([torch.arange(self.keyframes), recent]).to(self.keys.device)
+    def _store(self, slot: int, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        self.keys[slot] = F.normalize(keys.float(), dim=0)
+        self.labels[slot] = labels.float()
+        if self.search_keys is not None:
+            self.search_keys[slot] = self.keys[slot]
+
+    def _runs(self) -> list[range]:
+        """The slots in use: the keyframes, then the recent frames (one run when adjacent)."""
+        if self.keyframes == self.keyframe_capacity:
+            return [range(0, self.keyframe_capacity + self.recent)]
+        runs = [range(0, self.keyframes), range(self.keyframe_capacity, self.keyframe_capacity + self.recent)]
+        return [run for run in runs if len(run)]
 
     def read(self, query: torch.Tensor) -> torch.Tensor:
         """Propagated soft labels (L, N) of a frame with appearance features ``query`` (C, N)."""
         query = F.normalize(query.float(), dim=0)
         cells = query.shape[1]
-        slots = self._slots()
         unwindowed = self.keyframes if self.config.global_first_frame else 0
-        topk = min(self.config.context_topk, cells * len(slots))
-        chunk = max(1, SIMILARITY_BUDGET // (cells * cells))
-        scores, entries = [], []
-        for start in range(0, len(slots), chunk):
-            similarity = torch.einsum("cn,tcm->ntm", query, self.keys[slots[start : start + chunk]])
-            windowed = similarity[:, max(0, unwindowed - start) :]
-            windowed.masked_fill_(self._outside[:, None], -torch.inf)
-            best, index = similarity.flatten(1).topk(min(topk, similarity[0].numel()), dim=1)
-            scores.append(best)
-            entries.append(index + start * cells)  # flat (memory frame, cell) index
-        best, entry = scores[0], entries[0]
-        if len(scores) > 1:  # the joint top-k lies within the union of the chunks' top-k
-            best, pick = torch.cat(scores, 1).topk(topk, dim=1)
-            entry = torch.cat(entries, 1).gather(1, pick)
+        best, entry = top_entries(
+            query, self.keys, self._runs(), self.config.context_topk, self._outside, unwindowed, self.budget, self.search_keys
+        )
         weights = torch.softmax(best / self.config.temperature, dim=1)  # exp(cos/T), normalised
-        memory_labels = self.labels[slots].permute(0, 2, 1).reshape(-1, self.labels.shape[1])
-        return torch.einsum("nk,nkl->ln", weights, memory_labels[entry])
+        chosen = self.labels[entry // cells, :, entry % cells]  # (N, k, L)
+        return torch.einsum("nk,nkl->ln", weights, chosen)

@@ -74,11 +74,14 @@ class Propagator:
         match: MatchConfig,
         device: torch.device,
         refiner: SamRefiner | None = None,
+        search_dtype: torch.dtype = torch.float32,
     ) -> None:
+        """``search_dtype``: the memory read's first-pass precision (see ``ContextMemory``)."""
         self.memory_config = memory
         self.match_config = match
         self.device = device
         self.refiner = refiner
+        self.search_dtype = search_dtype
         self.objects = ObjectSlots(())
         self._memory: ContextMemory | None = None
         self._references: dict[int, _Reference] = {}
@@ -98,7 +101,9 @@ class Propagator:
         added: list[int] = []
         if self._memory is None:
             channels = frame_features.appearance.shape[1]
-            self._memory = ContextMemory(self.memory_config, grid, channels, 1 + len(present), self.device)
+            self._memory = ContextMemory(
+                self.memory_config, grid, channels, 1 + len(present), self.device, self.search_dtype
+            )
         else:
             kept = [i for i in self.objects.ids if i in present]
             added = [i for i in present if i not in self.objects.ids]

@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pdmtrack.background import prefetched
 from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device
+from pdmtrack.device import resolve_device, resolve_dtype, search_dtype
 from pdmtrack.errors import InputError
+from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.objects import object_ids_in
@@ -33,10 +36,12 @@ from pdmtrack.video import FrameReader
 
 Classes = Sequence[str] | Mapping[int, str]
 STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds
+FEATURE_PREFETCH = 2  # feature batches computed ahead of the tracking loop
 
 
 class StageClock:
-    """Wall seconds per stage; a stage timed inside another counts for the inner one only."""
+    """Busy seconds per stage; a stage timed inside another counts for the inner one only. One
+    clock per thread (the feature worker has its own): stages of different threads overlap."""
 
     def __init__(self, seconds: dict[str, float]) -> None:
         self.seconds = seconds
@@ -206,19 +211,16 @@ class Tracker:
         start, stop = self._range(state, start, end, reverse)
         clock = StageClock(state.stage_seconds)
         refiner = _TimedRefiner(self.refiner, clock) if self.refiner is not None else None
-        propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner)  # type: ignore[arg-type]
+        half = search_dtype(self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
+        propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner, half)  # type: ignore[arg-type]
         masks = dict(state.masks)
         rows = class_rows(state.classes, sorted({i for labels in masks.values() for i in object_ids_in(labels)}))
         low, high = (stop + 1, start + 1) if reverse else (start, stop)
-        batches = state.reader.batches(self.settings.runtime.batch_size, low, high, reverse=reverse)
-        while True:
-            with clock("decode"):
-                batch = next(batches, None)
-            if batch is None:
-                return
-            indices, frames = batch
-            with clock("features"):
-                features = state.source(frames)
+        batch_size = self.batch_size(state)
+        prepared = prefetched(
+            lambda: self._featurize(state, batch_size, low, high, reverse), FEATURE_PREFETCH, "pdmtrack-features"
+        )
+        for indices, frames, features in prepared:
             run: list[int] = []  # batch positions of frames to track, up to the next given mask
             for position, frame_idx in enumerate(indices):
                 if frame_idx == start and not masks:
@@ -234,6 +236,38 @@ class Tracker:
                     propagator.add_keyframe(features.select(position), masks[frame_idx], rows)
                 yield frame_idx, masks[frame_idx]
             yield from self._track_run(propagator, indices, frames, features, run, clock)
+
+    def batch_size(self, state: VideoState) -> int:
+        """Frames per feature batch for ``state``'s video (``--batch-size auto`` resolved: from
+        free GPU memory with this tracker's extractor at the video's frame size)."""
+        source = getattr(state.source, "source", None)  # the extractor behind the feature cache
+        extract = source if isinstance(source, FeatureExtractor) else None
+        return resolve_batch_size(self.settings.runtime.batch_size, self.device, extract, (state.height, state.width))
+
+    def _featurize(
+        self, state: VideoState, batch_size: int, low: int, high: int, reverse: bool
+    ) -> Iterator[tuple[list[int], np.ndarray, PDMFeatures]]:
+        """(frame indices, frames, features) per batch; ``propagate`` runs it in a worker thread
+        (on CUDA on a stream of its own), so the next batch's features are computed while the
+        tracking loop works on this one."""
+        clock = StageClock(state.stage_seconds)  # this thread's own: "decode" and "features"
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        batches = state.reader.batches(batch_size, low, high, reverse=reverse)
+        try:
+            while True:
+                with clock("decode"):
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                indices, frames = batch
+                with clock("features"), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    features = state.source(frames)
+                    if stream is not None:  # the tracking loop uses them on its own stream
+                        stream.synchronize()
+                        features = features.pin_memory() if features.appearance.device.type == "cpu" else features
+                yield indices, frames, features
+        finally:
+            batches.close()
 
     def _track_run(
         self,

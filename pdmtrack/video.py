@@ -12,9 +12,7 @@ yuv410p, yuv440p and every >8-bit format. So ``auto`` uses decord only for the f
 from __future__ import annotations
 
 import bisect
-import queue
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +20,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
+from pdmtrack.background import prefetched
 from pdmtrack.errors import InputError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -240,8 +239,8 @@ class FrameReader:
         if not 0 <= start <= end <= self.num_frames:
             raise ValueError(f"bad frame range [{start}, {end}) for a video of {self.num_frames} frames")
         if reverse:
-            return _prefetched(lambda: self._reverse_batched(batch_size, start, end), prefetch)
-        return _prefetched(lambda: self._batched(batch_size, start, end), prefetch)
+            return prefetched(lambda: self._reverse_batched(batch_size, start, end), prefetch, "pdmtrack-decode")
+        return prefetched(lambda: self._batched(batch_size, start, end), prefetch, "pdmtrack-decode")
 
     def _reverse_batched(self, batch_size: int, start: int, end: int) -> Iterator[tuple[list[int], np.ndarray]]:
         """Batches from the end backwards: each decoded forwards from its first frame, then flipped."""
@@ -327,55 +326,3 @@ class FrameReader:
         if position < 0 or position >= len(self._pts_sorted) or self._pts_sorted[position] != pts:
             raise InputError(self.path, f"decoded a frame with unknown timestamp {pts}: cannot seek in this video")
         return position
-
-
-_DONE = object()
-
-
-def _prefetched(make_source: Callable[[], Iterator], prefetch: int) -> Iterator:
-    """Run ``make_source()`` in a daemon thread, handing items over through a bounded queue.
-
-    The thread starts on the first ``next()``. The source is created, iterated and closed
-    inside the worker (decoders are not shared between threads). Exceptions in the worker are re-raised in the consumer; when the
-    consumer stops early (break, exception, garbage collection) the worker is told to
-    stop and joined.
-    """
-    items: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def hand_over(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            source = make_source()
-            try:
-                for item in source:
-                    if not hand_over(item):
-                        return
-            finally:
-                source.close()
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            hand_over(err)
-            return
-        hand_over(_DONE)
-
-    worker = threading.Thread(target=work, name="pdmtrack-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()

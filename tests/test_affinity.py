@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack import affinity
-from pdmtrack.affinity import CPU_BUDGET, half_error, top_entries
+from pdmtrack.affinity import half_error, top_entries
+from pdmtrack.matching import SIMILARITY_BUDGET as CPU_BUDGET
 from pdmtrack.memory import window_mask
 
 GRID = (6, 8)
@@ -29,9 +30,11 @@ def unit_memory(frames: int, channels: int, seed: int, near_ties: bool = False):
 def test_half_first_pass_gives_the_float32_top_k(dtype, budget, near_ties) -> None:
     query, keys = unit_memory(7, 32, seed=1, near_ties=near_ties)
     outside = ~window_mask(GRID, 2, torch.device("cpu"))
-    exact_scores, exact_entries = top_entries(query, keys, 5, outside, 1, budget)
-    scores, entries = top_entries(query, keys, 5, outside, 1, budget, search_keys=keys.to(dtype))
+    runs = [range(0, 3), range(4, 7)]  # slot 3 is not in use
+    exact_scores, exact_entries = top_entries(query, keys, runs, 5, outside, 1, budget)
+    scores, entries = top_entries(query, keys, runs, 5, outside, 1, budget, search_keys=keys.to(dtype))
     assert torch.equal(entries.sort(1).values, exact_entries.sort(1).values)
+    assert not bool(((entries // CELLS) == 3).any())  # buffer entries, never from the unused slot
     torch.testing.assert_close(scores, exact_scores, rtol=0, atol=1e-6)
 
 
@@ -47,7 +50,7 @@ def test_unsure_cells_are_searched_again_in_float32(monkeypatch: pytest.MonkeyPa
         return search(query, *args)
 
     monkeypatch.setattr(affinity, "_search", spy)
-    top_entries(query, keys, 5, outside, 1, CPU_BUDGET, search_keys=keys.half())
+    top_entries(query, keys, [range(7)], 5, outside, 1, CPU_BUDGET, search_keys=keys.half())
     assert calls == [torch.float16, torch.float32]
 
 

@@ -66,7 +66,7 @@ def test_help_lists_every_command(capsys, monkeypatch):
 
 
 def test_parser_errors_are_short_and_plain(capsys, monkeypatch):
-    result = run_cli(["propagate", "x.mp4", "--batch-size", "many"], capsys, monkeypatch)
+    result = run_cli(["propagate", "x.mp4", "--context", "many"], capsys, monkeypatch)
     assert result.code == 2
     assert "Traceback" not in result.err
     assert "Usage:" in result.err and "Error:" in result.err
@@ -75,7 +75,8 @@ def test_parser_errors_are_short_and_plain(capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--sam", "vit_q"), ("--inversion", "magic"), ("--backend", "opencv"), ("--temperature", "0")],
+    [("--sam", "vit_q"), ("--inversion", "magic"), ("--backend", "opencv"), ("--temperature", "0"), ("--batch-size", "many"),
+     ("--batch-size", "0")],
 )
 def test_bad_flag_values(flag, value, tmp_path, capsys, monkeypatch):
     result = run_cli(["propagate", tmp_path / "x.mp4", flag, value], capsys, monkeypatch)

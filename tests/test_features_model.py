@@ -160,3 +160,12 @@ def test_loading_is_quiet_and_skips_random_init(tiny_sdxl: Path, capfd: pytest.C
     said = capfd.readouterr()
     text = "\n".join([said.out, said.err, caplog.text, *(str(w.message) for w in caught)])
     assert "accelerate" not in text.lower() and "low_cpu_mem_usage" not in text
+
+
+def test_attention_runs_through_sdpa(tiny_sdxl: Path) -> None:
+    """Every attention of the UNet uses torch's scaled_dot_product_attention (flash / memory-
+    efficient kernels on a GPU); PDM's own processors at the hooked block do too."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = load_diffusion_parts(FeatureConfig(model=str(tiny_sdxl)), CPU, torch.float32).unet
+    assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor2_0}

@@ -283,21 +283,23 @@ def test_memory_window_limits_recent_frames_but_not_the_first() -> None:
     assert read(global_first=True, through_first=False) == pytest.approx(0.0)
 
 
-def test_memory_read_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bounding the affinity block (large grids) must not change the joint top-k result."""
-    import pdmtrack.memory as memory_module
-
+@pytest.mark.parametrize("search_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_memory_read_in_chunks_matches_one_pass(search_dtype: torch.dtype) -> None:
+    """Bounding the affinity block (large grids) must not change the joint top-k result, nor
+    must a half-precision first pass (the GPU's), nor keyframes beside the recent frames."""
     torch.manual_seed(1)
     grid, channels = (6, 7), 4
     cells = grid[0] * grid[1]
     config = MemoryConfig(context=5, context_topk=7, radius=8)
-    memory = first_frame_memory(config, torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0), grid)
-    for _ in range(5):
-        memory.write(torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0))
+    memories = [ContextMemory(config, grid, channels, 3, torch.device("cpu"), dtype) for dtype in (torch.float32, search_dtype)]
+    for step in range(7):
+        keys, labels = torch.randn(channels, cells), torch.softmax(torch.randn(3, cells), 0)
+        for memory in memories:
+            (memory.add_keyframe if step in (0, 3) else memory.write)(keys, labels)
     query = torch.randn(channels, cells)
-    whole = memory.read(query)
-    monkeypatch.setattr(memory_module, "SIMILARITY_BUDGET", 2 * cells * cells)  # 2 frames a chunk
-    torch.testing.assert_close(memory.read(query), whole)
+    whole = memories[0].read(query)
+    memories[1].budget = 2 * cells * cells  # 2 frames a chunk
+    torch.testing.assert_close(memories[1].read(query), whole)
 
 
 class ErasingRefiner:

@@ -224,3 +224,40 @@ def test_the_readme_python_example_runs(
     code = code.replace('sam="vit_b"', 'sam="none"').replace('"DAVIS/', f'"{tmp_path}/')
     exec(compile(code, "README.md", "exec"), {})
     assert "24 frames tracked; 21 tracked backwards from frame 20" in capsys.readouterr().out
+
+
+def test_features_are_computed_ahead_in_a_worker_thread(tmp_path: Path) -> None:
+    """The feature source runs in the feature thread, a batch or two ahead of the tracking
+    loop; a slow source changes no result."""
+    import threading
+    import time
+
+    track = Track(1, "stripes", [(20, 10 + 4 * t) for t in range(9)])
+    folder = tmp_path / "clip"
+    truth = synthetic_clip(folder, [track], seed=5)
+
+    class Recording(CellStatistics):
+        def __init__(self, delay: float) -> None:
+            super().__init__()
+            self.delay, self.threads, self.batches = delay, set(), 0
+
+        def __call__(self, frames):
+            self.threads.add(threading.current_thread().name)
+            self.batches += 1
+            time.sleep(self.delay)
+            return super().__call__(frames)
+
+    outputs = {}
+    for delay in (0.0, 0.2):
+        source = Recording(delay)
+        session = Tracker(TrackSettings.from_options(sam="none", device="cpu", context=4, batch_size=2), features=source)
+        state = session.init_state(folder)
+        session.add_mask(state, 0, truth[0])
+        stream = session.propagate(state)
+        next(stream)  # frame 0 (its batch): the worker goes on with the next batches meanwhile
+        time.sleep(1.0)
+        assert source.batches >= 2
+        outputs[delay] = dict(stream)
+        assert source.threads == {"pdmtrack-features"}
+    for frame_idx, labels in outputs[0.0].items():
+        np.testing.assert_array_equal(outputs[0.2][frame_idx], labels)

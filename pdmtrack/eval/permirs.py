@@ -43,6 +43,7 @@ from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
 from pdmtrack.fsutil import read_json
+from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.masks import decode_rle
 from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
@@ -322,7 +323,8 @@ def evaluate_permis_image(
     match = settings.match
     pairs: list[PairScores] = []
     for video in tqdm(videos, desc="PerMIS-image", unit="video", disable=None):
-        features = extract_features(source, list(video.frames), settings.runtime.batch_size, desc=video.name)
+        batch = resolve_batch_size(settings.runtime.batch_size, device)
+        features = extract_features(source, list(video.frames), batch, desc=video.name)
         reference = features[0].to(device)
         ref_mask = mask_to_grid_bool(video.mask(0), reference.grid, match.min_fraction)
         targets = PDMFeatures.cat(features[1:]).to(device)
@@ -405,7 +407,7 @@ def evaluate_permir(
     """
     videos, tracker, source, classes = _prepare(root, settings, tracker)
     settings, device = tracker.settings, tracker.device
-    batch = settings.runtime.batch_size
+    batch = resolve_batch_size(settings.runtime.batch_size, device)
     query_features = extract_features(source, [video.frames[0] for video in videos], batch, desc="PerMIR queries")
     gallery_owner = np.array([index for index, video in enumerate(videos) for _ in video.frames[1:]])
     gallery_paths = [path for video in videos for path in video.frames[1:]]

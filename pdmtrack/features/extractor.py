@@ -175,7 +175,10 @@ class FeatureExtractor:
     def _encode_frames(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> scaled VAE latent means (B, C, h, w), float32."""
         vae = self.parts.vae
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device.type == "cuda":  # page-locked: the copy does not block the host
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if tuple(pixels.shape[-2:]) != size:
             pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
         pixels = (pixels / 127.5 - 1.0).clamp(-1.0, 1.0)

@@ -48,28 +48,30 @@ class PDMFeatures:
 
     def contiguous(self) -> PDMFeatures:
         """The same features with every tensor in contiguous (row-major) memory."""
-
-        def dense(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.contiguous()
-
-        return PDMFeatures(
-            appearance=dense(self.appearance),  # type: ignore[arg-type]
-            semantic=dense(self.semantic),  # type: ignore[arg-type]
-            class_vectors=dense(self.class_vectors),
-            class_attention=dense(self.class_attention),
-        )
+        return self._map(lambda t: None if t is None else t.contiguous())
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PDMFeatures:
-        """Move (and optionally cast) every tensor."""
+        """Move, then optionally cast, every tensor. From pinned host memory the copies do not
+        block the host (the cast runs on the device, after the copy)."""
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+            if t is None:
+                return None
+            return t.to(device=device, non_blocking=t.is_pinned()).to(dtype=dtype or t.dtype)
 
+        return self._map(move)
+
+    def pin_memory(self) -> PDMFeatures:
+        """The same features in page-locked host memory (CPU tensors only), for copies to a GPU
+        that do not block the host."""
+        return self._map(lambda t: None if t is None else t.pin_memory())
+
+    def _map(self, function) -> PDMFeatures:
         return PDMFeatures(
-            appearance=move(self.appearance),  # type: ignore[arg-type]
-            semantic=move(self.semantic),  # type: ignore[arg-type]
-            class_vectors=move(self.class_vectors),
-            class_attention=move(self.class_attention),
+            appearance=function(self.appearance),
+            semantic=function(self.semantic),
+            class_vectors=function(self.class_vectors),
+            class_attention=function(self.class_attention),
         )
 
     @staticmethod
