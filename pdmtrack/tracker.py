@@ -220,22 +220,25 @@ class Tracker:
         prepared = prefetched(
             lambda: self._featurize(state, batch_size, low, high, reverse), FEATURE_PREFETCH, "pdmtrack-features"
         )
-        for indices, frames, features in prepared:
-            run: list[int] = []  # batch positions of frames to track, up to the next given mask
-            for position, frame_idx in enumerate(indices):
-                if frame_idx == start and not masks:
+        try:
+            for indices, frames, features in prepared:
+                run: list[int] = []  # batch positions of frames to track, up to the next given mask
+                for position, frame_idx in enumerate(indices):
+                    if frame_idx == start and not masks:
+                        with clock("matching"):
+                            masks[start] = self._mask_from_classes(frames[position], features.select(position))
+                        rows = {i: i - 1 for i in object_ids_in(masks[start])}
+                    if frame_idx not in masks:
+                        run.append(position)
+                        continue
+                    yield from self._track_run(propagator, indices, frames, features, run, clock)
+                    run = []
                     with clock("matching"):
-                        masks[start] = self._mask_from_classes(frames[position], features.select(position))
-                    rows = {i: i - 1 for i in object_ids_in(masks[start])}
-                if frame_idx not in masks:
-                    run.append(position)
-                    continue
+                        propagator.add_keyframe(features.select(position), masks[frame_idx], rows)
+                    yield frame_idx, masks[frame_idx]
                 yield from self._track_run(propagator, indices, frames, features, run, clock)
-                run = []
-                with clock("matching"):
-                    propagator.add_keyframe(features.select(position), masks[frame_idx], rows)
-                yield frame_idx, masks[frame_idx]
-            yield from self._track_run(propagator, indices, frames, features, run, clock)
+        finally:
+            prepared.close()  # stops the feature and decode threads at once
 
     def batch_size(self, state: VideoState) -> int:
         """Frames per feature batch for ``state``'s video (``--batch-size auto`` resolved: from
