@@ -12,7 +12,18 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from pdmtrack.config import DEFAULT_MODEL, FeatureConfig, MatchConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings, check_choice
+from pdmtrack.config import (
+    DEFAULT_MODEL,
+    FeatureConfig,
+    GlobalConfig,
+    MatchConfig,
+    MemoryConfig,
+    RuntimeConfig,
+    SamConfig,
+    SourceConfig,
+    TrackSettings,
+    check_choice,
+)
 from pdmtrack.errors import InputError
 from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
 
@@ -25,13 +36,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 eval_app = typer.Typer(
-    help="Evaluate on DAVIS 2017, PerMIS (video/image) and PerMIR.",
+    help="Evaluate on DAVIS 2017, PerMIS (video/image), PerMIR, PerSeg, revisited Oxford/Paris and PASCAL VOC.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 app.add_typer(eval_app, name="eval")
 
 _F, _M, _Y, _S, _R = FeatureConfig(), MatchConfig(), MemoryConfig(), SamConfig(), RuntimeConfig()
+_SRC, _GD = SourceConfig(), GlobalConfig()
 
 # Options shared by every command that runs the tracker: name -> (annotation, default).
 # They are declared once here and added to each such command by `with_track_options`.
@@ -88,6 +100,25 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (compile time on the first batch of each frame size).")],
         False,
     ),
+    "features": (Annotated[str, typer.Option(help="Features: pdm | dift | dinov2 (the paper's baselines).")], _SRC.kind),
+    "dift_timestep": (
+        Annotated[Optional[int], typer.Option(help="DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")],
+        None,
+    ),
+    "dift_up_block": (
+        Annotated[Optional[int], typer.Option(help="DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")],
+        None,
+    ),
+    "dift_ensemble": (Annotated[int, typer.Option(help="DIFT noise draws averaged.")], _SRC.dift_ensemble),
+    "dinov2_model": (Annotated[str, typer.Option(help="DINOv2 hub id or local folder for --features dinov2.")], _SRC.dinov2_model),
+    "dinov2_size": (Annotated[int, typer.Option(help="Short side of the DINOv2 input (--features dinov2).")], _SRC.dinov2_size),
+}
+
+# Options of the global descriptor (first retrieval stage), added by `with_global_options`.
+GLOBAL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "global_model": (Annotated[str, typer.Option(help="Global descriptor model: hub id or local folder (transformers ViT).")], _GD.model),
+    "pooling": (Annotated[str, typer.Option(help="Global pooling: gem | cls.")], _GD.pooling),
+    "global_size": (Annotated[int, typer.Option(help="Short side of the global model's input.")], _GD.size),
 }
 
 
@@ -158,6 +189,14 @@ with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_c
 PrototypesDir = Annotated[Optional[Path], typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
 SupportDir = Annotated[Optional[Path], typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
 Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
+
+
+def _global_config(global_model: str, pooling: str, global_size: int) -> GlobalConfig:
+    return GlobalConfig(model=global_model, pooling=pooling, size=global_size)  # type: ignore[arg-type]
+
+
+# Add the global descriptor's flags to a command, which receives them as ``global_config``.
+with_global_options = with_options(GLOBAL_OPTIONS, _global_config, "global_config")
 
 
 @app.command()
@@ -273,17 +312,181 @@ def eval_permis(
         raise InputError("--task", f"unknown task '{task}' (choose from video, image)")
 
 
+RERANK_HELP = "Rank with the global descriptor first and re-rank its N best with PDM (0: the global ranking alone)."
+
+
 @eval_app.command("permir")
 @with_track_options
+@with_global_options
 def eval_permir(
     root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/permir"),
+    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP)] = None,
+    global_config: GlobalConfig = GlobalConfig(),
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """PerMIR: personalised retrieval (mAP, Recall@1/5/10)."""
     from pdmtrack.eval.permirs import evaluate_permir
 
-    evaluate_permir(root, out_dir=out, settings=settings)
+    _check_rerank(rerank)
+    evaluate_permir(root, out_dir=out, settings=settings, descriptor=_descriptor(rerank, global_config, settings), rerank=rerank)
+
+
+@eval_app.command("perseg")
+@with_track_options
+def eval_perseg(
+    root: Annotated[Path, typer.Option(help="PerSeg root (Images/<object>/, Annotations/<object>/).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where the masks and reports go.")] = Path("pdmtrack_eval/perseg"),
+    names_as_classes: Annotated[
+        bool, typer.Option("--names-as-classes", help="Use each object's folder name as its class name (semantic map).")
+    ] = False,
+    objects: Annotated[Optional[str], typer.Option(help="Comma-separated subset of objects.")] = None,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """PerSeg: personalised segmentation (mIoU, bIoU as PerSAM aggregates them)."""
+    from pdmtrack.eval.perseg import evaluate_perseg
+
+    evaluate_perseg(root, out_dir=out, settings=settings, names_as_classes=names_as_classes, objects=_split_list(objects))
+
+
+@eval_app.command("roxford")
+@with_track_options
+@with_global_options
+def eval_roxford(
+    root: Annotated[Path, typer.Option(help="Folder holding <dataset>/gnd_<dataset>.pkl and <dataset>/jpg/.")],
+    dataset: Annotated[str, typer.Option(help="roxford5k | rparis6k")] = "roxford5k",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/revisited"),
+    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP)] = None,
+    global_config: GlobalConfig = GlobalConfig(),
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """Revisited Oxford / Paris: mAP Medium and Hard (official easy/hard/junk protocol)."""
+    from pdmtrack.eval.revisited import evaluate_revisited
+
+    _check_rerank(rerank)
+    descriptor = _descriptor(rerank, global_config, settings)
+    evaluate_revisited(root, dataset, out_dir=out, settings=settings, descriptor=descriptor, rerank=rerank)
+
+
+def _check_rerank(rerank: Optional[int]) -> None:
+    if rerank is not None and rerank < 0:
+        raise InputError("--rerank", f"must be at least 0, got {rerank}")
+
+
+def _descriptor(rerank: Optional[int], config: GlobalConfig, settings: TrackSettings) -> Any:
+    """The global descriptor a two-stage ranking needs (None without --rerank)."""
+    if rerank is None:
+        return None
+    from pdmtrack.retrieval.global_model import GlobalDescriptor
+
+    return GlobalDescriptor(config, settings.runtime.device, settings.runtime.dtype)
+
+
+@app.command()
+@with_track_options
+def segment(
+    reference: Annotated[Path, typer.Argument(help="Reference image showing the instance(s).")],
+    targets: Annotated[list[Path], typer.Argument(help="Target images or folders of images.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Reference mask: palette/grey/RGB PNG or COCO RLE JSON (ids kept).")] = None,
+    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name; once for all objects or once per object.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/segment"),
+    present_threshold: Annotated[
+        float, typer.Option(help="Presence score (target peak / reference self-similarity) below which an object is absent.")
+    ] = 0.5,
+    resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <target>_overlay.jpg.")] = True,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """Segment the reference's instance(s) in each target image (PerSAM(PDM))."""
+    from pdmtrack.image_runs import segment_to_folder
+
+    summary = segment_to_folder(
+        reference,
+        targets,
+        out,
+        mask=mask,
+        classes=list(cls or []),
+        settings=settings,
+        presence_threshold=present_threshold,
+        overlay=overlay,
+        resize_mask=resize_mask,
+    )
+    _echo_summary(summary, "masks and scores.json")
+
+
+@app.command()
+@with_track_options
+@with_global_options
+def retrieve(
+    query: Annotated[Path, typer.Argument(help="Query image showing the instance.")],
+    gallery: Annotated[Path, typer.Option(help="Folder of images, or an index folder from `pdmtrack index build`.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Query instance mask (all objects in it form the instance).")] = None,
+    cls: Annotated[Optional[str], typer.Option("--cls", help="Class name of the instance.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/retrieve"),
+    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP + " An index gallery defaults to 100.")] = None,
+    top: Annotated[int, typer.Option(help="Results shown on the contact sheet.")] = 8,
+    resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
+    global_config: GlobalConfig = GlobalConfig(),
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """Rank gallery images by how well they show the query's instance (PDM)."""
+    from pdmtrack.image_runs import retrieve_to_folder
+
+    summary = retrieve_to_folder(
+        query,
+        gallery,
+        out,
+        mask=mask,
+        classes=[cls] if cls else [],
+        settings=settings,
+        rerank=rerank,
+        global_config=global_config,
+        top=top,
+        resize_mask=resize_mask,
+    )
+    _echo_summary(summary, "ranking.csv and contact_sheet.png")
+
+
+def _echo_summary(summary: Any, what: str) -> None:
+    for note in summary.notes:
+        typer.echo(note, err=True)
+    typer.echo(
+        f"{summary.images} images in {summary.seconds:.1f} s; features of {summary.cache_hits} images from the cache, "
+        f"{summary.cache_misses} computed; {what} in {summary.out_dir}"
+    )
+
+
+index_app = typer.Typer(help="Global-descriptor indexes of image galleries (FAISS).", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@with_global_options
+def index_build(
+    images: Annotated[list[Path], typer.Argument(help="Image folders (searched recursively) or files.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Index folder to write.")],
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index.")] = False,
+    index_type: Annotated[str, typer.Option(help="hnsw (approximate, fast) | flat (exact scan).")] = "hnsw",
+    global_config: GlobalConfig = GlobalConfig(),
+) -> None:
+    """Compute a global descriptor per image into a FAISS index with a manifest."""
+    from pdmtrack.retrieval.index import build_index
+
+    summary = build_index(images, out, global_config, device=device, overwrite=overwrite, kind=index_type)
+    typer.echo(summary.format(out))
+
+
+@index_app.command("add")
+def index_add(
+    index: Annotated[Path, typer.Argument(help="Index folder from `pdmtrack index build`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image folders or files to add (known content is skipped).")],
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+) -> None:
+    """Append images to an index, with the index's own descriptor model."""
+    from pdmtrack.retrieval.index import add_to_index
+
+    typer.echo(add_to_index(index, images, device=device).format(index))
 
 
 @app.command("build-permis")

@@ -18,6 +18,8 @@ SamType = Literal[
     "vit_b", "vit_l", "vit_h", "sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large", "none"
 ]
 Backend = Literal["auto", "decord", "pyav"]
+FeatureKind = Literal["pdm", "dift", "dinov2"]
+Pooling = Literal["gem", "cls"]
 
 
 def check_choice(flag: str, value: object, allowed: tuple) -> None:
@@ -32,6 +34,7 @@ def check_at_least(flag: str, value: float, least: float) -> None:
         raise InputError(flag, f"must be at least {least}, got {value}")
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
+DEFAULT_DINOV2 = "facebook/dinov2-base"
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,47 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """Which features feed matching: PDM (the default) or a baseline of the paper's tables.
+
+    dift: the UNet up-block output of the same diffusion model (``--model``) at DIFT's
+    timestep; None picks DIFT's published setting for the task (images: t = 261, up-block 1;
+    video propagation: t = 51, up-block 2). dinov2: the patch tokens of ``dinov2_model``.
+    Both are appearance-only (no semantic map, no class vectors).
+    """
+
+    kind: FeatureKind = "pdm"
+    dift_timestep: int | None = None
+    dift_up_block: int | None = None
+    dift_ensemble: int = 8  # noise draws averaged (DIFT's ensemble_size)
+    dinov2_model: str = DEFAULT_DINOV2  # hub id or local transformers folder
+    dinov2_size: int = 448  # short side; 32 patches of 14 pixels, the PDM grid at size 512
+
+    def __post_init__(self) -> None:
+        check_choice("--features", self.kind, get_args(FeatureKind))
+        check_at_least("--dift-ensemble", self.dift_ensemble, 1)
+        check_at_least("--dinov2-size", self.dinov2_size, 14)
+        if self.dift_timestep is not None and not 0 < self.dift_timestep < 1000:
+            raise InputError("--dift-timestep", f"must lie in 1..999, got {self.dift_timestep}")
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    """Which global descriptor an index holds (recorded in its manifest)."""
+
+    model: str = DEFAULT_DINOV2  # hub id or local folder (transformers ViT)
+    pooling: Pooling = "gem"
+    size: int = 224  # short side of the input in pixels
+    gem_p: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_choice("--pooling", self.pooling, get_args(Pooling))
+        check_at_least("--global-size", self.size, 14)
+        if self.gem_p <= 0:
+            raise InputError("gem_p", f"must be positive, got {self.gem_p}")
+
+
+@dataclass(frozen=True)
 class TrackSettings:
     """Everything ``pdmtrack propagate`` (and the evaluators) need besides the inputs."""
 
@@ -146,6 +190,7 @@ class TrackSettings:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
 
     def to_dict(self) -> dict:
         """Plain-JSON view (paths as strings), for reports and run records."""
@@ -176,7 +221,7 @@ class TrackSettings:
 
 def _option_fields() -> dict[str, tuple[str, str]]:
     """Flat option name (the CLI flag without dashes) -> (settings group, field)."""
-    renamed = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou"}
+    renamed = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou", "kind": "features"}
     table: dict[str, tuple[str, str]] = {}
     for group in fields(TrackSettings):
         for item in fields(group.default_factory):  # type: ignore[misc]

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 
 from pdmtrack.background import prefetched
-from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
+from pdmtrack.build import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype, search_dtype
 from pdmtrack.errors import InputError
 from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.dift import DiftExtractor
+from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
@@ -167,16 +169,24 @@ class Tracker:
         self.device = resolve_device(self.settings.runtime.device)
         check_feature_cache(self.settings)  # the cache folder and SAM first: fail before the big load
         self.refiner: SamRefiner | None = load_refiner(self.settings)  # first: a bad checkpoint fails fast
-        self.parts: DiffusionParts | None = None if features is not None else load_diffusion(self.settings)
+        kind = self.settings.source.kind  # --features: pdm and dift need the diffusion model, dinov2 a ViT
+        self.parts: DiffusionParts | None = None
+        self.vit: VitParts | None = None
+        if features is None and kind == "dinov2":
+            self.vit = load_vit(self.settings.source.dinov2_model, self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
+        elif features is None:
+            self.parts = load_diffusion(self.settings)
         self._custom_features = features
 
-    def feature_source(self, classes: Classes = ()) -> FeatureSource:
+    def feature_source(self, classes: Classes = (), task: str = "video") -> FeatureSource:
         """The features of this tracker for a prompt naming ``classes`` (cached on disk unless
-        ``--no-cache``); a custom ``features`` source is returned as it is."""
+        ``--no-cache``); a custom ``features`` source is returned as it is. ``task`` (video or
+        image) picks DIFT's published timestep and up-block for ``--features dift``."""
         if self._custom_features is not None:
             return self._custom_features
-        assert self.parts is not None
-        return feature_source(self.parts, self.settings, distinct_classes(classes))
+        if self.settings.source.kind == "pdm":
+            return feature_source(self.parts, self.settings, distinct_classes(classes))  # type: ignore[arg-type]
+        return features_for(self.settings, distinct_classes(classes), task, parts=self.parts, vit=self.vit)
 
     def init_state(self, video: str | Path | FrameReader, classes: Classes | None = None) -> VideoState:
         """A session over ``video`` (a file, a folder of frames, or an open ``FrameReader``).
@@ -244,7 +254,7 @@ class Tracker:
         """Frames per feature batch for ``state``'s video (``--batch-size auto`` resolved: from
         free GPU memory with this tracker's extractor at the video's frame size)."""
         source = getattr(state.source, "source", None)  # the extractor behind the feature cache
-        extract = source if isinstance(source, FeatureExtractor) else None
+        extract = source if isinstance(source, (FeatureExtractor, DiftExtractor, Dinov2Extractor)) else None
         return resolve_batch_size(self.settings.runtime.batch_size, self.device, extract, (state.height, state.width))
 
     def _featurize(

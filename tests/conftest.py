@@ -57,3 +57,11 @@ def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pdmtrack.tiny.sam2 import build_tiny_sam2
 
     return build_tiny_sam2(tmp_path_factory.mktemp("tiny-sam2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight DINOv2 folder, loaded like a user's --dinov2-model / --global-model PATH."""
+    from pdmtrack.tiny.dinov2 import build_tiny_dinov2
+
+    return build_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2") / "dinov2")

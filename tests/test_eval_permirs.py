@@ -190,3 +190,20 @@ def test_end_to_end_with_tiny_model(permirs: Path, tmp_path: Path, tiny_sdxl: Pa
     assert len(list((tmp_path / "video" / "results" / shortest).glob("*.png"))) == 20
     for name in ("image/permis_image_report.json", "retrieval/permir_report.json", "video/davis_report-val.json"):
         assert (tmp_path / name).is_file()
+
+
+def _constant_descriptor(image: np.ndarray) -> np.ndarray:
+    return np.ones(3, dtype=np.float32) / np.sqrt(3)
+
+
+def test_permir_two_stage(permirs: Path, tmp_path: Path) -> None:
+    # A flat global descriptor ties everything (gallery order); re-ranking the whole gallery
+    # with the perfect matcher recovers a perfect ranking, re-ranking nothing keeps chance.
+    flat = evaluate_permir(permirs, out_dir=tmp_path / "a", settings=NO_SAM, descriptor=_constant_descriptor, rerank=0)
+    assert flat.settings["rerank"] == 0 and flat.global_scores()["mAP"] < 1.0
+    source = PaletteFeatures()
+    full = evaluate_permir(
+        permirs, out_dir=tmp_path / "b", tracker=Tracker(NO_SAM, features=source), descriptor=_constant_descriptor, rerank=GALLERY
+    )
+    assert full.global_scores() == {"mAP": 1.0, "R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    assert source.calls == NUM_VIDEOS + NUM_VIDEOS * GALLERY  # each query, then its candidates one by one

@@ -174,6 +174,16 @@ def _boundary_band(mask: np.ndarray, dilation_ratio: float) -> np.ndarray:
     return mask & (eroded == 0)
 
 
+def boundary_counts(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = 0.02) -> tuple[int, int]:
+    """(intersection, union) pixel counts of the two masks' boundary bands (see ``boundary_iou``)."""
+    pred, gt = _as_bool_pair(pred, gt)
+    if pred.ndim != 2:
+        raise ValueError(f"boundary IoU takes one (H, W) mask pair, got {pred.shape}")
+    pred_band = _boundary_band(pred, dilation_ratio)
+    gt_band = _boundary_band(gt, dilation_ratio)
+    return int(np.count_nonzero(pred_band & gt_band)), int(np.count_nonzero(pred_band | gt_band))
+
+
 def boundary_iou(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = 0.02) -> float:
     """Boundary IoU (Cheng et al., CVPR 2021) of two binary (H, W) masks.
 
@@ -181,15 +191,8 @@ def boundary_iou(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = 0.02)
     pixels (the image edge counts as background), as in the authors' boundary-iou-api.
     Two empty masks give 1.0 (their official code divides 0 by 0 there).
     """
-    pred, gt = _as_bool_pair(pred, gt)
-    if pred.ndim != 2:
-        raise ValueError(f"boundary_iou takes one (H, W) mask pair, got {pred.shape}")
-    pred_band = _boundary_band(pred, dilation_ratio)
-    gt_band = _boundary_band(gt, dilation_ratio)
-    union = np.count_nonzero(pred_band | gt_band)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(pred_band & gt_band) / union
+    intersection, union = boundary_counts(pred, gt, dilation_ratio)
+    return intersection / union if union else 1.0
 
 
 def _ranking(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -230,3 +233,24 @@ def recall_at_k(scores: np.ndarray, positives: np.ndarray, k: int) -> float:
         raise ValueError(f"k must be >= 1, got {k}")
     _, sorted_positives = _ranking(scores, positives)
     return float(sorted_positives[:k].any())
+
+
+def revisited_average_precision(ranking: np.ndarray, positives: np.ndarray, junk: np.ndarray) -> float:
+    """AP of one query in the revisited Oxford/Paris protocol (revisitop's ``compute_ap``).
+
+    ranking: gallery indices, best first (a truncated list leaves the missing positives
+    unfound); positives, junk: gallery indices. Junk images are removed from the ranking;
+    then, with r_j the zero-based rank of the j-th positive found, AP is the trapezoid sum
+    over j of (j / r_j + (j + 1) / (r_j + 1)) / 2 / n_positives, where j / r_j counts as 1
+    at r_j = 0. NaN when there is no positive (the query is then left out of the mean).
+    """
+    positives = np.unique(np.asarray(positives, dtype=np.int64))
+    if positives.size == 0:
+        return float("nan")
+    ranking = np.asarray(ranking, dtype=np.int64).ravel()
+    kept = ranking[~np.isin(ranking, np.asarray(junk, dtype=np.int64))]
+    ranks = np.flatnonzero(np.isin(kept, positives)).astype(np.float64)
+    found = np.arange(ranks.size, dtype=np.float64)
+    before = np.divide(found, ranks, out=np.ones_like(ranks), where=ranks > 0)
+    after = (found + 1) / (ranks + 1)
+    return float(np.sum((before + after) / 2) / positives.size)

@@ -30,24 +30,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT
-from pdmtrack.config import TrackSettings
+from pdmtrack.config import GlobalConfig, TrackSettings
+from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_dataset import image_size
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
-from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.eval.report import Table, write_report
 from pdmtrack.fsutil import read_json
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.images import read_rgb
 from pdmtrack.masks import decode_rle
-from pdmtrack.matching import appearance_map, mask_to_grid_bool, minmax, pdm_map, retrieval_score, semantic_map
-from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.matching import mask_to_grid_bool, pdm_map
+from pdmtrack.retrieval.global_model import GlobalDescriptor
+from pdmtrack.retrieval.scoring import QueryScorer
+from pdmtrack.retrieval.search import Query, rank_queries
+from pdmtrack.segment import segment_from_maps
 from pdmtrack.tracker import Tracker
 
 RECALL_KS = (1, 5, 10)
@@ -99,17 +102,6 @@ def benchmark_classes(videos: list[BenchmarkVideo]) -> list[str]:
     return sorted({video.category for video in videos})
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise InputError(path, "frame not found") from None
-    except (OSError, UnidentifiedImageError) as err:
-        raise InputError(path, f"cannot read the image ({err})") from err
-
-
 def extract_features(source: FeatureSource, paths: list[Path], batch_size: int, desc: str) -> list[PDMFeatures]:
     """Features of every image (one frame each), in batches of equal-size images; only one
     batch of decoded images is held at a time."""
@@ -147,22 +139,10 @@ def _prepare(
     videos = load_benchmark(Path(root))
     tracker = tracker if tracker is not None else Tracker(settings or TrackSettings())
     classes = benchmark_classes(videos)
-    return videos, tracker, tracker.feature_source(classes), classes
+    return videos, tracker, tracker.feature_source(classes, task="image"), classes
 
 
 # --------------------------------------------------------------------------- reports
-def _write_report(out_dir: Path, stem: str, global_table: Table, detail_table: Table, payload: dict) -> list[Path]:
-    """``<stem>_global.csv``, ``<stem>_details.csv`` and ``<stem>_report.json``; print the tables."""
-    out_dir = Path(out_dir)
-    paths = [
-        write_csv(out_dir / f"{stem}_global.csv", global_table),
-        write_csv(out_dir / f"{stem}_details.csv", detail_table),
-        write_json(out_dir / f"{stem}_report.json", payload),
-    ]
-    print_tables([global_table, detail_table])
-    return paths
-
-
 @dataclass(frozen=True)
 class PairScores:
     """One PerMIS-image target frame: IoU, boundary IoU and the pixel counts behind cIoU."""
@@ -208,7 +188,7 @@ class PermisImageReport:
             "per_pair": [asdict(pair) for pair in self.pairs],
             "settings": self.settings,
         }
-        return _write_report(out_dir, "permis_image", *self.tables(), payload)
+        return write_report(out_dir, "permis_image", *self.tables(), payload)
 
 
 @dataclass(frozen=True)
@@ -256,7 +236,7 @@ class PermirReport:
             ],
             "settings": self.settings,
         }
-        return _write_report(out_dir, "permir", *self.tables(), payload)
+        return write_report(out_dir, "permir", *self.tables(), payload)
 
 
 # --------------------------------------------------------------------------- PerMIS-video
@@ -291,21 +271,6 @@ def evaluate_permis_video(
 
 
 # --------------------------------------------------------------------------- PerMIS-image
-def segment_from_map(
-    combined: torch.Tensor, image: np.ndarray, threshold: float, refiner: SamRefiner | None
-) -> np.ndarray:
-    """(h, w) combined map -> (H, W) bool mask of ``image``: the bilinearly upsampled map
-    ``>= threshold``, or SAM prompted from it (peak as the positive point) with ``refiner``."""
-    height, width = image.shape[:2]
-    upsampled = F.interpolate(
-        combined[None, None].float(), size=(height, width), mode="bilinear", align_corners=False
-    )[0]
-    if refiner is None:
-        return (upsampled[0] >= threshold).cpu().numpy()
-    background = torch.full_like(upsampled, threshold)
-    return (refiner.refine(image, torch.cat([background, upsampled])) == 1).cpu().numpy()
-
-
 def evaluate_permis_image(
     root: Path,
     *,
@@ -331,7 +296,7 @@ def evaluate_permis_image(
         maps = pdm_map(reference, ref_mask, targets, _class_index(reference, classes, video.category), match)
         for slot, target_index in enumerate(range(1, len(video.frames))):
             image = read_rgb(video.frames[target_index])
-            predicted = segment_from_map(maps[slot], image, match.segment_threshold, refiner)
+            predicted = segment_from_maps(maps[slot][None], image, match.segment_threshold, refiner) == 1
             truth = video.mask(target_index)
             pairs.append(
                 PairScores(
@@ -369,28 +334,13 @@ class _Gallery:
     def scores(
         self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, settings: TrackSettings
     ) -> np.ndarray:
-        """PDM global score of every gallery image for one reference: maps min-max
-        normalised over the whole gallery, averaged (Eq. 7), then their mean per image."""
-        match = settings.match
-        appearance = [
-            appearance_map(reference.appearance[0], ref_mask, group.appearance, match.appearance_agg, match.vote_topk)
-            for _, group in self.groups
-        ]
-        parts = [_normalise_jointly(appearance)]
-        if class_index is not None:
-            vector = reference.class_vectors[class_index]  # type: ignore[index]
-            parts.append(_normalise_jointly([semantic_map(vector, group.semantic) for _, group in self.groups]))
+        """PDM global score of every gallery image for one reference (``QueryScorer``)."""
+        scorer = QueryScorer(reference, ref_mask, class_index, settings.match)
+        for _, group in self.groups:
+            scorer.add(group)
         scores = np.empty(self.size)
-        for slot, (positions, _) in enumerate(self.groups):
-            combined = sum(part[slot] for part in parts) / len(parts)
-            scores[positions] = retrieval_score(combined).cpu().numpy()
+        scores[np.concatenate([positions for positions, _ in self.groups])] = scorer.scores()
         return scores
-
-
-def _normalise_jointly(maps: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Min-max normalise a list of (B, h, w) maps with one min and max over all of them."""
-    flat = minmax(torch.cat([m.flatten() for m in maps]), dims=(0,))
-    return [chunk.reshape(m.shape) for chunk, m in zip(flat.split([m.numel() for m in maps]), maps)]
 
 
 def evaluate_permir(
@@ -399,27 +349,79 @@ def evaluate_permir(
     out_dir: Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
+    descriptor: Callable[[np.ndarray], np.ndarray] | None = None,
+    rerank: int | None = None,
 ) -> PermirReport:
     """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10,
     with ``tracker``'s features (loaded from ``settings`` when none is given).
 
-    Writes ``permir_{global,details}.csv`` and ``permir_report.json`` into ``out_dir``.
+    With ``rerank`` N a global descriptor (DINOv2 GeM by default) ranks the gallery by the
+    query's instance crop and PDM re-ranks its N best (0: the global ranking alone, the
+    paper's "DINOv2" row). Writes ``permir_{global,details}.csv`` and ``permir_report.json``.
     """
+    if rerank is not None:
+        return _evaluate_permir_two_stage(root, out_dir, settings, tracker, descriptor, rerank)
     videos, tracker, source, classes = _prepare(root, settings, tracker)
     settings, device = tracker.settings, tracker.device
     batch = resolve_batch_size(settings.runtime.batch_size, device)
     query_features = extract_features(source, [video.frames[0] for video in videos], batch, desc="PerMIR queries")
-    gallery_owner = np.array([index for index, video in enumerate(videos) for _ in video.frames[1:]])
     gallery_paths = [path for video in videos for path in video.frames[1:]]
     gallery = _Gallery.build(extract_features(source, gallery_paths, batch, desc="PerMIR gallery"), device)
-    results = []
+    all_scores = []
     for index, video in enumerate(tqdm(videos, desc="PerMIR", unit="query", disable=None)):
         reference = query_features[index].to(device)
         ref_mask = mask_to_grid_bool(video.mask(0), reference.grid, settings.match.min_fraction)
-        scores = gallery.scores(reference, ref_mask, _class_index(reference, classes, video.category), settings)
+        all_scores.append(gallery.scores(reference, ref_mask, _class_index(reference, classes, video.category), settings))
+    return _permir_report(videos, all_scores, settings.to_dict(), out_dir)
+
+
+def _permir_report(videos: list[BenchmarkVideo], all_scores: list[np.ndarray], record: dict, out_dir: Path) -> PermirReport:
+    """AP and Recall@k of each query's gallery scores (positives: its own video's frames)."""
+    gallery_owner = np.array([index for index, video in enumerate(videos) for _ in video.frames[1:]])
+    results = []
+    for index, (video, scores) in enumerate(zip(videos, all_scores)):
         positives = gallery_owner == index
         recall = {k: recall_at_k(scores, positives, k) for k in RECALL_KS}
         results.append(QueryScores(video.name, average_precision(scores, positives), recall))
-    report = PermirReport(results, gallery.size, settings.to_dict())
+    report = PermirReport(results, len(gallery_owner), record)
     report.write(out_dir)
     return report
+
+
+def _evaluate_permir_two_stage(
+    root: Path,
+    out_dir: Path,
+    settings: TrackSettings | None,
+    tracker: Tracker | None,
+    descriptor: Callable[[np.ndarray], np.ndarray] | None,
+    rerank: int,
+) -> PermirReport:
+    """PerMIR with a global first stage and PDM re-ranking of its ``rerank`` best (the
+    tracker, loaded from ``settings`` when none is given, only when something is re-ranked)."""
+    videos = load_benchmark(Path(root))
+    classes = benchmark_classes(videos)
+    source = None
+    if rerank > 0:
+        tracker = tracker if tracker is not None else Tracker(settings or TrackSettings())
+        source = tracker.feature_source(classes, task="image")
+    settings = tracker.settings if tracker is not None else settings or TrackSettings()
+    if descriptor is None:
+        descriptor = GlobalDescriptor(GlobalConfig(), settings.runtime.device, settings.runtime.dtype)
+    queries = [Query(read_rgb(v.frames[0]), v.mask(0), classes.index(v.category)) for v in videos]
+    gallery_paths = [path for video in videos for path in video.frames[1:]]
+    orders = rank_queries(
+        queries,
+        gallery_paths,
+        match=settings.match,
+        device=resolve_device(settings.runtime.device),
+        source=source,
+        descriptor=descriptor,
+        rerank=rerank,
+    )
+    all_scores = []
+    for order in orders:  # the order as scores: best first, no ties
+        scores = np.empty(len(order))
+        scores[order] = -np.arange(len(order), dtype=np.float64)
+        all_scores.append(scores)
+    record = {**settings.to_dict(), "rerank": rerank, "global": getattr(descriptor, "record", None)}
+    return _permir_report(videos, all_scores, record, out_dir)

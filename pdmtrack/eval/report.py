@@ -98,3 +98,15 @@ def write_json(path: Path, payload: dict) -> Path:
     text = json.dumps(json_ready(payload), indent=2, allow_nan=False) + "\n"
     atomic_write_text(path, text)
     return Path(path)
+
+
+def write_report(out_dir: Path, stem: str, global_table: Table, detail_table: Table, payload: dict) -> list[Path]:
+    """``<stem>_global.csv``, ``<stem>_details.csv`` and ``<stem>_report.json``; print the tables."""
+    out_dir = Path(out_dir)
+    paths = [
+        write_csv(out_dir / f"{stem}_global.csv", global_table),
+        write_csv(out_dir / f"{stem}_details.csv", detail_table),
+        write_json(out_dir / f"{stem}_report.json", payload),
+    ]
+    print_tables([global_table, detail_table])
+    return paths

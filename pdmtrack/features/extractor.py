@@ -172,7 +172,7 @@ class FeatureExtractor:
         return predict
 
     @torch.inference_mode()
-    def _encode_frames(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    def encode_frames(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> scaled VAE latent means (B, C, h, w), float32."""
         vae = self.parts.vae
         pixels = torch.from_numpy(np.ascontiguousarray(frames))
@@ -192,7 +192,7 @@ class FeatureExtractor:
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be a (B, H, W, 3) uint8 array, got {getattr(frames, 'shape', type(frames))}")
         height, width = self.input_size(*frames.shape[1:3])
-        latents = self._encode_frames(frames, (height, width))
+        latents = self.encode_frames(frames, (height, width))
         predict = self.predict_noise(height, width, len(frames))
         noisy = invert(latents, predict, self.parts.alphas_cumprod, self.config)
         with capture_block(self.parts.unet, self.block, self.class_tokens, stop_after=True) as capture:

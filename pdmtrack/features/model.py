@@ -71,7 +71,7 @@ def load_diffusion_parts(config: FeatureConfig, device: torch.device, dtype: tor
     """Load ``config.model`` (hub id or local folder) onto ``device`` in ``dtype``."""
     local = Path(config.model).expanduser()
     if local.is_dir():
-        return _load_folder(local, device, dtype, fingerprint=f"local:{_folder_hash(local)}")
+        return _load_folder(local, device, dtype, fingerprint=f"local:{folder_hash(local)}")
     if local.is_file():
         raise InputError("--model", f"'{config.model}' is a file; pass a diffusers folder or a hub id")
     if _looks_like_path(config.model):
@@ -303,7 +303,7 @@ def _alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
     return schedule.alphas_cumprod.to(torch.float64)
 
 
-def _folder_hash(folder: Path) -> str:
+def folder_hash(folder: Path) -> str:
     """Cheap identity of a local folder: config/tokenizer file contents, weight sizes+mtimes."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -1,0 +1,1 @@
+"""Personalised retrieval: PDM scoring of galleries, global descriptors, FAISS indexes."""
