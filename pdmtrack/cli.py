@@ -368,6 +368,12 @@ def eval_roxford(
     evaluate_revisited(root, dataset, out_dir=out, settings=settings, descriptor=descriptor, rerank=rerank)
 
 
+def _pdm_features_only(settings: TrackSettings) -> None:
+    """OVDiff's prototypes are PDM features: the baselines' ``--features`` do not apply."""
+    if settings.source.kind != "pdm":
+        raise InputError("--features", f"OVDiff commands use PDM features only, not '{settings.source.kind}'")
+
+
 def _check_rerank(rerank: Optional[int]) -> None:
     if rerank is not None and rerank < 0:
         raise InputError("--rerank", f"must be at least 0, got {rerank}")
@@ -557,6 +563,7 @@ def prototypes_build(
     prototype_config: PrototypeConfig = PrototypeConfig(),
 ) -> None:
     """Sample support images per class and store its prototypes (stored ones are reused)."""
+    _pdm_features_only(settings)
     from pdmtrack.ovdiff.run import build_prototypes
 
     builder = build_prototypes(_split_list(classes) or [], settings, prototype_config, out, support_dir, rebuild)
@@ -586,6 +593,7 @@ def segment_ov(
     segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
     """Open-vocabulary segmentation (OVDiff): palette PNGs of class ids, overlays, legend.json."""
+    _pdm_features_only(settings)
     from pdmtrack.ovdiff.run import segment_images
 
     summary = segment_images(
@@ -621,6 +629,7 @@ def eval_voc(
     segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
     """PASCAL VOC 2012 semantic segmentation with OVDiff: mIoU over background + 20 classes."""
+    _pdm_features_only(settings)
     from pdmtrack.eval.voc import evaluate_voc
 
     evaluate_voc(

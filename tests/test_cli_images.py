@@ -173,3 +173,8 @@ def test_propagate_with_a_baseline(features, images, davis_mini, tiny_sdxl, tiny
     written = sorted((tmp_path / "out").glob("*.png"))
     assert [p.name for p in written] == ["00000.png", "00001.png", "00002.png"]
     assert set(np.unique(np.asarray(Image.open(written[-1])))) <= {0, 2, 5}  # random weights may lose objects
+
+
+def test_ovdiff_commands_refuse_baseline_features(images, tmp_path, capsys, monkeypatch):
+    result = run_cli(["segment-ov", images["reference"], "--classes", "swan", "--features", "dinov2", "-o", tmp_path], capsys, monkeypatch)
+    assert_one_line_error(result, "--features", "PDM features only")
