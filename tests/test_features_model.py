@@ -164,7 +164,7 @@ def test_loading_is_quiet_and_skips_random_init(tiny_sdxl: Path, capfd: pytest.C
 
 def test_attention_runs_through_sdpa(tiny_sdxl: Path) -> None:
     """Every attention of the UNet uses torch's scaled_dot_product_attention (flash / memory-
-    efficient kernels on a GPU); PDM's own processors at the hooked block do too."""
+    efficient kernels on a GPU); PDM observes the hooked block without replacing them."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet = load_diffusion_parts(FeatureConfig(model=str(tiny_sdxl)), CPU, torch.float32).unet

@@ -1,8 +1,8 @@
 """``--compile``: torch.compile of the UNet's blocks, all but the one PDM hooks.
 
-The hooked block gets attention processors swapped in for every feature pass and a forward
-hook that ends the pass right after it, so it stays eager (compiling it would recompile on
-every pass). Every other top-level block (down blocks, mid block, the other up blocks) is
+The hooked block gets forward hooks (on its attention projections, and one that ends the
+pass right after it) for every feature pass, so it stays eager (hooks added and removed per
+pass would make a compiled block recompile). Every other top-level block (down blocks, mid block, the other up blocks) is
 compiled in place with static shapes: the first batch of a new frame size pays the compile
 time, later batches of that size reuse it. Results agree with the eager UNet to floating point.
 """
