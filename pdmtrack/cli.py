@@ -122,6 +122,10 @@ GLOBAL_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+WORKERS_OPTION = Annotated[str, typer.Option(help="Parallel workers: N, or auto (one per GPU); N > 1 or --ray-address runs them with Ray.")]
+RAY_ADDRESS_OPTION = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one.")]
+
+
 def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str) -> Callable:
     """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as ``param``."""
 
@@ -272,10 +276,13 @@ def eval_davis(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Where results/ and the reports go.")] = None,
     sequences: Annotated[Optional[str], typer.Option(help="Comma-separated subset of sequences.")] = None,
     class_map: Annotated[Optional[Path], typer.Option(help='JSON {"<seq>": "class name"} for --cls per sequence.')] = None,
+    workers: WORKERS_OPTION = "1",
+    ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """J, F and J&F to the official DAVIS 2017 semi-supervised protocol."""
     from pdmtrack.eval.davis import evaluate_davis
+    from pdmtrack.scale import parse_workers
 
     if results is None and out is None:
         raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
@@ -287,6 +294,8 @@ def eval_davis(
         sequences=_split_list(sequences),
         class_map=class_map,
         settings=settings,
+        workers=parse_workers(workers),
+        ray_address=ray_address,
     )
 
 
@@ -297,17 +306,21 @@ def eval_permis(
     task: Annotated[str, typer.Option(help="video | image")] = "video",
     out: Annotated[Path, typer.Option("-o", "--out", help="Where results and reports go.")] = Path("pdmtrack_eval/permis"),
     results: Annotated[Optional[Path], typer.Option(help="(video) evaluate this results folder instead of tracking.")] = None,
+    workers: WORKERS_OPTION = "1",
+    ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """PerMIS: video label propagation (J&F) or image segmentation (mIoU, bIoU)."""
     from pdmtrack.eval.permirs import evaluate_permis_image, evaluate_permis_video
+    from pdmtrack.scale import parse_workers
 
+    parallel = {"workers": parse_workers(workers), "ray_address": ray_address}
     if results is not None and task != "video":
         raise InputError("--results", "only --task video evaluates an existing results folder")
     if task == "video":
-        evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results)
+        evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results, **parallel)
     elif task == "image":
-        evaluate_permis_image(root, out_dir=out, settings=settings)
+        evaluate_permis_image(root, out_dir=out, settings=settings, **parallel)
     else:
         raise InputError("--task", f"unknown task '{task}' (choose from video, image)")
 
@@ -323,13 +336,19 @@ def eval_permir(
     out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/permir"),
     rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP)] = None,
     global_config: GlobalConfig = GlobalConfig(),
+    workers: WORKERS_OPTION = "1",
+    ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """PerMIR: personalised retrieval (mAP, Recall@1/5/10)."""
     from pdmtrack.eval.permirs import evaluate_permir
+    from pdmtrack.scale import parse_workers
 
     _check_rerank(rerank)
-    evaluate_permir(root, out_dir=out, settings=settings, descriptor=_descriptor(rerank, global_config, settings), rerank=rerank)
+    evaluate_permir(
+        root, out_dir=out, settings=settings, descriptor=_descriptor(rerank, global_config, settings), rerank=rerank,
+        workers=parse_workers(workers), ray_address=ray_address,
+    )  # fmt: skip
 
 
 @eval_app.command("perseg")
@@ -519,6 +538,40 @@ def build_permis(
         **kwargs,
     )
     typer.echo(summary.format())
+
+
+@app.command("propagate-batch")
+@with_track_options
+def propagate_batch(
+    jobs: Annotated[Optional[Path], typer.Argument(help="CSV (header: video,mask,cls,out) or JSONL jobs file.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: one subfolder per video, and batch_summary.csv.")] = Path("pdmtrack_batch"),
+    videos: Annotated[Optional[Path], typer.Option(help="Folder mode: a folder of videos (files or frame folders).")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Folder mode: <video name>.png (first frame) or <video name>/<frame>.png masks.")] = None,
+    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name(s) for rows that give none.")] = None,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4 per video.")] = True,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
+    rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE) per video.")] = False,
+    workers: WORKERS_OPTION = "1",
+    ray_address: RAY_ADDRESS_OPTION = None,
+    settings: TrackSettings = TrackSettings(),
+) -> None:
+    """Track many videos: rows of a JOBS file, or --videos DIR --masks DIR; a summary at the end."""
+    from pdmtrack.batch import folder_rows, propagate_batch as run_batch, read_jobs
+    from pdmtrack.scale import parse_workers
+
+    if (jobs is None) == (videos is None):
+        raise InputError("propagate-batch", "give a JOBS file, or --videos DIR with --masks DIR (not both)")
+    if videos is not None and masks is None and not cls:
+        raise InputError("--masks", "folder mode needs --masks DIR (or --cls NAME to track by class name)")
+    rows = read_jobs(jobs) if jobs is not None else folder_rows(videos, masks)  # type: ignore[arg-type]
+    base = jobs.resolve().parent if jobs is not None else Path(".")
+    outcome = run_batch(
+        rows, out, settings, base=base, default_classes=list(cls or []), png=png, overlay=overlay, rle=rle,
+        workers=parse_workers(workers), ray_address=ray_address,
+    )  # fmt: skip
+    typer.echo(outcome.format())
+    if outcome.failed:
+        raise typer.Exit(1)
 
 
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True, rich_markup_mode=None)

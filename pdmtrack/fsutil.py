@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -127,6 +128,19 @@ def is_safe_component(name: object) -> bool:
     if not isinstance(name, str) or not name or name in (".", ".."):
         return False
     return "/" not in name and "\\" not in name and "\x00" not in name and not PurePosixPath(name).is_absolute()
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder ``staging`` at ``target`` by renames (same filesystem), so
+    ``target`` is never a mixture of two runs; a previous ``target`` is deleted."""
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{id(staging):x}")
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def user_cache_dir() -> Path:

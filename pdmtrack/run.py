@@ -202,8 +202,10 @@ def _spare_inputs(outputs: list[Path], plan: RunPlan) -> None:
             raise InputError(plan.out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
 
 
-def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
-    """Track ``plan`` with ``tracker`` and write its outputs; returns what was done."""
+def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
+    """Track ``plan`` with ``tracker`` and write its outputs; returns what was done.
+    ``on_frame`` is called after each frame is written; with it, the caller shows the
+    progress (a batch's one bar) and this video's own bar stays off."""
     began = time.perf_counter()
     state = tracker.init_state(plan.reader, plan.classes)
     for frame, labels in plan.masks.items():
@@ -220,7 +222,10 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
         stack.callback(stream.close)  # an error stops the decode threads at once
         write = stack.enter_context(_writers(plan))
         bar = stack.enter_context(
-            tqdm(total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame", disable=None)
+            tqdm(
+                total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame",
+                disable=None if on_frame is None else True,
+            )  # fmt: skip
         )
         # entered last, left first: every queued frame is written before the writers close
         writer = stack.enter_context(BackgroundCalls(write, WRITE_QUEUE, "pdmtrack-write"))
@@ -228,6 +233,8 @@ def track_to_folder(tracker: Tracker, plan: RunPlan) -> TrackSummary:
             writer.submit(frame_idx, labels)
             written += 1
             bar.update(1)
+            if on_frame is not None:
+                on_frame()
     seconds = time.perf_counter() - began
     run_record.write_finished(plan.out_dir, record, written, seconds)
     stages = {**state.stage_seconds, "writing": writer.busy_seconds, "writing_wait": writer.wait_seconds}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +15,8 @@ from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
-from pdmtrack.eval.report import json_ready, write_json
 from pdmtrack.fsutil import ensure_writable_folder, read_json
-from pdmtrack.run import TrackSummary, plan_run, track_to_folder
+from pdmtrack.scale import VideoJob, resolve_workers, run_jobs, same_settings_as_before
 from pdmtrack.tracker import Tracker
 from pdmtrack.writers import write_palette_png
 
@@ -38,73 +36,53 @@ def _is_complete(dataset: DavisDataset, sequence: str, sequence_out: Path) -> bo
     return all((sequence_out / f"{name}.png").is_file() for name in dataset.frame_names(sequence))
 
 
-def _same_settings_as_before(record: Path, settings: TrackSettings, class_map: dict[str, str]) -> None:
-    """Resume only what was tracked the same way: the settings that shape results (all but
-    the runtime ones) and the class map are recorded beside the results on the first run; a
-    later run with others is refused instead of mixing results of two configurations."""
-    shaping = {k: v for k, v in settings.to_dict().items() if k != "runtime"}
-    current = json.loads(json.dumps(json_ready({**shaping, "class_map": class_map})))
-    if record.is_file():
-        previous = read_json(record)
-        if not isinstance(previous, dict):
-            raise InputError(record, "not a tracking-settings record (a JSON object); remove it or use a new -o")
-        if previous != current:
-            changed = sorted(key for key in current if previous.get(key) != current[key])
-            problem = f"results here were tracked with other settings ({', '.join(changed)}); use a new -o or remove it"
-            raise InputError(record.parent, problem)
-        return
-    write_json(record, current)
-
-
-class SequenceTracker:
-    """Tracks one sequence into a folder (PNGs only: scoring needs nothing else) with one
-    :class:`Tracker` for every sequence, loaded when the first sequence needs it."""
-
-    def __init__(self, tracker: Tracker | None = None) -> None:
-        self.tracker = tracker
-
-    def __call__(
-        self, *, video: Path, out_dir: Path, mask: Path, classes: list[str], settings: TrackSettings
-    ) -> TrackSummary:
-        plan = plan_run(
-            video, out_dir, masks={0: mask}, classes=classes, overlay=False, backend=settings.runtime.backend,
-            settings=settings,
-        )  # fmt: skip
-        if self.tracker is None:
-            self.tracker = Tracker(settings)
-        return track_to_folder(self.tracker, plan)
-
-
 def track_sequences(
     dataset: DavisDataset,
     results_dir: Path,
-    track_fn: Callable,
+    track_fn: Callable | None,
     settings: TrackSettings,
     class_map: dict[str, str],
+    *,
+    tracker: Tracker | None = None,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> TrackingRecord:
     """Track every sequence from its first annotation into ``results_dir/<seq>``; skip finished ones
-    (only when they were tracked with the same settings, see :func:`_same_settings_as_before`)."""
-    _same_settings_as_before(results_dir.parent / "tracking_settings.json", settings, class_map)
-    tracked, skipped = [], []
+    (only when they were tracked with the same settings, see :func:`same_settings_as_before`).
+
+    Without ``track_fn``, sequences are jobs of :func:`pdmtrack.scale.run_jobs` (``workers``,
+    ``ray_address``; ``tracker`` serves one worker in this process): each sequence's folder
+    appears whole once tracked. A ``track_fn`` (keyword arguments video, out_dir, mask,
+    classes, settings; returns frames and fps) tracks here, one sequence after another."""
+    same_settings_as_before(results_dir.parent / "tracking_settings.json", settings, {"class_map": class_map})
+    todo = [s for s in dataset.sequences if not _is_complete(dataset, s, results_dir / s)]
+    skipped = [s for s in dataset.sequences if s not in todo]
+    inputs = {
+        sequence: {
+            "video": dataset.sequence_dir(sequence),
+            "out_dir": results_dir / sequence,
+            "mask": _first_mask_without_void(dataset.annotation_paths(sequence)[0], results_dir.parent / "first_masks"),
+            "classes": [class_map[sequence]] if class_map.get(sequence) else [],
+        }
+        for sequence in todo
+    }
     frames, seconds = 0, 0.0
-    for sequence in tqdm(dataset.sequences, desc="track", unit="seq", disable=None):
-        sequence_out = results_dir / sequence
-        if _is_complete(dataset, sequence, sequence_out):
-            skipped.append(sequence)
-            continue
-        class_name = class_map.get(sequence)
-        result = track_fn(
-            video=dataset.sequence_dir(sequence),
-            out_dir=sequence_out,
-            mask=_first_mask_without_void(dataset.annotation_paths(sequence)[0], results_dir.parent / "first_masks"),
-            classes=[class_name] if class_name else [],
-            settings=settings,
-        )
-        tracked.append(sequence)
-        frames += int(result.frames)
-        if result.fps:
-            seconds += result.frames / result.fps
-    return TrackingRecord(tracked=tracked, skipped=skipped, frames=frames, seconds=seconds)
+    if track_fn is not None:
+        for sequence in tqdm(todo, desc="track", unit="seq", disable=None):
+            result = track_fn(**inputs[sequence], settings=settings)
+            frames += int(result.frames)
+            seconds += result.frames / result.fps if result.fps else 0.0
+        return TrackingRecord(tracked=todo, skipped=skipped, frames=frames, seconds=seconds)
+    jobs = [
+        VideoJob(sequence, item["video"], item["out_dir"], {0: item["mask"]}, tuple(item["classes"]), len(dataset.frame_names(sequence)))
+        for sequence, item in inputs.items()
+    ]
+    results = run_jobs(jobs, settings, workers=workers, ray_address=ray_address, tracker=tracker, desc="track")
+    failed = [result for result in results if result.status != "done"]
+    if failed:
+        raise InputError(failed[0].name, f"tracking failed: {failed[0].reason}")
+    frames = sum(result.frames for result in results)
+    return TrackingRecord(tracked=todo, skipped=skipped, frames=frames, seconds=sum(r.seconds for r in results))
 
 
 def _first_mask_without_void(annotation: Path, work_dir: Path) -> Path:
@@ -130,14 +108,17 @@ def evaluate_davis(
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     track_fn: Callable | None = None,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> DavisReport:
     """Evaluate existing results (``results_dir``) or track every sequence into ``out_dir/results``.
 
     Writes ``global_results-<split>.csv``, ``per-sequence_results-<split>.csv`` and
     ``davis_report-<split>.json`` into ``out_dir`` (or ``results_dir`` when no ``out_dir``),
     prints both tables and returns the report. Sequences are tracked with ``tracker`` (one
-    is loaded from ``settings`` when the first sequence needs it) unless ``track_fn`` replaces
-    :class:`SequenceTracker`; sequences whose every frame already has a result PNG are not
+    is loaded from ``settings`` when the first sequence needs it), or by ``workers`` Ray
+    workers (``ray_address`` joins a cluster), unless ``track_fn`` replaces them (see
+    :func:`track_sequences`); sequences whose every frame already has a result PNG are not
     tracked again.
     """
     if results_dir is None and out_dir is None:
@@ -150,9 +131,12 @@ def evaluate_davis(
     tracking = None
     if results_dir is None and out_dir is not None:
         settings = tracker.settings if tracker is not None else settings or TrackSettings()
-        track_fn = track_fn if track_fn is not None else SequenceTracker(tracker)
+        workers = resolve_workers(workers, ray_address)
         results_dir = Path(out_dir) / "results"
-        tracking = track_sequences(dataset, results_dir, track_fn, settings, load_class_map(class_map))
+        tracking = track_sequences(
+            dataset, results_dir, track_fn, settings, load_class_map(class_map),
+            tracker=tracker, workers=workers, ray_address=ray_address,
+        )  # fmt: skip
     report = evaluate_results(dataset, Path(results_dir))
     report = replace(report, settings=settings.to_dict() if settings else None, tracking=tracking)
     report.write(Path(out_dir) if out_dir is not None else Path(results_dir))

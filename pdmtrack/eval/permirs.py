@@ -37,10 +37,10 @@ from pdmtrack.config import GlobalConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
-from pdmtrack.eval.davis_dataset import image_size
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.report import Table, write_report
+from pdmtrack.eval.shared_features import feature_batches, precompute_features
 from pdmtrack.fsutil import read_json
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
@@ -50,6 +50,7 @@ from pdmtrack.matching import mask_to_grid_bool, pdm_map
 from pdmtrack.retrieval.global_model import GlobalDescriptor
 from pdmtrack.retrieval.scoring import QueryScorer
 from pdmtrack.retrieval.search import Query, rank_queries
+from pdmtrack.scale import resolve_workers
 from pdmtrack.segment import segment_from_maps
 from pdmtrack.tracker import Tracker
 
@@ -103,21 +104,15 @@ def benchmark_classes(videos: list[BenchmarkVideo]) -> list[str]:
 
 
 def extract_features(source: FeatureSource, paths: list[Path], batch_size: int, desc: str) -> list[PDMFeatures]:
-    """Features of every image (one frame each), in batches of equal-size images; only one
-    batch of decoded images is held at a time."""
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for position, path in enumerate(paths):
-        by_size.setdefault(image_size(path), []).append(position)
+    """Features of every image (one frame each), in batches of equal-size images
+    (:func:`feature_batches`); only one batch of decoded images is held at a time."""
     features: list[PDMFeatures | None] = [None] * len(paths)
-    step = max(1, batch_size)
     with tqdm(total=len(paths), desc=desc, unit="image", disable=None) as bar:
-        for positions in by_size.values():
-            for start in range(0, len(positions), step):
-                chunk = positions[start : start + step]
-                out = source(np.stack([read_rgb(paths[p]) for p in chunk]))
-                for slot, position in enumerate(chunk):
-                    features[position] = out.select(slot)
-                bar.update(len(chunk))
+        for chunk in feature_batches(paths, batch_size):
+            out = source(np.stack([read_rgb(paths[p]) for p in chunk]))
+            for slot, position in enumerate(chunk):
+                features[position] = out.select(slot)
+            bar.update(len(chunk))
     return features  # type: ignore[return-value]
 
 
@@ -131,14 +126,37 @@ def _class_index(features: PDMFeatures, classes: list[str], category: str) -> in
     return classes.index(category)
 
 
+def _image_groups(videos: list[BenchmarkVideo]) -> list[list[Path]]:
+    """PerMIS-image's feature groups: each video's frames."""
+    return [list(video.frames) for video in videos]
+
+
+def _permir_groups(videos: list[BenchmarkVideo]) -> list[list[Path]]:
+    """PerMIR's feature groups: the queries (first frames), then the gallery (the others)."""
+    return [[video.frames[0] for video in videos], [path for video in videos for path in video.frames[1:]]]
+
+
 def _prepare(
-    root: Path, settings: TrackSettings | None, tracker: Tracker | None
+    root: Path,
+    settings: TrackSettings | None,
+    tracker: Tracker | None,
+    groups: Callable[[list[BenchmarkVideo]], list[list[Path]]] = _image_groups,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> tuple[list[BenchmarkVideo], Tracker, FeatureSource, list[str]]:
     """The benchmark's videos, the tracker (loaded from ``settings`` unless given), its feature
-    source for the benchmark's classes, and the classes."""
+    source for the benchmark's classes, and the classes. With ``workers`` other than 1 (or a
+    ``ray_address``) and no ``tracker``, workers compute the features of ``groups(videos)``
+    first and the tracker here reads them from the feature cache (``shared_features``)."""
     videos = load_benchmark(Path(root))
-    tracker = tracker if tracker is not None else Tracker(settings or TrackSettings())
     classes = benchmark_classes(videos)
+    if tracker is None:
+        settings = settings or TrackSettings()
+        workers = resolve_workers(workers, ray_address)
+        shared = None
+        if workers != 1 or ray_address is not None:
+            shared = precompute_features(groups(videos), classes, settings, workers=workers, ray_address=ray_address)
+        tracker = Tracker(settings, features=shared)
     return videos, tracker, tracker.feature_source(classes, task="image"), classes
 
 
@@ -277,13 +295,15 @@ def evaluate_permis_image(
     out_dir: Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> PermisImageReport:
     """Segment each video's track in its two non-query frames from the query frame + mask,
     with ``tracker``'s features and refiner (a tracker is loaded from ``settings`` when none
-    is given). Writes ``permis_image_{global,details}.csv`` and ``permis_image_report.json``
-    into ``out_dir``.
+    is given; ``workers`` may compute the features first, see :func:`_prepare`). Writes
+    ``permis_image_{global,details}.csv`` and ``permis_image_report.json`` into ``out_dir``.
     """
-    videos, tracker, source, classes = _prepare(root, settings, tracker)
+    videos, tracker, source, classes = _prepare(root, settings, tracker, _image_groups, workers, ray_address)
     settings, refiner, device = tracker.settings, tracker.refiner, tracker.device
     match = settings.match
     pairs: list[PairScores] = []
@@ -351,6 +371,8 @@ def evaluate_permir(
     tracker: Tracker | None = None,
     descriptor: Callable[[np.ndarray], np.ndarray] | None = None,
     rerank: int | None = None,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> PermirReport:
     """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10,
     with ``tracker``'s features (loaded from ``settings`` when none is given).
@@ -358,14 +380,17 @@ def evaluate_permir(
     With ``rerank`` N a global descriptor (DINOv2 GeM by default) ranks the gallery by the
     query's instance crop and PDM re-ranks its N best (0: the global ranking alone, the
     paper's "DINOv2" row). Writes ``permir_{global,details}.csv`` and ``permir_report.json``.
+    ``workers`` may compute the PDM features first (see :func:`_prepare`; not with ``rerank``).
     """
     if rerank is not None:
+        if workers != 1 or ray_address is not None:
+            raise InputError("--workers", "--rerank runs in one process; drop --workers/--ray-address")
         return _evaluate_permir_two_stage(root, out_dir, settings, tracker, descriptor, rerank)
-    videos, tracker, source, classes = _prepare(root, settings, tracker)
+    videos, tracker, source, classes = _prepare(root, settings, tracker, _permir_groups, workers, ray_address)
     settings, device = tracker.settings, tracker.device
     batch = resolve_batch_size(settings.runtime.batch_size, device)
-    query_features = extract_features(source, [video.frames[0] for video in videos], batch, desc="PerMIR queries")
-    gallery_paths = [path for video in videos for path in video.frames[1:]]
+    query_paths, gallery_paths = _permir_groups(videos)
+    query_features = extract_features(source, query_paths, batch, desc="PerMIR queries")
     gallery = _Gallery.build(extract_features(source, gallery_paths, batch, desc="PerMIR gallery"), device)
     all_scores = []
     for index, video in enumerate(tqdm(videos, desc="PerMIR", unit="query", disable=None)):
