@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pdmtrack
 
 
 def make_clip(folder: Path, frames: int, height: int, width: int, seed: int) -> None:
