@@ -113,7 +113,7 @@ def bench_query(work: Path, sizes: list[int], dim: int = 768, queries: int = 50)
             _, truth = exact.search(probe, 100)
             scan.append(time.perf_counter() - tick)
             recall.append(len(set(rows[0]) & set(truth[0])) / 100)
-            nearest.append(rows[0][0] == truth[0][0])
+            nearest.append(float(rows[0][0] == truth[0][0]))
         print(f"query at {size:>7} images: HNSW median {1000 * statistics.median(approximate):.2f} ms "
               f"(max {1000 * max(approximate):.2f}), top-100 overlap with exact {statistics.mean(recall):.3f}, "
               f"nearest found {statistics.mean(nearest):.2f}; "
