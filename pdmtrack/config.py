@@ -12,8 +12,8 @@ from typing import Literal, get_args
 
 from pdmtrack.errors import InputError
 
-Inversion = Literal["aidi", "ddim", "noise"]
-AppearanceAgg = Literal["mean", "topk-vote"]
+Inversion = Literal["aidi", "ddim", "ddim-reconstruct", "noise"]
+AppearanceAgg = Literal["mean", "topk-vote", "euclidean-vote"]
 SamType = Literal[
     "vit_b", "vit_l", "vit_h", "sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large", "none"
 ]
@@ -46,13 +46,14 @@ class FeatureConfig:
     layer: str | None = None  # transformer block to hook; None = last block of last attn up-block
     size: int = 512  # short side in pixels; long side rounded to a multiple of 64
     square: bool = False  # squash to size x size, as the paper does
-    inversion: Inversion = "aidi"  # aidi (paper), ddim (authors' code), noise (DIFT style)
+    inversion: Inversion = "aidi"  # aidi (paper), ddim, ddim-reconstruct (authors' code), noise (DIFT style)
     feature_timestep: int = 249  # first (least noisy) step of SDXL-turbo's 4-step trailing schedule
     schedule_steps: int = 4  # steps of the trailing schedule the aidi inversion walks
     fixed_point_iters: int = 2  # AIDI fixed-point iterations K per inversion step
-    ddim_steps: int = 50  # steps of the full-range DDIM schedule for --inversion ddim
+    ddim_steps: int = 50  # steps of the full-range DDIM schedule for --inversion ddim / ddim-reconstruct
     prompt_template: str = "a photo of a {cls}"  # empty prompt when no class is given
     seed: int = 0  # seeds the noise of --inversion noise
+    separate_qk: bool = False  # also keep attn1's query and key apart (appearance_parts), as the authors' code matches them
 
     def __post_init__(self) -> None:
         check_choice("--inversion", self.inversion, get_args(Inversion))
@@ -68,7 +69,7 @@ class MatchConfig:
 
     tau: float = 0.5  # threshold of the min-max cross-attention map (reference from class name)
     appearance_agg: AppearanceAgg = "mean"  # pooling over reference tokens
-    vote_topk: int = 100  # tokens that vote with appearance_agg="topk-vote" (authors' code)
+    vote_topk: int = 100  # tokens each reference token votes for with the *-vote aggregations (authors' code)
     min_fraction: float = 0.5  # mask cover making a grid cell a reference token (else best cell)
     segment_threshold: float = 0.5  # PerMIS-image without SAM: mask = upsampled combined map >= this
     instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation

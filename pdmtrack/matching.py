@@ -85,9 +85,12 @@ def appearance_map(
     ``agg="mean"``: the cosine similarity to each reference token, averaged over the reference
     tokens (the paper). The mean of cosines equals the dot product of each unit target vector
     with the mean unit reference vector, so it costs one (B, Ca, h2*w2) product.
-    ``agg="topk-vote"`` (the authors' public code): each reference token votes for its
+    ``agg="topk-vote"`` (the authors' PerMIS code): each reference token votes for its
     ``topk`` most cosine-similar target tokens of the same frame; a target token's score is
     the fraction of reference tokens that voted for it, in [0, 1].
+    ``agg="euclidean-vote"`` (the authors' ``pdm_matching.py``): each reference token votes for
+    its ``topk`` nearest target tokens by Euclidean distance between the raw (not normalised)
+    features; a frame's votes are divided by their maximum, so its best token scores 1.
     """
     if ref_appearance.ndim != 3 or target_appearance.ndim != 4:
         raise ValueError("ref_appearance must be (Ca, h, w) and target_appearance (B, Ca, h, w)")
@@ -101,20 +104,25 @@ def appearance_map(
         raise ValueError("the reference mask is empty: no reference token to match")
     device = target_appearance.device
     keep = ref_mask.to(device=device, dtype=torch.bool).flatten()
-    reference = F.normalize(ref_appearance.to(device).float().flatten(1)[:, keep].T, dim=1)
+    reference = ref_appearance.to(device).float().flatten(1)[:, keep].T  # (N, Ca)
     batch, _, height, width = target_appearance.shape
-    target = F.normalize(target_appearance.float().flatten(2), dim=1)  # (B, Ca, M)
+    target = target_appearance.float().flatten(2)  # (B, Ca, M)
     if agg == "mean":
-        scores = torch.einsum("c,bcm->bm", reference.mean(dim=0), target)
+        scores = torch.einsum("c,bcm->bm", F.normalize(reference, dim=1).mean(dim=0), F.normalize(target, dim=1))
     elif agg == "topk-vote":
-        scores = _topk_votes(reference, target, topk)
+        scores = _topk_votes(F.normalize(reference, dim=1), F.normalize(target, dim=1), topk, euclidean=False)
+        scores = scores / reference.shape[0]
+    elif agg == "euclidean-vote":
+        scores = _topk_votes(reference, target, topk, euclidean=True)
+        scores = scores / scores.amax(dim=1, keepdim=True)
     else:
-        raise ValueError(f"unknown appearance aggregation {agg!r} (mean or topk-vote)")
+        raise ValueError(f"unknown appearance aggregation {agg!r} (mean, topk-vote or euclidean-vote)")
     return scores.reshape(batch, height, width)
 
 
-def _topk_votes(reference: torch.Tensor, target: torch.Tensor, topk: int) -> torch.Tensor:
-    """Votes (B, M) of unit reference tokens (N, C) for their top-k unit target tokens (B, C, M)."""
+def _topk_votes(reference: torch.Tensor, target: torch.Tensor, topk: int, euclidean: bool) -> torch.Tensor:
+    """Votes (B, M) of reference tokens (N, C) for their top-k target tokens (B, C, M): the most
+    similar by dot product (cosine for unit vectors), or the nearest by Euclidean distance."""
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     batch, _, tokens = target.shape
@@ -122,10 +130,29 @@ def _topk_votes(reference: torch.Tensor, target: torch.Tensor, topk: int) -> tor
     votes = target.new_zeros(batch, tokens)
     chunk = max(1, SIMILARITY_BUDGET // (batch * tokens))
     for start in range(0, reference.shape[0], chunk):
-        similarity = torch.einsum("nc,bcm->bnm", reference[start : start + chunk], target)
-        chosen = similarity.topk(k, dim=-1).indices.flatten(1)  # (B, n*k)
+        part = reference[start : start + chunk]
+        if euclidean:
+            distance = torch.cdist(part.expand(batch, -1, -1), target.transpose(1, 2))  # (B, n, M)
+            chosen = distance.topk(k, dim=-1, largest=False).indices.flatten(1)
+        else:
+            chosen = torch.einsum("nc,bcm->bnm", part, target).topk(k, dim=-1).indices.flatten(1)  # (B, n*k)
         votes.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=votes.dtype))
-    return votes / reference.shape[0]
+    return votes
+
+
+def features_appearance_map(
+    reference: PDMFeatures, ref_mask: torch.Tensor, target: PDMFeatures, config: MatchConfig
+) -> torch.Tensor:
+    """Eq. 5 between feature records -> (B, h, w): one reference frame's masked tokens against
+    the target frames. When both records keep attn1's query and key apart (``appearance_parts``)
+    each part is matched separately, as the authors' code does, and the maps are averaged."""
+    if reference.appearance_parts is None or target.appearance_parts is None:
+        pairs = [(reference.appearance[0], target.appearance)]
+    else:
+        count = reference.appearance_parts.shape[1]
+        pairs = [(reference.appearance_parts[0, i], target.appearance_parts[:, i]) for i in range(count)]
+    maps = [appearance_map(ref, ref_mask, tgt, agg=config.appearance_agg, topk=config.vote_topk) for ref, tgt in pairs]
+    return torch.stack(maps).mean(dim=0)
 
 
 def semantic_map(class_vector: torch.Tensor, target_semantic: torch.Tensor) -> torch.Tensor:
@@ -167,13 +194,7 @@ def pdm_map(
     """
     if len(reference) != 1:
         raise ValueError(f"the reference must be one frame, got {len(reference)}")
-    appearance = appearance_map(
-        reference.appearance[0],
-        ref_mask_grid,
-        target.appearance,
-        agg=config.appearance_agg,
-        topk=config.vote_topk,
-    )
+    appearance = features_appearance_map(reference, ref_mask_grid, target, config)
     if class_index is None:
         return combined_map(appearance, None)
     if reference.class_vectors is None:

@@ -25,7 +25,7 @@ from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.matching import (
-    appearance_map,
+    features_appearance_map,
     mask_to_grid_bool,
     pdm_map,
     reference_mask_from_attention,
@@ -112,8 +112,7 @@ class ImageSegmenter:
         return reference_mask_from_attention(self.reference.class_attention[0, row], self.match.tau)
 
     def _appearance(self, ref_mask: torch.Tensor, target: PDMFeatures) -> torch.Tensor:
-        match = self.match
-        return appearance_map(self.reference.appearance[0], ref_mask, target.appearance, match.appearance_agg, match.vote_topk)
+        return features_appearance_map(self.reference, ref_mask, target, self.match)
 
     def __call__(self, image: np.ndarray) -> TargetResult:
         """Segment the reference's objects in one (H, W, 3) uint8 RGB image."""

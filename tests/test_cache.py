@@ -53,6 +53,7 @@ class CountingSource:
         if self.with_classes:
             features.class_vectors = torch.arange(6, dtype=torch.float16).reshape(2, 3)
             features.class_attention = torch.stack([torch.rand(2, *GRID, generator=g) for g in per_frame]).half()
+            features.appearance_parts = torch.stack([features.appearance, -features.appearance], dim=1)
         return features
 
 
@@ -61,7 +62,7 @@ def make_frames(count: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_same(a: PDMFeatures, b: PDMFeatures) -> None:
-    for name in ("appearance", "semantic", "class_vectors", "class_attention"):
+    for name in ("appearance", "semantic", "class_vectors", "class_attention", "appearance_parts"):
         left, right = getattr(a, name), getattr(b, name)
         if left is None or right is None:
             assert left is None and right is None, name

@@ -37,7 +37,7 @@ def test_prompt_joins_several_names() -> None:
     assert [prompt[s:e] for s, e in spans] == ["dog", "cat"]
     assert build_prompt("a photo of a {cls}", []) == ("", [])
     with pytest.raises(InputError, match="prompt_template"):
-        build_prompt("a photo", ["dog"])
+        build_prompt("a {cls} beside a {cls}", ["dog"])
 
 
 @pytest.mark.parametrize("name", ["dog", MULTI_TOKEN_WORD, "zebra"])
@@ -85,15 +85,38 @@ def test_size_must_be_a_multiple_of_64(parts: DiffusionParts) -> None:
         FeatureExtractor(parts, replace(CONFIG, size=100))
 
 
-@pytest.mark.parametrize("mode", ["aidi", "ddim", "noise"])
+@pytest.mark.parametrize("mode", ["aidi", "ddim", "noise", "ddim-reconstruct"])
 def test_batch_of_one_equals_batch_of_eight(parts: DiffusionParts, mode: str) -> None:
-    extractor = FeatureExtractor(parts, replace(CONFIG, inversion=mode, ddim_steps=20), ["dog"])
+    # ddim-reconstruct: 4 steps up and 3 down (1, 251, 501, 751); 20 of each through random
+    # weights amplify batch-size rounding past any useful tolerance
+    steps, timestep = (4, 1) if mode == "ddim-reconstruct" else (20, CONFIG.feature_timestep)
+    extractor = FeatureExtractor(parts, replace(CONFIG, inversion=mode, ddim_steps=steps, feature_timestep=timestep), ["dog"])
     batched = extractor(FRAMES)
     for index in (0, 5):
         alone = extractor(FRAMES[index : index + 1])
         for left, right in zip(fields(batched.select(index)), fields(alone)):
             torch.testing.assert_close(left.float(), right.float(), rtol=1e-2, atol=2e-3)
     assert not torch.allclose(batched.appearance[0].float(), batched.appearance[1].float())
+
+
+def test_query_and_key_kept_apart_on_request(parts: DiffusionParts) -> None:
+    plain = FeatureExtractor(parts, CONFIG, ["dog"])(FRAMES[:2])
+    kept = FeatureExtractor(parts, replace(CONFIG, separate_qk=True), ["dog"])(FRAMES[:2])
+    assert plain.appearance_parts is None
+    assert kept.appearance_parts is not None and kept.appearance_parts.shape == (2, 2, *kept.appearance.shape[1:])
+    assert not torch.allclose(kept.appearance_parts[:, 0].float(), kept.appearance_parts[:, 1].float())
+    mean = kept.appearance_parts.float().mean(dim=1)
+    torch.testing.assert_close(mean, kept.appearance.float(), atol=2e-3, rtol=1e-2)
+    assert torch.equal(kept.appearance, plain.appearance)
+
+
+def test_template_without_class_slot_is_the_prompt(parts: DiffusionParts) -> None:
+    """The authors' "A photo": the names do not enter the prompt, no class vectors."""
+    assert build_prompt("A photo", ["dog"]) == ("A photo", [])
+    extractor = FeatureExtractor(parts, replace(CONFIG, prompt_template="A photo"), ["dog"])
+    assert extractor.prompt == "A photo" and extractor.class_tokens == []
+    features = extractor(FRAMES[:1])
+    assert features.class_vectors is None and features.class_attention is None
 
 
 def test_same_frames_give_identical_features(parts: DiffusionParts) -> None:

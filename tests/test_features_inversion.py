@@ -15,6 +15,7 @@ from pdmtrack.features.inversion import (
     ddim_step,
     inversion_walk,
     invert,
+    leading_timesteps,
     trailing_timesteps,
     unet_passes,
 )
@@ -71,11 +72,41 @@ def test_unet_pass_counts() -> None:
         FeatureConfig(inversion="aidi", feature_timestep=749, fixed_point_iters=3),
         FeatureConfig(inversion="ddim", ddim_steps=50),
         FeatureConfig(inversion="noise"),
+        FeatureConfig(inversion="ddim-reconstruct", feature_timestep=1),
+        FeatureConfig(inversion="ddim-reconstruct", ddim_steps=10, feature_timestep=501),
     ):
         predictor = LinearNoise()
         invert(torch.zeros(1, 4, 2, 2), predictor, ALPHAS, config)
         assert predictor.calls == unet_passes(config)
     assert unet_passes(FeatureConfig()) == 3  # default: one step, K = 2 -> (K + 1) passes
+    assert unet_passes(FeatureConfig(inversion="ddim-reconstruct", feature_timestep=1)) == 99  # 50 up, 49 down
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_leading_schedule_matches_sd_ddim_scheduler(steps: int) -> None:
+    scheduler = DDIMScheduler(**SCHEDULE, timestep_spacing="leading", steps_offset=1)
+    scheduler.set_timesteps(steps)
+    assert leading_timesteps(1000, steps) == sorted(scheduler.timesteps.tolist())
+
+
+def test_invert_and_reconstruct_matches_the_authors_loop() -> None:
+    """Inversion as the authors' scheduler_next_step writes it, then diffusers' DDIM sampler
+    (SD 1.4's config: offset 1, alphas_cumprod[0] below t = 0, eta 0) down to t = 1."""
+    latents = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    config = FeatureConfig(inversion="ddim-reconstruct", ddim_steps=50, feature_timestep=1)
+    unet = LinearNoise()
+    scheduler = DDIMScheduler(**SCHEDULE, steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+    scheduler.set_timesteps(50)
+    expected = latents.clone()
+    for t in reversed(scheduler.timesteps.tolist()):  # 1, 21, ..., 981
+        eps = unet(expected, t)
+        alpha_prev = ALPHAS[t - 20] if t - 20 >= 0 else scheduler.final_alpha_cumprod.double()
+        x0 = (expected - (1 - alpha_prev) ** 0.5 * eps) / alpha_prev**0.5
+        expected = ALPHAS[t] ** 0.5 * x0 + (1 - ALPHAS[t]) ** 0.5 * eps
+    for t in scheduler.timesteps.tolist()[:-1]:  # 981 ... 21: the feature pass is the one at t = 1
+        expected = scheduler.step(unet(expected, t), t, expected, eta=0.0).prev_sample
+    # the scheduler keeps its alphas in float32: agreement to float32 precision
+    torch.testing.assert_close(invert(latents, LinearNoise(), ALPHAS, config), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_noise_mode_is_ddpm_add_noise_with_seeded_noise() -> None:
@@ -95,3 +126,5 @@ def test_bad_settings_are_input_errors() -> None:
         check_inversion_config(FeatureConfig(fixed_point_iters=-1), 1000)
     with pytest.raises(InputError, match="--inversion"):
         check_inversion_config(FeatureConfig(inversion="sde"), 1000)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="--timestep"):  # not a step of the leading schedule
+        check_inversion_config(FeatureConfig(inversion="ddim-reconstruct", feature_timestep=249), 1000)

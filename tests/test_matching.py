@@ -14,6 +14,7 @@ from pdmtrack.features.types import PDMFeatures
 from pdmtrack.matching import (
     appearance_map,
     combined_map,
+    features_appearance_map,
     mask_to_grid,
     mask_to_grid_bool,
     minmax,
@@ -71,6 +72,24 @@ def loop_topk_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
             for cell in ranked[:topk]:
                 votes[cell] += 1
         maps.append([[votes[(i, j)] / len(refs) for j in range(w2)] for i in range(h2)])
+    return maps
+
+
+def loop_euclidean_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
+    """The authors' pdm_matching.py loop: each reference token ranks the target tokens by
+    Euclidean distance, the nearest ``topk`` get a vote, the map is divided by its maximum."""
+    refs = reference_tokens(ref, mask)
+    _, _, h2, w2 = target.shape
+    maps = []
+    for frame in target:
+        cells = [(i, j) for i in range(h2) for j in range(w2)]
+        votes = {cell: 0 for cell in cells}
+        for r in refs:
+            ranked = sorted(cells, key=lambda cell: math.dist(token(frame, *cell), r))
+            for cell in ranked[:topk]:
+                votes[cell] += 1
+        top = max(votes.values())
+        maps.append([[votes[(i, j)] / top for j in range(w2)] for i in range(h2)])
     return maps
 
 
@@ -228,12 +247,51 @@ def test_topk_vote_matches_loop() -> None:
     assert torch.equal(everything, torch.ones(3, 2, 3))
 
 
+def test_euclidean_vote_matches_loop() -> None:
+    ref = random_tensor(4, 2, 3, seed=16) * 3  # raw features: lengths matter to a distance
+    target = random_tensor(3, 4, 2, 3, seed=17) * 3
+    for topk in (1, 2, 4):
+        result = appearance_map(ref, REF_MASK, target, agg="euclidean-vote", topk=topk)
+        assert_close(result, loop_euclidean_votes(ref, REF_MASK, target, topk=topk))
+        assert torch.equal(result.amax(dim=(1, 2)), torch.ones(3))
+
+
+def test_euclidean_vote_differs_from_cosine_on_scaled_tokens() -> None:
+    """A target token pointing the reference's way but far longer is the cosine vote's pick,
+    not the Euclidean one's."""
+    ref = torch.tensor([1.0, 0.0]).reshape(2, 1, 1)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    target = torch.tensor([[10.0, 0.0], [0.9, 0.3]]).T.reshape(1, 2, 1, 2)
+    assert appearance_map(ref, mask, target, agg="topk-vote", topk=1).flatten().tolist() == [1.0, 0.0]
+    assert appearance_map(ref, mask, target, agg="euclidean-vote", topk=1).flatten().tolist() == [0.0, 1.0]
+
+
+def test_query_and_key_matched_separately() -> None:
+    """With appearance_parts on both records, each part is voted on separately and the maps
+    averaged (the authors' code); without, the appearance itself is matched."""
+    reference, target = make_features(1, seed=90), make_features(2, seed=91)
+    reference.appearance_parts = random_tensor(1, 2, 4, 2, 3, seed=92)
+    target.appearance_parts = random_tensor(2, 2, 4, 2, 3, seed=93)
+    config = MatchConfig(appearance_agg="euclidean-vote", vote_topk=2)
+    per_part = [
+        loop_euclidean_votes(reference.appearance_parts[0, i], REF_MASK, target.appearance_parts[:, i], topk=2)
+        for i in range(2)
+    ]
+    expected = (torch.tensor(per_part[0]) + torch.tensor(per_part[1])) / 2
+    assert_close(features_appearance_map(reference, REF_MASK, target, config), expected.tolist())
+    target.appearance_parts = None
+    whole = loop_euclidean_votes(reference.appearance[0].float(), REF_MASK, target.appearance.float(), topk=2)
+    assert_close(features_appearance_map(reference, REF_MASK, target, config), whole)
+
+
 def test_topk_vote_chunking_changes_nothing(monkeypatch) -> None:
     ref = random_tensor(4, 2, 3, seed=8)
     target = random_tensor(3, 4, 2, 3, seed=9)
-    whole = appearance_map(ref, REF_MASK, target, agg="topk-vote", topk=3)
-    monkeypatch.setattr(matching, "SIMILARITY_BUDGET", 1)  # one reference token at a time
-    assert torch.equal(appearance_map(ref, REF_MASK, target, agg="topk-vote", topk=3), whole)
+    for agg in ("topk-vote", "euclidean-vote"):
+        whole = appearance_map(ref, REF_MASK, target, agg=agg, topk=3)
+        with monkeypatch.context() as patch:
+            patch.setattr(matching, "SIMILARITY_BUDGET", 1)  # one reference token at a time
+            assert torch.equal(appearance_map(ref, REF_MASK, target, agg=agg, topk=3), whole)
 
 
 def test_appearance_rejects_bad_reference() -> None:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "2"  # 1: one entry per batch; 2: one entry per frame, with a checksum
 _REQUIRED = ("appearance", "semantic")
-_OPTIONAL = ("class_vectors", "class_attention")
+_OPTIONAL = ("class_vectors", "class_attention", "appearance_parts")
 _SAFE_DIR_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
@@ -194,6 +194,9 @@ def _check_shapes(features: PDMFeatures) -> None:
         classes = attention.shape[1] if vectors is None else vectors.shape[0]
         if attention.shape != (1, classes, *appearance.shape[-2:]):
             raise _CorruptEntry(f"class_attention shape {tuple(attention.shape)}")
+    parts = features.appearance_parts
+    if parts is not None and (parts.ndim != 5 or parts.shape[0] != frame_count or parts.shape[2:] != appearance.shape[1:]):
+        raise _CorruptEntry(f"appearance_parts shape {tuple(parts.shape)}")
 
 
 def _unlink_if_same(path: Path, inode: int) -> None:

@@ -33,9 +33,15 @@ _SIZE_MULTIPLE = 64  # the UNet's three downsamplings of the 8x-downsampled late
 
 
 def build_prompt(template: str, class_names: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """The prompt for ``class_names`` and each name's (start, end) character span in it."""
+    """The prompt for ``class_names`` and each name's (start, end) character span in it.
+
+    A template without ``{cls}`` (the authors' code: "A photo") is the prompt as it is, for any
+    names: it locates no class token, so the features carry no class vectors.
+    """
     if not class_names:
         return "", []
+    if "{cls}" not in template:
+        return template, []
     marker = "\x00"
     try:
         prefix, suffix = template.format(cls=marker).split(marker)
@@ -195,7 +201,8 @@ class FeatureExtractor:
         latents = self.encode_frames(frames, (height, width))
         predict = self.predict_noise(height, width, len(frames))
         noisy = invert(latents, predict, self.parts.alphas_cumprod, self.config)
-        with capture_block(self.parts.unet, self.block, self.class_tokens, stop_after=True) as capture:
+        keep_qk = self.config.separate_qk
+        with capture_block(self.parts.unet, self.block, self.class_tokens, stop_after=True, keep_qk=keep_qk) as capture:
             predict(noisy, self.config.feature_timestep)
         return self.to_features(capture, latents.shape[-2:])
 
@@ -203,9 +210,8 @@ class FeatureExtractor:
         """Tokens-last captures -> channel-first maps on the block's grid, float16 on CPU."""
         grid = token_grid(capture.appearance.shape[1], latent_size, self.block)
 
-        def as_map(tokens_last: torch.Tensor) -> torch.Tensor:
-            batch, _, channels = tokens_last.shape
-            spatial = tokens_last.transpose(1, 2).reshape(batch, channels, *grid)
+        def as_map(tokens_last: torch.Tensor) -> torch.Tensor:  # (..., N, C) -> (..., C, h, w)
+            spatial = tokens_last.transpose(-1, -2).reshape(*tokens_last.shape[:-2], tokens_last.shape[-1], *grid)
             # contiguous: a transposed view would make fresh and cached features differ in layout
             return spatial.to(device="cpu", dtype=torch.float16, memory_format=torch.contiguous_format)
 
@@ -215,4 +221,5 @@ class FeatureExtractor:
             semantic=as_map(capture.semantic),
             class_vectors=capture.class_vectors.to(device="cpu", dtype=torch.float16) if has_classes else None,
             class_attention=as_map(capture.class_attention) if has_classes else None,
+            appearance_parts=None if capture.appearance_parts is None else as_map(capture.appearance_parts),
         )

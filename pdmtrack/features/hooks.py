@@ -4,7 +4,8 @@ Nothing of diffusers is copied or replaced: forward hooks on the chosen block's 
 (attn1) and cross-attention (attn2) projections record their outputs as diffusers' own
 processor computes them, so a diffusers upgrade cannot silently change the features:
 
-- attn1: query and key projections (heads merged) -> appearance = (q + k) / 2
+- attn1: query and key projections (heads merged) -> appearance = (q + k) / 2, and with
+  ``keep_qk`` the two apart (appearance_parts, the authors' code matches them separately)
 - attn2: query of the spatial tokens -> semantic; key of each class name's tokens -> class
   vectors; cross-attention probabilities of the class tokens (softmax over all prompt
   tokens of q k^T * scale, heads averaged) -> class attention. A name's tokens are averaged.
@@ -61,13 +62,15 @@ class BlockCapture:
     """What one UNet pass left at the hooked block (tokens last: (B, N, C)).
 
     appearance: (B, N, C1); semantic: (B, N, C2); class_vectors: (K, C2) or None;
-    class_attention: (B, N, K) or None. Filled by the processors, None before the pass.
+    class_attention: (B, N, K) or None; appearance_parts: (B, 2, N, C1) (query, key) or None.
+    Filled by the processors, None before the pass.
     """
 
     appearance: torch.Tensor | None = None
     semantic: torch.Tensor | None = None
     class_vectors: torch.Tensor | None = None
     class_attention: torch.Tensor | None = None
+    appearance_parts: torch.Tensor | None = None
 
 
 def _merge_name_tokens(tensor: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -78,9 +81,12 @@ def _merge_name_tokens(tensor: torch.Tensor, groups: Sequence[Sequence[int]]) ->
 class _Observer:
     """Forward hooks on attn1/attn2 and their ``to_q``/``to_k`` that fill a ``BlockCapture``."""
 
-    def __init__(self, block: torch.nn.Module, capture: BlockCapture, class_tokens: Sequence[Sequence[int]]) -> None:
+    def __init__(
+        self, block: torch.nn.Module, capture: BlockCapture, class_tokens: Sequence[Sequence[int]], keep_qk: bool = False
+    ) -> None:
         self.capture = capture
         self.class_tokens = class_tokens
+        self.keep_qk = keep_qk
         self.cross = block.attn2
         self.projections: dict[str, torch.Tensor] = {}
         hooks = [
@@ -112,6 +118,8 @@ class _Observer:
     def _self_attention_done(self, *_: object) -> None:
         query, key = self._take("q1", "k1")
         self.capture.appearance = (query + key) / 2
+        if self.keep_qk:
+            self.capture.appearance_parts = torch.stack([query, key], dim=1)
 
     def _cross_attention_done(self, *_: object) -> None:
         query, key = self._take("q2", "k2")
@@ -144,17 +152,22 @@ def _stop_pass(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> No
 
 @contextmanager
 def capture_block(
-    unet: torch.nn.Module, block: str, class_tokens: Sequence[Sequence[int]] = (), stop_after: bool = False
+    unet: torch.nn.Module,
+    block: str,
+    class_tokens: Sequence[Sequence[int]] = (),
+    stop_after: bool = False,
+    keep_qk: bool = False,
 ) -> Iterator[BlockCapture]:
     """Within the context, every UNet pass records PDM's tensors at ``block``.
 
     class_tokens: per class name, the prompt token positions of that name (empty: no class).
     stop_after: end the pass right after ``block`` (the rest of the UNet is not computed; the
     context then exits quietly, skipping whatever follows the pass inside it).
+    keep_qk: also record attn1's query and key apart (``BlockCapture.appearance_parts``).
     """
     module = unet.get_submodule(block)
     capture = BlockCapture()
-    observer = _Observer(module, capture, class_tokens)
+    observer = _Observer(module, capture, class_tokens, keep_qk)
     stopper = module.register_forward_hook(_stop_pass) if stop_after else None
     try:
         yield capture

@@ -10,6 +10,13 @@ Modes (``FeatureConfig.inversion``):
   per step; with the defaults (t = 249, K = 2) one step, 3 passes.
 - ``ddim`` (the authors' code): the same walk on a ``ddim_steps``-step trailing schedule with
   K = 0 (plain DDIM inversion); 50 steps up to t = 249 is 13 passes.
+- ``ddim-reconstruct`` (the authors' ``pdm_matching.py``): plain DDIM inversion over the whole
+  ``ddim_steps``-step schedule of SD 1.x's DDIMScheduler ("leading" spacing, offset 1: 1, 21,
+  ..., 981 for 50 steps), then DDIM denoising back down from the top; the feature pass is the
+  reconstruction's pass at ``feature_timestep`` (the authors keep its last step, t = 1). Each
+  inversion step evaluates the UNet at the current latent with the next timestep and moves
+  from the previous timestep's alpha (alphas_cumprod[0] before the first), as their
+  ``scheduler_next_step`` does. 50 steps down to t = 1: 50 + 49 passes before the feature pass.
 - ``noise`` (DIFT): z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) n with n drawn once from a generator
   seeded with ``seed`` (the same n for every frame, on CPU so every device agrees); no pass.
 
@@ -43,6 +50,13 @@ def inversion_walk(num_train_timesteps: int, steps: int, feature_timestep: int) 
     return [t for t in trailing_timesteps(num_train_timesteps, steps) if t < feature_timestep] + [feature_timestep]
 
 
+def leading_timesteps(num_train_timesteps: int, steps: int, offset: int = 1) -> list[int]:
+    """diffusers' ``timestep_spacing="leading"`` schedule with ``steps_offset``, ascending
+    (1000, 50 -> 1, 21, ..., 981: SD 1.x's DDIMScheduler config)."""
+    ratio = num_train_timesteps // steps
+    return [i * ratio + offset for i in range(steps)]
+
+
 def _steps_and_iters(config: FeatureConfig) -> tuple[int, int]:
     """(schedule steps, fixed-point iterations K) of the aidi or ddim walk."""
     if config.inversion == "aidi":
@@ -54,20 +68,30 @@ def unet_passes(config: FeatureConfig, num_train_timesteps: int = 1000) -> int:
     """UNet passes the inversion of one batch costs (not counting the feature pass)."""
     if config.inversion == "noise":
         return 0
+    if config.inversion == "ddim-reconstruct":
+        schedule = leading_timesteps(num_train_timesteps, config.ddim_steps)
+        return len(schedule) + sum(t > config.feature_timestep for t in schedule)
     steps, iters = _steps_and_iters(config)
     return len(inversion_walk(num_train_timesteps, steps, config.feature_timestep)) * (iters + 1)
 
 
 def check_inversion_config(config: FeatureConfig, num_train_timesteps: int) -> None:
     """Raise InputError for settings the inversion cannot run with."""
-    if config.inversion not in ("aidi", "ddim", "noise"):
-        raise InputError("--inversion", f"unknown mode '{config.inversion}' (use aidi, ddim or noise)")
+    if config.inversion not in ("aidi", "ddim", "ddim-reconstruct", "noise"):
+        raise InputError("--inversion", f"unknown mode '{config.inversion}' (use aidi, ddim, ddim-reconstruct or noise)")
     if not 0 < config.feature_timestep < num_train_timesteps:
         raise InputError("--timestep", f"{config.feature_timestep} is outside 1..{num_train_timesteps - 1}")
     if config.fixed_point_iters < 0:
         raise InputError("--fixed-point-iters", f"must be at least 0, got {config.fixed_point_iters}")
     if config.schedule_steps < 1 or config.ddim_steps < 1:
         raise InputError("--inversion", "the schedule needs at least one step (schedule_steps, ddim_steps)")
+    if config.inversion == "ddim-reconstruct" and config.ddim_steps > num_train_timesteps:
+        raise InputError("--inversion", f"ddim_steps {config.ddim_steps} exceeds the {num_train_timesteps} training timesteps")
+    if config.inversion == "ddim-reconstruct":
+        schedule = leading_timesteps(num_train_timesteps, config.ddim_steps)
+        if config.feature_timestep not in schedule:
+            shown = f"{schedule[0]}, {schedule[1]}, ..., {schedule[-1]}" if len(schedule) > 2 else str(schedule)
+            raise InputError("--timestep", f"{config.feature_timestep} is not a step of the reconstruction ({shown})")
 
 
 def ddim_step(z_a: torch.Tensor, eps: torch.Tensor, alpha_a: float, alpha_b: float) -> torch.Tensor:
@@ -87,6 +111,8 @@ def invert(
         noise = noise.to(device=latents.device, dtype=latents.dtype).expand_as(latents)
         alpha = float(alphas_cumprod[t_feature])
         return alpha**0.5 * latents + (1 - alpha) ** 0.5 * noise
+    if config.inversion == "ddim-reconstruct":
+        return _invert_and_reconstruct(latents, predict_noise, alphas_cumprod, config)
     steps, iters = _steps_and_iters(config)
     z_a, t_a, alpha_a = latents, 0, 1.0  # t = 0 is the clean latent (alpha = 1)
     for t_b in inversion_walk(len(alphas_cumprod), steps, t_feature):
@@ -97,3 +123,24 @@ def invert(
             z_b = ddim_step(z_a, predict_noise(z_b, t_b), alpha_a, alpha_b)
         z_a, t_a, alpha_a = z_b, t_b, alpha_b
     return z_a
+
+
+def _invert_and_reconstruct(
+    latents: torch.Tensor, predict_noise: NoisePredictor, alphas_cumprod: torch.Tensor, config: FeatureConfig
+) -> torch.Tensor:
+    """DDIM inversion to the top of the leading schedule, then DDIM denoising down to
+    ``config.feature_timestep`` (see the module docstring); returns the latent there."""
+    schedule = leading_timesteps(len(alphas_cumprod), config.ddim_steps)
+    ratio = len(alphas_cumprod) // config.ddim_steps
+
+    def alpha(t: int) -> float:  # alphas_cumprod[0] below the schedule (SD: set_alpha_to_one=False)
+        return float(alphas_cumprod[max(t, 0)])
+
+    z = latents
+    for t in schedule:
+        z = ddim_step(z, predict_noise(z, t), alpha(t - ratio), alpha(t))
+    for t in reversed(schedule):
+        if t <= config.feature_timestep:
+            break
+        z = ddim_step(z, predict_noise(z, t), alpha(t), alpha(t - ratio))
+    return z

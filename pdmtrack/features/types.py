@@ -21,12 +21,16 @@ class PDMFeatures:
     class_attention: (B, K, h, w) or None  cross-attention of each class name over the
                      spatial tokens (softmax over prompt tokens, heads averaged, a name's
                      tokens averaged), not yet min-max normalised.
+    appearance_parts: (B, 2, Ca, h, w) or None  attn1's query and key kept apart (the
+                     appearance is their mean), when the source is asked to keep them
+                     (``FeatureConfig.separate_qk``, the authors' code matches them separately).
     """
 
     appearance: torch.Tensor
     semantic: torch.Tensor
     class_vectors: torch.Tensor | None = None
     class_attention: torch.Tensor | None = None
+    appearance_parts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.appearance.shape[0]
@@ -44,6 +48,7 @@ class PDMFeatures:
             semantic=self.semantic[sl],
             class_vectors=self.class_vectors,
             class_attention=None if self.class_attention is None else self.class_attention[sl],
+            appearance_parts=None if self.appearance_parts is None else self.appearance_parts[sl],
         )
 
     def contiguous(self) -> PDMFeatures:
@@ -72,19 +77,23 @@ class PDMFeatures:
             semantic=function(self.semantic),
             class_vectors=function(self.class_vectors),
             class_attention=function(self.class_attention),
+            appearance_parts=function(self.appearance_parts),
         )
 
     @staticmethod
     def cat(parts: list[PDMFeatures]) -> PDMFeatures:
         """Concatenate batches along the frame axis (class vectors taken from the first)."""
         first = parts[0]
+
+        def joined(name: str) -> torch.Tensor | None:
+            return None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in parts])
+
         return PDMFeatures(
             appearance=torch.cat([p.appearance for p in parts]),
             semantic=torch.cat([p.semantic for p in parts]),
             class_vectors=first.class_vectors,
-            class_attention=None
-            if first.class_attention is None
-            else torch.cat([p.class_attention for p in parts]),  # type: ignore[misc]
+            class_attention=joined("class_attention"),
+            appearance_parts=joined("appearance_parts"),
         )
 
 

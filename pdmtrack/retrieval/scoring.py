@@ -15,7 +15,7 @@ import torch
 
 from pdmtrack.config import MatchConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import appearance_map, semantic_map
+from pdmtrack.matching import features_appearance_map, semantic_map
 
 
 class _Range:
@@ -58,12 +58,7 @@ class QueryScorer:
 
     def raw_maps(self, targets: PDMFeatures) -> list[torch.Tensor]:
         """The raw appearance map (and semantic map with a class) of each target, (B, h, w)."""
-        match = self.match
-        maps = [
-            appearance_map(
-                self.reference.appearance[0], self.ref_mask, targets.appearance, match.appearance_agg, match.vote_topk
-            )
-        ]
+        maps = [features_appearance_map(self.reference, self.ref_mask, targets, self.match)]
         if self.class_vector is not None:
             maps.append(semantic_map(self.class_vector, targets.semantic))
         return maps
