@@ -56,12 +56,12 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "size": (Annotated[int, typer.Option(help="Short side of the model input in pixels.")], _F.size),
     "square": (Annotated[bool, typer.Option("--square", help="Squash frames to size x size (the paper).")], False),
-    "inversion": (Annotated[str, typer.Option(help="aidi | ddim | noise.")], _F.inversion),
+    "inversion": (Annotated[str, typer.Option(help="aidi | ddim | ddim-reconstruct | noise.")], _F.inversion),
     "timestep": (Annotated[int, typer.Option(help="Feature timestep.")], _F.feature_timestep),
     "fixed_point_iters": (Annotated[int, typer.Option(help="AIDI fixed-point iterations.")], _F.fixed_point_iters),
     "tau": (Annotated[float, typer.Option(help="Threshold of the class-name reference mask.")], _M.tau),
-    "appearance_agg": (Annotated[str, typer.Option(help="mean | topk-vote.")], _M.appearance_agg),
-    "vote_topk": (Annotated[int, typer.Option(help="Tokens that vote with --appearance-agg topk-vote.")], _M.vote_topk),
+    "appearance_agg": (Annotated[str, typer.Option(help="mean | topk-vote | euclidean-vote.")], _M.appearance_agg),
+    "vote_topk": (Annotated[int, typer.Option(help="Tokens each reference token votes for with --appearance-agg *-vote.")], _M.vote_topk),
     "instance_weight": (
         Annotated[float, typer.Option(help="Weight of the PDM instance prior fused with propagation (0 = off).")],
         _M.instance_weight,
@@ -112,6 +112,11 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "dift_ensemble": (Annotated[int, typer.Option(help="DIFT noise draws averaged.")], _SRC.dift_ensemble),
     "dinov2_model": (Annotated[str, typer.Option(help="DINOv2 hub id or local folder for --features dinov2.")], _SRC.dinov2_model),
     "dinov2_size": (Annotated[int, typer.Option(help="Short side of the DINOv2 input (--features dinov2).")], _SRC.dinov2_size),
+    "protocol": (
+        Annotated[str, typer.Option(help="pdmtrack | dift (DINO/DIFT eval_davis label propagation) | authors-code "
+                                         "(the authors' PDM code path); options left at their defaults take the protocol's values.")],
+        _Y.protocol,
+    ),
 }
 
 # Options of the global descriptor (first retrieval stage), added by `with_global_options`.

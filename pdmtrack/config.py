@@ -20,6 +20,7 @@ SamType = Literal[
 Backend = Literal["auto", "decord", "pyav"]
 FeatureKind = Literal["pdm", "dift", "dinov2"]
 Pooling = Literal["gem", "cls"]
+Protocol = Literal["pdmtrack", "dift", "authors-code"]
 
 
 def check_choice(flag: str, value: object, allowed: tuple) -> None:
@@ -89,12 +90,14 @@ class MemoryConfig:
 
     context: int = 28  # n: last frames kept besides the first frame
     context_topk: int = 15  # context entries kept per target cell
-    radius: int = 15  # spatial window radius in cells, for a 30-cell short side; scaled with the grid
+    radius: int = 15  # window radius in cells, for a 30-cell short side, scaled with the grid (dift/authors-code: cells, as is)
     temperature: float = 0.2  # affinity = exp(cos / temperature)
     global_first_frame: bool = True  # first frame matched without the window (re-entry anywhere); False = DINO/DIFT exact
     max_keyframes: int = 8  # given masks kept as permanent references besides the first (oldest given out first)
+    protocol: Protocol = "pdmtrack"  # dift / authors-code: DINO's and DIFT's eval_davis label propagation step for step
 
     def __post_init__(self) -> None:
+        check_choice("--protocol", self.protocol, get_args(Protocol))
         check_at_least("--context", self.context, 0)
         check_at_least("--context-topk", self.context_topk, 1)
         check_at_least("--radius", self.radius, 0)
@@ -210,13 +213,20 @@ class TrackSettings:
         unknown = sorted(set(options) - set(OPTION_FIELDS))
         if unknown:
             raise TypeError(f"unknown tracker option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FIELDS)}")
+        protocol = options.get("protocol", "pdmtrack")
+        check_choice("--protocol", protocol, get_args(Protocol))
+        defaults = cls()
+        for name, value in PROTOCOL_PRESETS[protocol].items():  # type: ignore[index]
+            group, attribute = OPTION_FIELDS[name]
+            default = getattr(getattr(defaults, group), attribute)
+            if options.get(name, default) == default:
+                options[name] = value
         if "no_cache" in options:
             options["use_cache"] = not options.pop("no_cache")
         groups: dict[str, dict[str, object]] = {}
         for name, value in options.items():
             group, attribute = OPTION_FIELDS[name]
             groups.setdefault(group, {})[attribute] = value
-        defaults = cls()
         return cls(**{f.name: replace(getattr(defaults, f.name), **groups.get(f.name, {})) for f in fields(cls)})
 
 
@@ -232,4 +242,35 @@ def _option_fields() -> dict[str, tuple[str, str]]:
 
 
 OPTION_FIELDS = _option_fields()
+
+# What each --protocol sets, by flat option name. An option the caller leaves at pdmtrack's
+# default takes the protocol's value; an option given another value keeps it (so
+# `--protocol dift --context 7 --context-topk 5 --radius 12 --temperature 0.1` is DINO's setting).
+_DIFT_PROPAGATION: dict[str, object] = {
+    "context": 28,  # DIFT's SD setting (eval_davis.py README): n_last_frames 28, topk 15,
+    "context_topk": 15,  # size_mask_neighborhood 15 (cells, not scaled), temperature 0.2
+    "radius": 15,
+    "temperature": 0.2,
+    "global_first_frame": False,  # the first frame is searched inside the window too
+    "instance_weight": 0.0,  # label propagation alone
+    "sam": "none",  # no refinement
+}
+PROTOCOL_PRESETS: dict[str, dict[str, object]] = {
+    "pdmtrack": {},
+    "dift": _DIFT_PROPAGATION,
+    "authors-code": {  # the authors' public PDM code (pdm_matching.py, PerMIRS/), propagated as DIFT does
+        **_DIFT_PROPAGATION,
+        "model": "CompVis/stable-diffusion-v1-4",
+        "layer": "up_blocks.3.attentions.1.transformer_blocks.0",  # their PerMIS/PerMIR feature block
+        "size": 512,
+        "square": True,
+        "inversion": "ddim-reconstruct",
+        "ddim_steps": 50,
+        "timestep": 1,  # the reconstruction's last step (their attention_store[49])
+        "prompt_template": "A photo",
+        "separate_qk": True,
+        "appearance_agg": "euclidean-vote",
+        "vote_topk": 100,
+    },
+}
 

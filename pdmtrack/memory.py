@@ -19,17 +19,25 @@ frames jointly are kept, normalised, and their labels averaged. Recent frames ar
 searched in a square window around the target cell (motion between nearby frames is small);
 keyframes are searched everywhere when ``global_first_frame`` is set, because an object that
 left and came back can be anywhere by then (set it off for the exact DINO/DIFT protocol).
+
+With ``protocol`` dift (or authors-code) the read is theirs step for step: every frame,
+keyframes included, is searched in the window; ``radius`` counts cells as it is (not scaled
+with the grid); and every entry at least as large as the k-th largest is kept (ties can keep
+more than k, as their ``aff[aff < kth] = 0`` does).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pdmtrack.config import MemoryConfig
 from pdmtrack.affinity import similarity_budget, top_entries
 
 REFERENCE_SHORT_SIDE = 30  # MemoryConfig.radius is given for a grid with this short side
+TIE_MARGIN = 16  # extra entries the exact read looks at for ties with the k-th (more: a full pass)
 
 
 def scaled_radius(radius: int, grid: tuple[int, int]) -> int:
@@ -50,6 +58,19 @@ def labels_to_grid(labels: torch.Tensor, num_labels: int, grid: tuple[int, int])
     """(H, W) slots -> (num_labels, N) fraction of each cell covered by each slot."""
     one_hot = F.one_hot(labels.long(), num_labels).permute(2, 0, 1).float()
     return F.adaptive_avg_pool2d(one_hot[None], grid)[0].flatten(1)
+
+
+def nearest_resize(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) slots (< 256) resized to ``size`` (h, w) with PIL's nearest neighbour, which
+    samples pixel centres: DINO's and DIFT's resize of label maps (to the grid and back)."""
+    image = Image.fromarray(labels.to(device="cpu", dtype=torch.uint8).numpy())
+    resized = np.asarray(image.resize((size[1], size[0]), Image.NEAREST))
+    return torch.from_numpy(resized.astype(np.int64)).to(labels.device)
+
+
+def labels_to_grid_nearest(labels: torch.Tensor, num_labels: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) slots -> (num_labels, N) one-hot of the labels nearest-resized to the grid (DIFT's)."""
+    return F.one_hot(nearest_resize(labels, grid).flatten(), num_labels).T.float()
 
 
 class ContextMemory:
@@ -79,7 +100,9 @@ class ContextMemory:
         self.keyframes = 0  # keyframe slots in use (from slot 0)
         self.recent = 0  # recent-frame slots in use
         self._next = 0  # ring position (0 .. context - 1) the next recent frame goes to
-        self._outside = ~window_mask(grid, scaled_radius(config.radius, grid), device)
+        self.exact = config.protocol != "pdmtrack"  # DINO/DIFT's read, step for step
+        radius = config.radius if self.exact else scaled_radius(config.radius, grid)
+        self._outside = ~window_mask(grid, radius, device)
 
     @property
     def size(self) -> int:
@@ -140,10 +163,33 @@ class ContextMemory:
         """Propagated soft labels (L, N) of a frame with appearance features ``query`` (C, N)."""
         query = F.normalize(query.float(), dim=0)
         cells = query.shape[1]
-        unwindowed = self.keyframes if self.config.global_first_frame else 0
-        best, entry = top_entries(
-            query, self.keys, self._runs(), self.config.context_topk, self._outside, unwindowed, self.budget, self.search_keys
-        )
+        unwindowed = self.keyframes if self.config.global_first_frame and not self.exact else 0
+        total = cells * self.size
+        topk = min(self.config.context_topk, total)
+        wanted = min(topk + TIE_MARGIN, total) if self.exact else topk  # room to see ties with the k-th
+        best, entry = top_entries(query, self.keys, self._runs(), wanted, self._outside, unwindowed, self.budget, self.search_keys)
+        if self.exact:  # keep every entry tied with the k-th, as DINO's and DIFT's read does
+            kth = best[:, topk - 1 : topk]
+            if wanted < total and bool((best[:, -1:] >= kth).any()):  # more ties than the margin
+                return self._read_with_ties(query, best[:, :1], kth)
+            best = best.masked_fill(best < kth, -torch.inf)
         weights = torch.softmax(best / self.config.temperature, dim=1)  # exp(cos/T), normalised
         chosen = self.labels[entry // cells, :, entry % cells]  # (N, k, L)
         return torch.einsum("nk,nkl->ln", weights, chosen)
+
+    def _read_with_ties(self, query: torch.Tensor, top: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+        """Labels (L, N) from every windowed entry whose similarity is at least the k-th largest
+        (``kth``, (N, 1)); weights exp((cos - top) / T), normalised (exp(cos / T) up to a constant)."""
+        cells = query.shape[1]
+        total = query.new_zeros(self.labels.shape[1], cells)
+        mass = query.new_zeros(1, cells)
+        chunk = max(1, self.budget // (cells * cells))
+        for run in self._runs():
+            for begin in range(run.start, run.stop, chunk):
+                slots = slice(begin, min(run.stop, begin + chunk))
+                similarity = torch.einsum("cn,tcm->ntm", query, self.keys[slots])
+                similarity.masked_fill_(self._outside[:, None], -torch.inf)
+                weights = torch.where(similarity >= kth[:, :, None], torch.exp((similarity - top[:, :, None]) / self.config.temperature), 0.0)
+                total += torch.einsum("ntm,tlm->ln", weights, self.labels[slots])
+                mass += weights.sum(dim=(1, 2))[None]
+        return total / mass

@@ -10,12 +10,20 @@ writes files and never times itself. Per frame:
    the grid in the latest given mask that holds it) against the frame;
 3. fusion (``fuse``: the prior, relative to its level on the propagated object, scales each
    object's propagated mass; background is a class of its own), bilinear upsampling of the
-   scores to the frame's size and a per-pixel argmax;
+   scores to the frame's size and a per-pixel argmax of the raw scores (DINO's and DIFT's
+   ``norm_mask`` is not adopted: README "Protocols" gives the measurement and why);
 4. SAM refinement when a refiner is given;
 5. memory write: with SAM, the refined masks (as cell fractions); without, the fused soft
    prediction, as DINO's protocol keeps (a hard argmax fed back makes thin or small objects
    shrink frame after frame: on davis-mini's motocross-jump, with colour-statistics
    stand-in features, the rider was gone by frame 6 that way and survived with soft labels).
+
+With ``MemoryConfig.protocol`` dift (or authors-code) steps 2-5 are DINO's and DIFT's
+``eval_davis.py`` instead: no instance prior; given masks enter the memory as the one-hot of
+the mask nearest-resized to the grid; the propagated soft labels are upsampled bilinearly by
+the grid's stride (the frame's short side over the grid's, rounded), each label channel is
+min-max normalised over the image (``normalise_label_maps``, their ``norm_mask``), the argmax
+is nearest-resized to the frame, and the memory keeps the propagated soft labels as they are.
 
 A given mask is the whole truth at its frame: ids it holds are tracked from there on (new ids
 start there, and the memory's keyframes restart at it), tracked ids it lacks end there.
@@ -33,7 +41,7 @@ import torch.nn.functional as F
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
-from pdmtrack.memory import ContextMemory, labels_to_grid
+from pdmtrack.memory import ContextMemory, labels_to_grid, labels_to_grid_nearest, nearest_resize
 from pdmtrack.objects import ObjectSlots, object_ids_in
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 
@@ -54,6 +62,24 @@ def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.
     level = (mass * prior.flatten(1)).sum(1) / mass.sum(1).clamp_min(1e-6)
     relative = (prior / level.clamp_min(1e-6).view(-1, 1, 1)).clamp(0, 1)
     return torch.cat([propagated[:1], propagated[1:] * ((1 - weight) + weight * relative)])
+
+
+def normalise_label_maps(scores: torch.Tensor) -> torch.Tensor:
+    """DINO's and DIFT's ``norm_mask`` on (L, H, W) scores: each channel whose maximum is positive
+    is shifted to a minimum of 0 and divided by its new maximum (a channel left all zeros by the
+    shift stays zeros, where theirs divides by zero); other channels are left as they are."""
+    low = scores.amin(dim=(1, 2), keepdim=True)
+    shifted = scores - low
+    span = shifted.amax(dim=(1, 2), keepdim=True)
+    normalised = shifted / torch.where(span > 0, span, torch.ones_like(span))
+    positive = scores.amax(dim=(1, 2), keepdim=True) > 0
+    return torch.where(positive, normalised, scores)
+
+
+def grid_stride(frame_size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Pixels per grid cell on the short side, rounded (at least 1): the factor DINO and DIFT
+    upsample label maps by before the nearest resize to the frame."""
+    return max(1, round(min(frame_size) / min(grid)))
 
 
 @dataclass
@@ -120,7 +146,8 @@ class Propagator:
             for object_id in self.objects.ids
         }
         keys = frame_features.appearance[0].flatten(1)
-        self._memory.add_keyframe(keys, labels_to_grid(slots, self.objects.num_slots, grid), restart=bool(added))
+        to_grid = labels_to_grid_nearest if self._memory.exact else labels_to_grid
+        self._memory.add_keyframe(keys, to_grid(slots, self.objects.num_slots, grid), restart=bool(added))
 
     def step(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
         """Labels (H, W) uint8 (object ids, 0 background) of the next frame (H, W, 3) uint8."""
@@ -133,12 +160,17 @@ class Propagator:
         if len(features) != len(frames):
             raise ValueError(f"{len(frames)} frames but features of {len(features)}")
         target = features.to(self.device, torch.float32)
-        priors = self.instance_priors(target)  # (B, K, h, w)
+        exact = self._memory.exact
+        priors = None if exact else self.instance_priors(target)  # (B, K, h, w)
         embeddings: list[FrameEmbedding | None] = [None] * len(frames)
         if self.refiner is not None:  # SAM's image encoder, batched over the frames
             embeddings = list(self.refiner.embed(frames))
         for index, frame in enumerate(frames):
-            yield self._track(frame, target.appearance[index].flatten(1), priors[index], embeddings[index])
+            keys = target.appearance[index].flatten(1)
+            if priors is None:
+                yield self._track_exact(frame, keys, embeddings[index])
+            else:
+                yield self._track(frame, keys, priors[index], embeddings[index])
 
     def instance_priors(self, target: PDMFeatures) -> torch.Tensor:
         """(B, K, h, w) PDM map of every object's reference over the frames."""
@@ -169,6 +201,28 @@ class Propagator:
             slots = self.refiner.refine(frame, scores, embedding)
             remembered = labels_to_grid(slots, scores.shape[0], grid)
         memory.write(keys, remembered)
+        return self.objects.to_ids(slots)
+
+    def _track_exact(self, frame: np.ndarray, keys: torch.Tensor, embedding: FrameEmbedding | None) -> np.ndarray:
+        """One frame of DINO's and DIFT's protocol (module docstring); with a refiner, SAM
+        refines the argmax's scores and the memory keeps the refined masks as cell fractions."""
+        memory = self._memory
+        assert memory is not None
+        grid = memory.grid
+        propagated = memory.read(keys)
+        height, width = frame.shape[:2]
+        stride = grid_stride((height, width), grid)
+        upsampled = F.interpolate(
+            propagated.view(1, -1, *grid), scale_factor=stride, mode="bilinear", align_corners=False, recompute_scale_factor=False
+        )[0]
+        scores = normalise_label_maps(upsampled)
+        slots = nearest_resize(scores.argmax(0), (height, width))
+        if self.refiner is None:
+            memory.write(keys, propagated)
+        else:
+            full = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            slots = self.refiner.refine(frame, full, embedding)
+            memory.write(keys, labels_to_grid(slots, full.shape[0], grid))
         return self.objects.to_ids(slots)
 
 

@@ -195,7 +195,7 @@ def _check_shapes(features: PDMFeatures) -> None:
         if attention.shape != (1, classes, *appearance.shape[-2:]):
             raise _CorruptEntry(f"class_attention shape {tuple(attention.shape)}")
     parts = features.appearance_parts
-    if parts is not None and (parts.ndim != 5 or parts.shape[0] != frame_count or parts.shape[2:] != appearance.shape[1:]):
+    if parts is not None and (parts.ndim != 5 or parts.shape[0] != 1 or parts.shape[2:] != appearance.shape[1:]):
         raise _CorruptEntry(f"appearance_parts shape {tuple(parts.shape)}")
 
 
