@@ -60,7 +60,10 @@ def loop_appearance_mean(ref, mask, target) -> list[list[list[float]]]:
     ]
 
 
-def loop_topk_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
+def loop_votes(ref, mask, target, topk: int, distance, by_max: bool) -> list[list[list[float]]]:
+    """Each reference token ranks the target tokens by ``distance`` (smaller first) and the first
+    ``topk`` get a vote; a frame's votes are divided by their maximum (``by_max``) or by the
+    number of reference tokens."""
     refs = reference_tokens(ref, mask)
     _, _, h2, w2 = target.shape
     maps = []
@@ -68,29 +71,22 @@ def loop_topk_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
         cells = [(i, j) for i in range(h2) for j in range(w2)]
         votes = {cell: 0 for cell in cells}
         for r in refs:
-            ranked = sorted(cells, key=lambda cell: -cosine(token(frame, *cell), r))
+            ranked = sorted(cells, key=lambda cell: distance(token(frame, *cell), r))
             for cell in ranked[:topk]:
                 votes[cell] += 1
-        maps.append([[votes[(i, j)] / len(refs) for j in range(w2)] for i in range(h2)])
+        scale = max(votes.values()) if by_max else len(refs)
+        maps.append([[votes[(i, j)] / scale for j in range(w2)] for i in range(h2)])
     return maps
+
+
+def loop_topk_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
+    """Cosine top-k votes, as the fraction of reference tokens (the authors' PerMIS code)."""
+    return loop_votes(ref, mask, target, topk, lambda u, v: -cosine(u, v), by_max=False)
 
 
 def loop_euclidean_votes(ref, mask, target, topk: int) -> list[list[list[float]]]:
-    """The authors' pdm_matching.py loop: each reference token ranks the target tokens by
-    Euclidean distance, the nearest ``topk`` get a vote, the map is divided by its maximum."""
-    refs = reference_tokens(ref, mask)
-    _, _, h2, w2 = target.shape
-    maps = []
-    for frame in target:
-        cells = [(i, j) for i in range(h2) for j in range(w2)]
-        votes = {cell: 0 for cell in cells}
-        for r in refs:
-            ranked = sorted(cells, key=lambda cell: math.dist(token(frame, *cell), r))
-            for cell in ranked[:topk]:
-                votes[cell] += 1
-        top = max(votes.values())
-        maps.append([[votes[(i, j)] / top for j in range(w2)] for i in range(h2)])
-    return maps
+    """The authors' pdm_matching.py loop: Euclidean nearest ``topk``, divided by the maximum."""
+    return loop_votes(ref, mask, target, topk, math.dist, by_max=True)
 
 
 def loop_semantic(vector: torch.Tensor, semantic: torch.Tensor) -> list[list[list[float]]]:
