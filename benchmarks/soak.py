@@ -167,14 +167,17 @@ def main(argv: list[str] | None = None) -> int:
                 counts[f"runs {status.split()[0]}"] += 1
             counts["damaged-entry warnings"] += err.count("discarding damaged entry")
             if status == "killed":
-                killed_leftovers += bool(out.exists() and temporaries(out, cache))
+                left = len(temporaries(out, cache)) if out.exists() else 0
+                killed_leftovers += bool(left)
+                print(f"run {index}: killed after {seconds:.1f} s, {left} temporaries left", flush=True)
                 continue
             if status != "completed":
-                print(f"run {index}: {status}\n{err}")
+                print(f"run {index}: {status}\n{err}", flush=True)
                 continue
-            counts[f"completed: {compare(outputs(out), want, out, reference)}"] += 1
-            counts["completed runs leaving temporaries"] += bool(temporaries(out, cache))
-            print(f"run {index}: completed in {seconds:.1f} s", flush=True)
+            verdict, left = compare(outputs(out), want, out, reference), len(temporaries(out, cache))
+            counts[f"completed: {verdict}"] += 1
+            counts["completed runs leaving temporaries"] += bool(left)
+            print(f"run {index}: completed in {seconds:.1f} s: {verdict}, {left} temporaries", flush=True)
         entries = list(cache.rglob("*.safetensors"))
         counts["cache entries at the end"] = len(entries)
         counts["damaged cache entries at the end"] = damaged_entries(cache)

@@ -46,8 +46,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 def remove_stale_temporaries(folder: str | Path) -> int:
     """Delete the temporaries that killed processes left in ``folder`` (files named as
-    :func:`atomic_path` names them whose process no longer runs on this machine); returns
-    how many. Other files, and temporaries of running processes, are never touched."""
+    :func:`atomic_path` names them, and scratch folders named the same way, whose process no
+    longer runs on this machine); returns how many. Other files, and temporaries of running
+    processes, are never touched."""
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
@@ -55,10 +56,14 @@ def remove_stale_temporaries(folder: str | Path) -> int:
     removed = 0
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
-        if match and entry.is_file(follow_symlinks=False) and not _process_runs(int(match["pid"])):
-            with contextlib.suppress(FileNotFoundError):
+        if not match or entry.is_symlink() or _process_runs(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir():
+                shutil.rmtree(entry.path)
+            else:
                 os.unlink(entry.path)
-                removed += 1
+            removed += 1
     return removed
 
 

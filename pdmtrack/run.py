@@ -15,6 +15,7 @@ a hidden scratch folder until they are written in frame order, so memory stays f
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -251,7 +252,8 @@ def _ordered_results(
     if plan.direction == "forward":
         return tracker.propagate(state, start=plan.start, end=plan.end)
     keyframes = sorted(frame for frame in plan.masks if plan.start <= frame < plan.end)
-    scratch = Path(tempfile.mkdtemp(prefix=".pdmtrack-backward.", dir=plan.out_dir))
+    # named like fsutil's temporaries (owner's pid): a killed run's scratch is removed by the next
+    scratch = Path(tempfile.mkdtemp(prefix=f".pdmtrack-backward.{os.getpid()}-", suffix=".tmp", dir=plan.out_dir))
     stack.callback(shutil.rmtree, scratch, ignore_errors=True)
     wanted = _backward_wins(keyframes, plan.start, plan.end, plan.direction)
     for frame_idx, labels in tracker.propagate(state, start=keyframes[-1], end=plan.start - 1, reverse=True):

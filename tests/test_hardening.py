@@ -136,6 +136,10 @@ def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsy
         kept = [out / ".notes.tmp.txt", out / ".00003.abcdefgh.tmp.png", live]
         for path in stale + kept:
             path.write_bytes(b"partial")
+        scratch = out / f".pdmtrack-backward.{dead}-abcdefgh.tmp"  # a killed backward run's scratch
+        scratch.mkdir()
+        (scratch / "3.png").write_bytes(b"partial")
+        stale.append(scratch)
         assert run_cli(args, capsys, monkeypatch).code == 0
         assert [path.name for path in stale if path.exists()] == []
         assert all(path.exists() for path in kept)
