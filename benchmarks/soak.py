@@ -34,7 +34,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

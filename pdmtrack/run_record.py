@@ -128,7 +128,7 @@ def _read(out_dir: Path) -> dict | None:
         return None
     record = read_json(path)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise InputError(path, f"not a pdmtrack run record; remove it (and the outputs beside it) or choose another -o")
+        raise InputError(path, "not a pdmtrack run record; remove it (and the outputs beside it) or choose another -o")
     return record
 
 
