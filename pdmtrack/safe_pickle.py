@@ -2,7 +2,7 @@
 
 It builds plain containers (dict, list, tuple, set, str, bytes, numbers) and numpy arrays and
 scalars, and nothing else: any other class or callable named in the pickle is refused before
-it is looked up, so no code in the file can run. Never use a plain ``pickle.load`` on files.
+it is looked up, so no code in the file can run. Files are never handed to the plain unpickler.
 """
 
 from __future__ import annotations
