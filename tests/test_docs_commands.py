@@ -1,0 +1,328 @@
+"""Every command README.md and docs/*.md show, run as written, top to bottom.
+
+A user copies the documents' commands into a shell. So does this test: each document's
+steps run in order in one working folder (later commands read what earlier ones wrote),
+through the real CLI with the defaults the document leaves alone. Only what a test machine
+cannot have is mapped, never an option a user would set:
+
+- models: ``--model``, ``--sam-checkpoint``, ``--global-model``, ``--dinov2-model`` and
+  ``--clip`` point at tiny random-weight models where the command loads one (a hub id is
+  replaced, a local folder the document made itself is kept);
+- data: the working folder holds small stand-ins under the names the document uses
+  (``video.mp4``, ``DAVIS/``, ``photos/``, ``./BURST``, ...), built from davis-mini and the
+  synthetic benchmark trees of the other tests; a frame number in a ``FRAME:FILE`` mask
+  beyond the stand-in clip's length maps to its last frame;
+- the user's cache: ``XDG_CACHE_HOME`` is a folder of the test.
+
+Each step also checks that no input file changed. Steps that cannot run here are listed with
+their reason (``test_skipped_steps_say_why``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+
+from pdmtrack.cli import app
+from tests.cli_runner import run_cli
+from tests.docs_commands import DocStep, collect_steps
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+STEPS = [step for doc in DOCS for step in collect_steps(doc)]
+CLIP_FRAMES = 3  # frames of every stand-in clip
+SEQUENCES = ("blackswan", "car-shadow")
+MASK_SPEC = re.compile(r"(?<![\w/.])(\d+):(?=[^\s;,]*\.(?:png|json))")
+
+
+def _frame(davis: Path, seq: str, index: int) -> Path:
+    return davis / "JPEGImages" / "480p" / seq / f"{index:05d}.jpg"
+
+
+def _annotation(davis: Path, seq: str, index: int) -> Path:
+    return davis / "Annotations" / "480p" / seq / f"{index:05d}.png"
+
+
+def _write_mp4(path: Path, frames: list[Path]) -> None:
+    from pdmtrack.writers import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, (np.asarray(Image.open(p).convert("RGB")) for p in frames), fps=24)
+
+
+def _two_objects(mask_path: Path, out: Path) -> None:
+    """The mask's object split at its centre column into ids 1 and 2 (a two-object mask)."""
+    image = Image.open(mask_path)
+    labels = np.asarray(image) > 0
+    columns = np.nonzero(labels.any(axis=0))[0]
+    middle = int(columns.mean())
+    split = np.where(labels, 1, 0).astype(np.uint8)
+    split[:, middle:][labels[:, middle:]] = 2
+    result = Image.fromarray(split, mode="P")
+    result.putpalette(image.getpalette())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, target)
+
+
+def _davis_tree(davis: Path, root: Path, results: Path) -> None:
+    """A DAVIS 2017 root of SEQUENCES, CLIP_FRAMES each, and a results folder (the truth)."""
+    for seq in SEQUENCES:
+        for index in range(CLIP_FRAMES):
+            _copy(_frame(davis, seq, index), root / "JPEGImages" / "480p" / seq / f"{index:05d}.jpg")
+            _copy(_annotation(davis, seq, index), root / "Annotations" / "480p" / seq / f"{index:05d}.png")
+            _copy(_annotation(davis, seq, index), results / seq / f"{index:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(SEQUENCES) + "\n")
+
+
+def build_world(root: Path, davis: Path) -> Path:
+    """The files the documents' commands name, as small stand-ins."""
+    from tests.test_burst import write_synthetic_burst
+    from tests.test_cli_ovdiff import _fake_voc as fake_voc
+    from tests.test_perseg import write_perseg
+    from tests.test_revisited import write_dataset
+
+    swan = [_frame(davis, "blackswan", i) for i in range(CLIP_FRAMES)]
+    car = [_frame(davis, "car-shadow", i) for i in range(CLIP_FRAMES)]
+    moto = [_frame(davis, "motocross-jump", i) for i in range(CLIP_FRAMES)]
+    last = CLIP_FRAMES - 1
+    # tracking a video
+    _write_mp4(root / "video.mp4", swan)
+    _copy(_annotation(davis, "blackswan", 0), root / "first.png")
+    _copy(_annotation(davis, "blackswan", 0), root / "a.png")
+    for name in ("fixed_300.png", "frame120.png", "b.png"):
+        _copy(_annotation(davis, "blackswan", last), root / name)
+    _davis_tree(davis, root / "DAVIS", root / "RESULTS")
+    # images: segment, retrieve, index
+    _copy(swan[0], root / "ref.jpg")
+    _copy(_annotation(davis, "blackswan", 0), root / "ref_mask.png")
+    _copy(swan[1], root / "targets" / "swan_1.jpg")
+    _copy(car[1], root / "targets" / "car_1.jpg")
+    _copy(car[0], root / "other.jpg")
+    _copy(swan[0], root / "query.jpg")
+    _copy(_annotation(davis, "blackswan", 0), root / "query_mask.png")
+    for index, frame in enumerate((swan[1], car[1], moto[1])):
+        _copy(frame, root / "photos" / f"photo_{index}.jpg")
+    _copy(swan[2], root / "more_photos" / "photo_3.jpg")
+    _copy(swan[1], root / "photo1.jpg")
+    _copy(car[1], root / "photo2.jpg")
+    # many videos: a jobs file's clips and masks, and folder mode
+    _write_mp4(root / "clips" / "dog.mp4", car)
+    _copy(_annotation(davis, "car-shadow", 0), root / "masks" / "dog.png")
+    for index, frame in enumerate(moto):
+        _copy(frame, root / "clips" / "match" / f"{index:05d}.jpg")
+    _two_objects(_annotation(davis, "motocross-jump", 0), root / "masks" / "match_0.png")
+    _two_objects(_annotation(davis, "motocross-jump", last), root / "masks" / "match_120.png")
+    _write_mp4(root / "videos" / "dog.mp4", car)
+    # benchmarks
+    write_synthetic_burst(root / "BURST")
+    write_perseg(root / "PerSeg")
+    write_dataset(root / "DATA", "roxford5k")
+    write_dataset(root / "DATA", "rparis6k")
+    fake_voc(davis, root / "VOCdevkit" / "VOC2012")
+    return root
+
+
+@pytest.fixture(scope="session")
+def docs_world(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_world(tmp_path_factory.mktemp("docs-data"), davis_mini)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_sdxl, tiny_sam, tiny_sam2, tiny_dinov2, tmp_path_factory) -> dict[str, Path]:
+    from pdmtrack.tiny.clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path_factory.mktemp("docs-clip") / "clip")
+    return {"model": tiny_sdxl, "sam": tiny_sam, "sam2": tiny_sam2, "dinov2": tiny_dinov2, "clip": clip}
+
+
+def _command(words: list[str]) -> typer.core.TyperCommand:
+    """The click command ``pdmtrack WORDS...`` runs (through its groups)."""
+    command = typer.main.get_command(app)
+    for word in words[1:]:
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        command = sub
+    return command
+
+
+def _value(words: list[str], flag: str) -> str | None:
+    return words[words.index(flag) + 1] if flag in words else None
+
+
+def _set(words: list[str], flag: str, value: object) -> None:
+    if flag in words:
+        words[words.index(flag) + 1] = str(value)
+    else:
+        words += [flag, str(value)]
+
+
+def map_models(words: list[str], models: dict[str, Path], cwd: Path) -> list[str]:
+    """``words`` with every model the command would download replaced by a tiny local one."""
+    words = list(words)
+    params = {param.name for param in _command(words).params}
+    if {"model", "sam"} <= params:  # a command that loads the diffusion model
+        given = _value(words, "--model")
+        if given is None or not (cwd / given).exists():
+            _set(words, "--model", models["model"])
+        sam = _value(words, "--sam") or "vit_b"
+        if sam != "none" and "--sam-checkpoint" not in words:
+            _set(words, "--sam-checkpoint", models["sam2"] if sam.startswith("sam2") else models["sam"])
+    if "dinov2_model" in params and _value(words, "--features") == "dinov2":
+        _set(words, "--dinov2-model", models["dinov2"])
+    if "global_model" in params and "--global-model" not in words:
+        _set(words, "--global-model", models["dinov2"])
+    if "clip" in params and "--clip" not in words:
+        _set(words, "--clip", models["clip"])
+    return words
+
+
+def map_frames(text: str) -> str:
+    """``FRAME:FILE`` mask frames past the stand-in clips' end map to their last frame."""
+    return MASK_SPEC.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1)}:", text)
+
+
+def _digests(root: Path, names: set[str]) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).parts[0] in names
+    }
+
+
+class DocSession:
+    """One document's working folder, its steps run in order."""
+
+    def __init__(self, folder: Path, inputs: set[str]) -> None:
+        self.folder = folder
+        self.inputs = inputs
+        self.before = _digests(folder, inputs)
+
+
+_sessions: dict[Path, DocSession] = {}
+
+
+def _session(doc: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> DocSession:
+    """The working folder of a document (or of the defaults runs): a copy of the stand-ins."""
+    if doc not in _sessions:
+        folder = tmp_path_factory.mktemp(f"docs-{doc.stem}")
+        shutil.copytree(world, folder, dirs_exist_ok=True)
+        (folder / "tools").symlink_to(REPO / "tools")  # the documents' commands run in a clone
+        _sessions[doc] = DocSession(folder, {path.name for path in world.iterdir()})
+    return _sessions[doc]
+
+
+RUN_STEPS = [step for step in STEPS if step.kind != "skip"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("docs-commands")
+@pytest.mark.parametrize("step", RUN_STEPS, ids=[step.id for step in RUN_STEPS])
+def test_documented_command_runs(step: DocStep, docs_world, tiny_models, tmp_path_factory, capsys, monkeypatch) -> None:
+    session = _session(step.doc, docs_world, tmp_path_factory)
+    monkeypatch.chdir(session.folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session.folder / ".user-cache"))
+    monkeypatch.delenv("PDMTRACK_CACHE_DIR", raising=False)
+    if step.kind == "file":
+        target = session.folder / step.argv()[2]
+        target.write_text(map_frames(step.body), encoding="utf-8")
+        return
+    if step.kind == "python":
+        words = step.argv()
+        done = subprocess.run([sys.executable, *words[1:]], cwd=session.folder, capture_output=True, text=True)
+        assert done.returncode == 0, f"{step.id}: {step.text}\n{done.stderr[-3000:]}"
+        return
+    words = map_models([map_frames(word) for word in step.argv()], tiny_models, session.folder)
+    result = run_cli(words[1:], capsys, monkeypatch)
+    assert result.code == 0, f"{step.id}: {' '.join(words)}\n{result.err[-3000:]}"
+    assert "Traceback" not in result.err
+    assert _digests(session.folder, session.inputs) == session.before, f"{step.id} changed an input file"
+
+
+def test_documents_show_commands() -> None:
+    """The collector finds the documents' commands (an empty harness would pass anything)."""
+    shown = 0
+    for doc in DOCS:
+        fenced = False
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            fenced = fenced != line.lstrip().startswith("```")
+            shown += fenced and line.lstrip().startswith("pdmtrack ")
+    collected = sum(1 for step in STEPS if step.text.startswith("pdmtrack "))
+    assert collected == shown > 20
+
+
+def test_skipped_steps_say_why() -> None:
+    skipped = [step for step in STEPS if step.kind == "skip"]
+    assert all(step.reason for step in skipped)
+    assert len(skipped) < len(RUN_STEPS) / 2
+
+
+# Every command and subcommand once with every option at its default: only the arguments it
+# requires (and the models, mapped as above). In order: later ones read earlier outputs.
+DEFAULT_RUNS = {
+    "propagate": "propagate video.mp4 --mask first.png",
+    "propagate-batch": "propagate-batch jobs.csv",
+    "segment": "segment ref.jpg targets/ --mask ref_mask.png",
+    "retrieve": "retrieve query.jpg --mask query_mask.png --gallery photos/",
+    "index build": "index build photos/ -o photos.index",
+    "index add": "index add photos.index more_photos/",
+    "build-permis": "build-permis --burst BURST",
+    "cache info": "cache info",
+    "cache clear": "cache clear",
+    "prototypes build": "prototypes build --classes dog",
+    "segment-ov": "segment-ov photo1.jpg --classes dog",
+    "eval davis": "eval davis --root DAVIS --results RESULTS",
+    "eval davis -o": "eval davis --root DAVIS -o runs/davis",
+    "eval permis": "eval permis --root PerMIRS",
+    "eval permir": "eval permir --root PerMIRS",
+    "eval perseg": "eval perseg --root PerSeg",
+    "eval roxford": "eval roxford --root DATA",
+    "eval voc": "eval voc --root VOCdevkit/VOC2012",
+}
+JOBS_CSV = "video,mask\nclips/dog.mp4,masks/dog.png\nclips/match,masks/match_0.png\n"
+
+
+def _command_names(group: typer.core.TyperGroup, prefix: str = "") -> set[str]:
+    names = set()
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            names |= _command_names(command, f"{prefix}{name} ")
+        else:
+            names.add(prefix + name)
+    return names
+
+
+def test_every_command_has_a_default_run() -> None:
+    covered = {key.removesuffix(" -o") for key in DEFAULT_RUNS}
+    assert covered == _command_names(typer.main.get_command(app))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("docs-commands")
+@pytest.mark.parametrize("key", list(DEFAULT_RUNS))
+def test_command_runs_with_its_defaults(key: str, docs_world, tiny_models, tmp_path_factory, capsys, monkeypatch) -> None:
+    session = _session(Path("defaults"), docs_world, tmp_path_factory)
+    monkeypatch.chdir(session.folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session.folder / ".user-cache"))
+    monkeypatch.delenv("PDMTRACK_CACHE_DIR", raising=False)
+    (session.folder / "jobs.csv").write_text(JOBS_CSV)
+    words = map_models(["pdmtrack", *DEFAULT_RUNS[key].split()], tiny_models, session.folder)
+    result = run_cli(words[1:], capsys, monkeypatch)
+    assert result.code == 0, f"pdmtrack {' '.join(words[1:])}\n{result.err[-3000:]}"
+    assert "Traceback" not in result.err
+    assert _digests(session.folder, session.inputs) == session.before, f"{key} changed an input file"
