@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdmtrack.fsutil import folder_lock
 from pdmtrack.masks import read_mask
 from tests.cli_runner import assert_one_line_error, run_cli
 from tests.test_cli import H, W, base_args, first_mask, frames_dir  # noqa: F401 (fixtures)
@@ -188,6 +187,7 @@ def test_a_folder_in_use_by_another_run_is_refused_at_once(frames_dir, first_mas
     the holder's pid, before any model loads and, should it get past that check, before it
     writes anything; the holder's folder is left alone."""
     import pdmtrack.run
+    from pdmtrack.fsutil import folder_lock
 
     out = tmp_path / "out"
     out.mkdir()
