@@ -26,6 +26,7 @@ from pathlib import Path, PurePath
 from pdmtrack.build import check_feature_cache
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import check_output_folder, ensure_writable_folder
 from pdmtrack.eval.report import Table, render_table, write_csv
 from pdmtrack.run import mask_files, plan_run
 from pdmtrack.scale import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
@@ -89,7 +90,7 @@ def read_jobs(path: Path) -> list[JobRow]:
     """Rows of a CSV (header row) or JSONL JOBS file; InputError naming the line on a problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Excel saves CSV with a byte-order mark
     except FileNotFoundError:
         raise InputError(path, "jobs file not found") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -255,12 +256,13 @@ def propagate_batch(
     rle: bool = False,
     workers: int | str = 1,
     ray_address: str | None = None,
+    inputs: Sequence[Path] = (),
 ) -> BatchOutcome:
     """Track every row into ``out_root/<out>``; skip rows finished by an earlier run; write
-    the summary CSV. Rows that fail are reported, the others finish."""
-    out_root = Path(out_root)
-    if out_root.exists() and not out_root.is_dir():
-        raise InputError(out_root, "output folder is an existing file")
+    the summary CSV. Rows that fail are reported, the others finish. ``out_root`` must lie
+    apart from ``inputs`` (the JOBS file, the video and mask folders) and be writable;
+    refused rows create no folder."""
+    out_root = ensure_writable_folder(check_output_folder(out_root, inputs), keep=False)
     workers = resolve_workers(workers, ray_address)
     check_feature_cache(settings)
     planned, outs = plan_jobs(rows, out_root, base=base, default_classes=default_classes, png=png, overlay=overlay, rle=rle, settings=settings)

@@ -572,7 +572,7 @@ def propagate_batch(
     base = jobs.resolve().parent if jobs is not None else Path(".")
     outcome = run_batch(
         rows, out, settings, base=base, default_classes=list(cls or []), png=png, overlay=overlay, rle=rle,
-        workers=parse_workers(workers), ray_address=ray_address,
+        workers=parse_workers(workers), ray_address=ray_address, inputs=[p for p in (jobs, videos, masks) if p is not None],
     )  # fmt: skip
     typer.echo(outcome.format())
     if outcome.failed:

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from pdmtrack.errors import InputError
@@ -111,21 +111,90 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def ensure_writable_folder(folder: str | Path) -> Path:
-    """Create ``folder`` (and its parents) and prove a file can be written in it: an
-    InputError naming the folder (or the file in its way) otherwise."""
-    folder = Path(folder)
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+def check_output_folder(out_dir: str | Path, inputs: Iterable[str | Path] = (), hint: str = "choose another -o") -> Path:
+    """``out_dir`` as a Path, checked without creating anything: a symbolic link loop, an
+    existing file in its place or in place of a parent, and an overlap with one of
+    ``inputs`` (the folder is, or lies inside, an input folder, or holds an input; symbolic
+    links resolved) are user mistakes; ``hint`` says what to do about an overlap."""
+    out_dir = Path(out_dir)
+    try:
+        resolved = out_dir.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise InputError(out_dir, f"output folder cannot be resolved ({err}); choose another -o") from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output folder is an existing file")
+    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        where = "is an existing file" if blocker == folder else f"cannot be created: {blocker} is a file"
-        raise InputError(folder, f"output folder {where}; choose another -o")
+        raise InputError(out_dir, f"output folder cannot be created: {blocker} is a file; choose another -o")
+    for given in inputs:
+        try:
+            source = Path(given).resolve()
+        except (OSError, RuntimeError):
+            continue  # an unreadable input is reported where it is read
+        if source == resolved or resolved in source.parents:
+            raise InputError(out_dir, f"output folder holds the input {given}; outputs must not mix with inputs: {hint}")
+        if source in resolved.parents:
+            raise InputError(out_dir, f"output folder lies inside the input folder {given}; outputs must not mix with inputs: {hint}")
+    return out_dir
+
+
+def ensure_writable_folder(folder: str | Path, keep: bool = True) -> Path:
+    """Prove a file can be written in ``folder`` (after :func:`check_output_folder`): an
+    InputError naming the folder otherwise. The folder (and missing parents) is created; with
+    ``keep`` False the folders this call created are removed again, so a probe before a run
+    that may still be refused leaves nothing behind."""
+    folder = check_output_folder(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
         raise InputError(folder, f"cannot write in the output folder ({err.strerror or err}); choose another -o") from err
+    finally:
+        for path in created if not keep else ():
+            with contextlib.suppress(OSError):
+                path.rmdir()
     return folder
+
+
+LOCK_FILE = ".pdmtrack.lock"  # inside an output folder while a run writes there
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s run lock (``LOCK_FILE`` inside it, holding the owner's pid) while the
+    block runs; a folder another process holds is an InputError at once (no waiting)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(folder) / LOCK_FILE
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(folder, f"is in use by another pdmtrack run ({_lock_owner(path)}); wait for it or choose another -o") from None
+    try:
+        path.write_text(f"{os.getpid()}\n", encoding="ascii")
+        yield
+    finally:
+        lock.release()
+
+
+def check_not_in_use(folder: str | Path) -> None:
+    """InputError when another process holds ``folder``'s run lock (see :func:`folder_lock`);
+    creates nothing."""
+    if (Path(folder) / LOCK_FILE).is_file():
+        with folder_lock(folder):
+            pass
+
+
+def _lock_owner(path: Path) -> str:
+    """"pid N" from a lock file, as far as it can be read."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        pid = path.read_text(encoding="ascii").strip()
+        if pid.isdigit():
+            return f"pid {pid}"
+    return "pid unknown"
 
 
 def is_safe_component(name: object) -> bool:

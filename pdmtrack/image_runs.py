@@ -18,7 +18,7 @@ from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource
-from pdmtrack.fsutil import atomic_path, atomic_write_text
+from pdmtrack.fsutil import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder
 from pdmtrack.images import list_images, read_rgb
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.retrieval.global_model import GlobalDescriptor
@@ -36,7 +36,7 @@ from pdmtrack.retrieval.search import (
 from pdmtrack.retrieval.sheet import contact_sheet
 from pdmtrack.segment import ImageSegmenter
 from pdmtrack.tracker import Tracker
-from pdmtrack.writers import blend_labels, check_output_folder, write_palette_png
+from pdmtrack.writers import blend_labels, write_palette_png
 
 DEFAULT_INDEX_RERANK = 100
 INDEX_LISTED = 1000  # first-stage results an index gallery's ranking.csv lists (at least)
@@ -70,11 +70,11 @@ def _reference_labels(
     return loaded.labels
 
 
-def _refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
-    given = {p.resolve() for p in inputs}
-    for path in outputs:
-        if path.resolve() in given:
-            raise InputError(path, "an output would overwrite an input; choose another -o")
+def _writable_output_folder(out_dir: Path, inputs: Sequence[Path]) -> Path:
+    """``out_dir`` checked before any model loads: apart from every input, writable (nothing
+    is created yet)."""
+    out_dir = check_output_folder(out_dir, inputs)
+    return ensure_writable_folder(out_dir, keep=False)
 
 
 def segment_to_folder(
@@ -93,14 +93,12 @@ def segment_to_folder(
     ``<stem>_overlay.jpg`` and ``scores.json`` into ``out_dir``."""
     if mask is None and not classes:
         raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
-    out_dir = check_output_folder(out_dir)
+    out_dir = _writable_output_folder(out_dir, [reference, *targets, *([mask] if mask else [])])
     images = list_images(targets, "target images")
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         duplicate = next(s for s in stems if stems.count(s) > 1)
         raise InputError(duplicate, "two targets share this name; their outputs would collide")
-    outputs = [out_dir / f"{s}.png" for s in stems] + [out_dir / f"{s}_overlay.jpg" for s in stems]
-    _refuse_overwriting_inputs(outputs, [reference, *images, *([mask] if mask else [])])
     start = time.perf_counter()
     notes: list[str] = []
     names = _classes(classes)
@@ -180,7 +178,7 @@ def retrieve_to_folder(
         raise InputError("pdmtrack retrieve", "give --mask MASK, or --cls NAME")
     if rerank is not None and rerank < 0:
         raise InputError("--rerank", f"must be at least 0, got {rerank}")
-    out_dir = check_output_folder(out_dir)
+    out_dir = _writable_output_folder(out_dir, [query_image, gallery, *([mask] if mask else [])])
     start = time.perf_counter()
     notes: list[str] = []
     names = _classes(classes)

@@ -33,12 +33,12 @@ from pdmtrack.background import BackgroundCalls
 from pdmtrack.errors import InputError
 from pdmtrack import run_record
 from pdmtrack.config import TrackSettings
-from pdmtrack.fsutil import ensure_writable_folder, remove_stale_temporaries
+from pdmtrack.fsutil import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.objects import object_ids_in
 from pdmtrack.tracker import Tracker, VideoState, class_rows, distinct_classes
 from pdmtrack.video import FrameReader
-from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, check_output_folder, write_palette_png
+from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
@@ -48,6 +48,9 @@ STAGES = ("decode", "features", "matching", "refinement", "writing", "writing_wa
 WRITE_QUEUE = 16  # frames the tracking loop may run ahead of the writer thread
 FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the mask comes from the class names
 _FRAME_SPEC = re.compile(r"^(\d+):(.+)$")
+# A given mask inside -o would be replaced by the output of its frame (a correction of a run's
+# output is a copy of it, passed from outside the folder).
+_MASK_INSIDE_HINT = "copy the mask out of it first (e.g. cp OUT/00002.png fixed.png, then --mask 2:fixed.png) or choose another -o"
 
 
 @dataclass
@@ -122,9 +125,12 @@ def plan_run(
 ) -> RunPlan:
     """Check a run's inputs (InputError on the first problem); loads no model.
 
-    The output folder must be writable and hold no other run's outputs (checked against its
-    run record with ``settings`` when given) unless ``overwrite``; see ``run_record``."""
-    out_dir = check_output_folder(out_dir)
+    The output folder must be writable, not in use by another run, apart from the inputs
+    (a given mask inside it would be replaced: refused, saying how to correct a run's
+    output) and hold no other run's outputs (checked against its run record with
+    ``settings`` when given) unless ``overwrite``; see ``run_record``. Nothing is created."""
+    out_dir = check_output_folder(out_dir, [video])
+    check_output_folder(out_dir, (masks or {}).values(), _MASK_INSIDE_HINT)
     if direction not in DIRECTIONS:
         raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
     reader = FrameReader(video, backend)
@@ -146,11 +152,11 @@ def plan_run(
         Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite
     )
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
-    _spare_inputs(_output_files(plan), plan)
+    ensure_writable_folder(out_dir, keep=False)
+    check_not_in_use(out_dir)
     # Without given masks the first-frame objects are not known yet (class names, OVDiff):
     # track_to_folder checks again with them, before writing anything.
     run_record.check_reuse(out_dir, _record(plan, settings, known_masks=bool(fitted)), overwrite)
-    ensure_writable_folder(out_dir)
     return plan
 
 
@@ -193,16 +199,6 @@ def _output_files(plan: RunPlan) -> list[Path]:
     return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks else [])
 
 
-def _spare_inputs(outputs: list[Path], plan: RunPlan) -> None:
-    """Refuse an output folder where an output would overwrite an input (a frame, a mask)."""
-    inputs = {plan.video.resolve()}
-    if plan.video.is_dir():
-        inputs |= {path.resolve() for path in plan.video.iterdir()}
-    for output in outputs:
-        if output.resolve() in inputs:
-            raise InputError(plan.out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
-
-
 def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
     """Track ``plan`` with ``tracker`` and write its outputs; returns what was done.
     ``on_frame`` is called after each frame is written; with it, the caller shows the
@@ -212,11 +208,27 @@ def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None
     for frame, labels in plan.masks.items():
         tracker.add_mask(state, frame, labels)
     record = _record(plan, tracker.settings)
-    run_record.check_reuse(plan.out_dir, record, plan.overwrite)
     ensure_writable_folder(plan.out_dir)
-    remove_stale_temporaries(plan.out_dir)
-    run_record.replace_previous(plan.out_dir, record)
-    run_record.write_started(plan.out_dir, record)
+    with folder_lock(plan.out_dir):  # one run writes into a folder at a time
+        run_record.check_reuse(plan.out_dir, record, plan.overwrite)
+        remove_stale_temporaries(plan.out_dir)
+        run_record.replace_previous(plan.out_dir, record)
+        run_record.write_started(plan.out_dir, record)
+        written, writer = _track_and_write(tracker, state, plan, on_frame)
+        seconds = time.perf_counter() - began
+        run_record.write_finished(plan.out_dir, record, written, seconds)
+    stages = {**state.stage_seconds, "writing": writer.busy_seconds, "writing_wait": writer.wait_seconds}
+    return TrackSummary(
+        written, seconds, written / max(seconds, 1e-9), plan.out_dir, stages, list(plan.notes),
+        state.cached_frames, state.computed_frames,
+    )  # fmt: skip
+
+
+def _track_and_write(
+    tracker: Tracker, state: VideoState, plan: RunPlan, on_frame: Callable[[], None] | None
+) -> tuple[int, BackgroundCalls]:
+    """Feed every frame of ``plan`` to the writers (in their own thread); (frames written,
+    the writer thread's calls) once every output is complete."""
     written = 0
     with contextlib.ExitStack() as stack:
         stream = _ordered_results(tracker, state, plan, stack)
@@ -236,13 +248,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None
             bar.update(1)
             if on_frame is not None:
                 on_frame()
-    seconds = time.perf_counter() - began
-    run_record.write_finished(plan.out_dir, record, written, seconds)
-    stages = {**state.stage_seconds, "writing": writer.busy_seconds, "writing_wait": writer.wait_seconds}
-    return TrackSummary(
-        written, seconds, written / max(seconds, 1e-9), plan.out_dir, stages, list(plan.notes),
-        state.cached_frames, state.computed_frames,
-    )  # fmt: skip
+    return written, writer
 
 
 def _ordered_results(

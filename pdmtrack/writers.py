@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path
+from pdmtrack.fsutil import atomic_path, check_output_folder
 from pdmtrack.masks import DAVIS_PALETTE, encode_rle
 
 
@@ -34,18 +34,6 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
     image.putpalette(DAVIS_PALETTE.tobytes())
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-
-
-def check_output_folder(out_dir: str | Path) -> Path:
-    """``out_dir`` as a Path; an existing file there, or in place of one of its parents, is a
-    user mistake (nothing is created)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output folder is an existing file")
-    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise InputError(out_dir, f"output folder cannot be created: {blocker} is a file; choose another -o")
-    return out_dir
 
 
 def _output_folder(out_dir: str | Path) -> Path:

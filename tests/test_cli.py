@@ -181,7 +181,7 @@ def test_output_into_the_frame_folder_is_refused(tmp_path, frames_dir, first_mas
         Image.open(frames_dir / name).save(png_frames / name.replace(".jpg", ".png"))
     originals = {path.name: path.read_bytes() for path in png_frames.iterdir()}
     result = run_cli(["propagate", png_frames, "--mask", first_mask, "-o", png_frames, *base_args], capsys, monkeypatch)
-    assert_one_line_error(result, "png-frames", "overwrite an input")
+    assert_one_line_error(result, "png-frames", "mix with inputs")
     assert {path.name: path.read_bytes() for path in png_frames.iterdir()} == originals
 
 

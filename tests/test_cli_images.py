@@ -83,7 +83,7 @@ def test_segment_errors(images, tiny_sdxl, tmp_path, capsys, monkeypatch):
     png_target = tmp_path / "t.png"
     Image.open(images["reference"]).save(png_target)
     result = run_cli(["segment", images["reference"], png_target, "--cls", "dog", "-o", tmp_path, *flags], capsys, monkeypatch)
-    assert_one_line_error(result, "would overwrite an input")
+    assert_one_line_error(result, "mix with inputs")
     assert out.is_dir()
 
 

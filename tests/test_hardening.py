@@ -325,7 +325,7 @@ def test_a_folder_keeps_one_runs_outputs(tiny_sdxl, tmp_path, capsys, monkeypatc
     assert_one_line_error(other_mask, str(out), "another run", "masks", "--overwrite")
     assert len(list(out.glob("*.png"))) == 6
     assert run_cli([*base[:-1], "--end", "3", "--overwrite"], capsys, monkeypatch).code == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != ".pdmtrack.lock")  # the run lock (kept, hidden)
     assert names == ["00000.png", "00001.png", "00002.png", "overlay.mp4", "run.json"]
     record = json.loads((out / "run.json").read_text())
     assert record["frames"] == [0, 3] and record["frames_written"] == 3 and record["finished"]

@@ -38,6 +38,8 @@ from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_
 from pdmtrack.errors import InputError
 from pdmtrack.fsutil import (
     atomic_write_text,
+    check_output_folder,
+    ensure_writable_folder,
     is_safe_component,
 )
 
@@ -94,19 +96,14 @@ def _recorded_path(path: Path, burst_root: Path) -> str:
 def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> Path:
     """A fresh staging folder beside ``out_dir`` (after checking ``out_dir`` may be written:
     it holds none of ``inputs`` and, if it exists, is an earlier build-permis output)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output exists and is not a folder")
-    resolved = out_dir.resolve()
-    for source in inputs:
-        if source.resolve() == resolved or resolved in source.resolve().parents:
-            raise InputError(out_dir, f"output folder would contain the input {source}; choose another -o")
+    check_output_folder(out_dir, inputs)
     if out_dir.exists() and not overwrite:
         raise InputError(out_dir, "output folder exists (pass --overwrite to replace it)")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
         raise InputError(
             out_dir, "exists and was not written by build-permis (no manifest.json); refusing to replace it"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(out_dir.parent)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
 
 
@@ -145,7 +142,8 @@ def build_permirs(
     dropped_sources = {name.casefold() for name in drop_sources}
     files, missing_splits = _annotation_files(burst_root, None if splits is None else list(splits), annotations)
     loaded = [(path, load_annotation(path)) for path in files]
-    staging = _prepare_out_dir(out_dir, overwrite, [burst_root, *files])
+    # what is read: the frames and the annotations (an output beside them in the BURST root is fine)
+    staging = _prepare_out_dir(out_dir, overwrite, [burst_root / "frames", burst_root / "annotations", *files])
     try:
         used = [_split_of(path, data) for path, data in loaded]
         summary = BuildSummary(out_dir=out_dir, splits=used, missing_splits=missing_splits)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pdmtrack.config import GlobalConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, atomic_write_text, read_json
+from pdmtrack.fsutil import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder, read_json
 from pdmtrack.images import list_images, read_rgb
 from pdmtrack.retrieval.global_model import GlobalDescriptor
 
@@ -189,12 +189,11 @@ def build_index(
 ) -> AddSummary:
     """Index every image in ``inputs`` (folders searched recursively) into the folder ``out``
     (an index of ``kind``: hnsw or flat)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    out = check_output_folder(out, inputs)
     if is_index(out) and not overwrite:
         raise InputError(out, "already holds an index (use `pdmtrack index add`, or --overwrite)")
     images = list_images(inputs)
+    ensure_writable_folder(out, keep=False)  # before the descriptor model loads
     descriptor = GlobalDescriptor(config, device)
     index = GalleryIndex.empty(descriptor.record, int(descriptor.parts.model.config.hidden_size), kind)
     start = time.perf_counter()
