@@ -3,7 +3,7 @@
 Every line of a ```bash / ```sh block is one step: backslash continuations are joined,
 comments dropped, and a ``cat > FILE <<'END'`` here-document becomes a file to write. Each
 step gets a kind: ``pdmtrack`` (run through the CLI), ``python`` (run with this
-interpreter), ``file`` (a here-document), or ``skip`` with the reason it cannot run in the
+interpreter), ``copy`` (``cp SOURCE TARGET``), ``file`` (a here-document), or ``skip`` with the reason it cannot run in the
 tests. A line the collector does not know is an error, so nothing shown is silently passed by.
 """
 
@@ -37,7 +37,7 @@ class DocStep:
     doc: Path
     line: int
     text: str
-    kind: str  # pdmtrack | python | file | skip
+    kind: str  # pdmtrack | python | copy | file | skip
     body: str = ""  # the here-document's content (kind "file")
     reason: str = ""  # why it is not run (kind "skip")
 
@@ -93,6 +93,8 @@ def _classify(doc: Path, line: int, text: str) -> DocStep:
             if flag in words:
                 return DocStep(doc, line, text, "skip", reason=reason)
         return DocStep(doc, line, text, "pdmtrack")
+    if program == "cp":
+        return DocStep(doc, line, text, "copy")
     if program in ("python", "python3"):
         for prefix, reason in SKIPPED_SCRIPTS.items():
             if " ".join(words[1:]).startswith(prefix):

@@ -41,7 +41,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 STEPS = [step for doc in DOCS for step in collect_steps(doc)]
 CLIP_FRAMES = 3  # frames of every stand-in clip
 SEQUENCES = ("blackswan", "car-shadow")
-MASK_SPEC = re.compile(r"(?<![\w/.])(\d+):(?=[^\s;,]*\.(?:png|json))")
+MASK_SPEC = re.compile(r"(?<![\w/.])(\d+):(?=[^\s;,]*\.(?:png|json))")  # FRAME:FILE
+FRAME_FILE = re.compile(r"(?<=/)(\d{5})(?=\.png)")  # out/00300.png, an output of frame 300
 
 
 def _frame(davis: Path, seq: str, index: int) -> Path:
@@ -193,8 +194,10 @@ def map_models(words: list[str], models: dict[str, Path], cwd: Path) -> list[str
 
 
 def map_frames(text: str) -> str:
-    """``FRAME:FILE`` mask frames past the stand-in clips' end map to their last frame."""
-    return MASK_SPEC.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1)}:", text)
+    """Frame numbers past the stand-in clips' end (``FRAME:FILE`` masks, ``out/00300.png``)
+    map to their last frame."""
+    text = MASK_SPEC.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1)}:", text)
+    return FRAME_FILE.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1):05d}", text)
 
 
 def _digests(root: Path, names: set[str]) -> dict[str, str]:
@@ -241,6 +244,10 @@ def test_documented_command_runs(step: DocStep, docs_world, tiny_models, tmp_pat
     if step.kind == "file":
         target = session.folder / step.argv()[2]
         target.write_text(map_frames(step.body), encoding="utf-8")
+        return
+    if step.kind == "copy":
+        source, target = (map_frames(word) for word in step.argv()[1:3])
+        shutil.copy(session.folder / source, session.folder / target)
         return
     if step.kind == "python":
         words = step.argv()

@@ -57,14 +57,14 @@ def test_the_readme_correction_recipe_word_for_word(frames_dir, first_mask, base
     assert (tmp_path / "out" / "00002.png").read_bytes() == before
 
     recipe = _readme_block("correct a run's output")
-    assert recipe[0] == "cp out/00300.png fixed_00300.png"
-    assert recipe[1].startswith("pdmtrack propagate video.mp4 --mask first.png --mask 300:fixed_00300.png -o out/ --overwrite")
+    assert recipe[0] == "cp out/dog/00300.png fixed_00300.png"
+    assert recipe[1].startswith("pdmtrack propagate video.mp4 --mask first.png --mask 300:fixed_00300.png -o out/dog --overwrite")
     shutil.copy(tmp_path / "out" / "00002.png", tmp_path / "fixed_00002.png")  # the recipe's cp, at frame 2
     fixed = np.zeros((H, W), np.uint8)
     fixed[12:32, 14:34] = 1  # the edit: object 1 redrawn, object 2 ends at frame 2
     Image.fromarray(fixed, mode="L").save(tmp_path / "fixed_00002.png")
     args = recipe[1].split()[1:]  # after "pdmtrack"
-    args = [{"video.mp4": "video", "300:fixed_00300.png": "2:fixed_00002.png"}.get(arg, arg) for arg in args]
+    args = [{"video.mp4": "video", "300:fixed_00300.png": "2:fixed_00002.png", "out/dog": "out/"}.get(arg, arg) for arg in args]
     assert run_cli([*args, *base_args], capsys, monkeypatch).code == 0
     np.testing.assert_array_equal(read_mask(tmp_path / "out" / "00002.png").labels, fixed)
 
