@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from pdmtrack.errors import InputError
 from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, resolve_max_bytes
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 
@@ -141,8 +142,7 @@ class FeatureCache:
         log.warning("feature cache: %s; going on without caching new features", reason)
 
     def _path(self, content_key: str) -> Path:
-        key = _sha256(f"{content_key}|{self.fingerprint}")
-        return self.folder.root / self.group / key[:2] / f"{key}.safetensors"
+        return self.folder.entry_path(self.group, _sha256(f"{content_key}|{self.fingerprint}"))
 
     def _metadata(self, content_key: str) -> dict[str, str]:
         return {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "frames_key": content_key}
@@ -226,6 +226,7 @@ class CachedFeatureSource:
     ``hits`` counts frames served from the cache and ``misses`` frames computed (a batch with
     any frame missing is computed whole, see the module doc; only its missing frames are
     written). With ``cache=None`` (``--no-cache``) every frame is computed, nothing is written.
+    Computed features holding NaN or inf are an InputError naming the model: never used, never cached.
     """
 
     def __init__(self, source: FeatureSource, cache: FeatureCache | None) -> None:
@@ -242,10 +243,25 @@ class CachedFeatureSource:
             return PDMFeatures.cat(stored).contiguous()  # type: ignore[arg-type]
         self.misses += len(frames)
         features = self.source(frames).contiguous()
+        _check_finite(features, self.source)
         absent = [index for index, entry in enumerate(stored) if entry is None]
         if self.cache is not None and absent:
             self.cache.put(frames[absent], features.select(absent))
         return features
+
+
+def _check_finite(features: PDMFeatures, source: FeatureSource) -> None:
+    """InputError naming the model when ``source`` produced NaN or inf: such features are
+    never tracked with, nor cached."""
+    tensors = (features.appearance, features.semantic, features.class_vectors, features.class_attention, features.appearance_parts)
+    if all(tensor is None or bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        return
+    description = getattr(source, "description", None) or {}
+    raise InputError(
+        description.get("model") or description.get("weights") or "--model",
+        "the model produced non-finite features (NaN/inf); its weights are damaged, or it overflows in this "
+        "--dtype (try --dtype fp32)",
+    )
 
 
 __all__ = ["CachedFeatureSource", "FeatureCache", "default_cache_dir", "frames_key", "tensors_checksum"]
