@@ -148,6 +148,14 @@ def test_unsafe_fingerprint_gets_a_hashed_folder(tmp_path: Path) -> None:
     assert len(path.relative_to(tmp_path).parts) == 3
 
 
+def test_fingerprint_naming_a_cache_folder_gets_a_hashed_folder(tmp_path: Path) -> None:
+    frames = make_frames(1)
+    for fingerprint in ("tmp", "sam"):
+        cache = new_cache(tmp_path, fingerprint)
+        assert cache.put(frames, CountingSource()(frames)) == 1 and cache.get(frames[0]) is not None
+        assert cache.group not in ("tmp", "sam")
+
+
 # -- integrity ---------------------------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from pdmtrack.errors import InputError
-from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, resolve_max_bytes
+from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, group_name, resolve_max_bytes
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "2"  # 1: one entry per batch; 2: one entry per frame, with a checksum
 _REQUIRED = ("appearance", "semantic")
 _OPTIONAL = ("class_vectors", "class_attention", "appearance_parts")
-_SAFE_DIR_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
 def frames_key(frames: np.ndarray) -> str:
@@ -65,8 +63,8 @@ class FeatureCache:
     """One frame's PDMFeatures per entry, keyed by frame content and ``fingerprint``.
 
     Entries live in ``folder/<fingerprint[:16]>/<key[:2]>/<key>.safetensors`` with
-    ``key = sha256(frames_key(frame) + fingerprint)`` (a fingerprint that is not a plain name
-    is replaced by its sha256 in the folder name). ``description`` (model, settings) is
+    ``key = sha256(frames_key(frame) + fingerprint)`` (a fingerprint that is not a plain name,
+    or names one of the folder's own, is replaced by its sha256: ``group_name``). ``description`` (model, settings) is
     written beside them for ``pdmtrack cache info``. When the cache cannot take more (disk
     nearly full, unwritable), writing stops for this object with one warning and reading goes on.
     """
@@ -84,8 +82,7 @@ class FeatureCache:
         self.folder = CacheFolder(cache_dir, resolve_max_bytes(max_gb))
         self.fingerprint = fingerprint
         self.description = {**(description or {}), "fingerprint": fingerprint, "format_version": FORMAT_VERSION}
-        group = fingerprint if _SAFE_DIR_NAME.fullmatch(fingerprint) else _sha256(fingerprint)
-        self.group = group[:16]
+        self.group = group_name(fingerprint)
         self.writing = True
 
     @property

@@ -30,6 +30,7 @@ rescans the folder and recounts exactly (files copied in by hand count from then
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -57,7 +58,8 @@ GROUP_INFO = "info.json"
 MARKER = "PDMTRACK_CACHE.json"
 FOLDER_FORMAT = 1  # the marker's "format": bump when the folder layout changes
 _TMP, _USAGE, _LOCK, _SAM = "tmp", "usage", ".lock", "sam"  # sam/: SAM checkpoints (build.load_refiner)
-_GROUP = re.compile(r"[0-9A-Za-z_-]{1,16}")  # the names FeatureCache gives groups
+_PLAIN = re.compile(r"[0-9A-Za-z_-]+")
+_GROUP = re.compile(r"[0-9A-Za-z_-]{1,16}")  # what group_name gives
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _ENTRY = re.compile(r"[0-9a-f]{64}" + re.escape(ENTRY_SUFFIX))
 _STAGED = re.compile(r"\.entry\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")  # what ``stage`` names
@@ -81,6 +83,14 @@ def default_cache_dir() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     return user_cache_dir() / "features"
+
+
+def group_name(fingerprint: str) -> str:
+    """The group folder of an extractor's ``fingerprint``: its first 16 characters when it is
+    a plain name (and not a folder of the cache's own), else those of its sha256."""
+    if not _PLAIN.fullmatch(fingerprint) or fingerprint[:16] in (_TMP, _SAM):
+        fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()
+    return fingerprint[:16]
 
 
 def resolve_max_bytes(max_gb: float | None) -> int:
@@ -208,16 +218,16 @@ class CacheFolder:
             return "marked"
         try:
             items = list(os.scandir(self.root))
+            foreign = sorted(item.name for item in items if not _in_layout(item))
         except FileNotFoundError:
             return "empty"
         except OSError as err:
             raise InputError(self.root, f"cannot read the feature cache folder ({err.strerror or err}); {_HINT}") from err
-        foreign = sorted(item.name for item in items if not _in_layout(item))
         if foreign:
             raise InputError(
                 self.root,
-                f"not a pdmtrack feature cache (no {MARKER}, and it holds {foreign[0]!r}, which the cache did not "
-                f"write); {_HINT}",
+                f"not a pdmtrack feature cache (no {MARKER}, and it holds {foreign[0]!r}, which is not laid out "
+                f"as the cache's own files); {_HINT}",
             )
         content = [item for item in items if item.name != _LOCK and not _MARKER_TEMPORARY.fullmatch(item.name)]
         return "unmarked" if content else "empty"
@@ -253,7 +263,7 @@ class CacheFolder:
         return Path(name)
 
     def entry_path(self, group: str, key: str) -> Path:
-        """Where the entry ``key`` (64 hex digits) of ``group`` lives."""
+        """Where the entry ``key`` (a sha256 in hex) of ``group`` (a ``group_name``) lives."""
         if not (_GROUP.fullmatch(group) and group not in (_TMP, _SAM) and _ENTRY.fullmatch(key + ENTRY_SUFFIX)):
             raise ValueError(f"not a cache group and entry key: {group!r}, {key!r}")
         return self.root / group / key[:2] / f"{key}{ENTRY_SUFFIX}"
@@ -495,5 +505,6 @@ __all__ = [
     "DEFAULT_MAX_GB",
     "MAX_GB_ENV",
     "default_cache_dir",
+    "group_name",
     "resolve_max_bytes",
 ]
