@@ -693,3 +693,21 @@ def test_a_model_with_nan_weights_stops_the_run_and_caches_nothing(davis_mini, t
     result = run_cli(args, capsys, monkeypatch)
     assert_one_line_error(result, str(model.resolve()), "non-finite features (NaN/inf)")
     assert entry_files(cache) == []
+
+
+def test_segment_ov_refuses_a_foreign_cache_dir_before_loading(tiny_sdxl, tmp_path: Path, capsys, monkeypatch) -> None:
+    import pdmtrack.ovdiff.run as ovdiff_run
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ovdiff_run, "load_refiner", no_load)
+    monkeypatch.setattr(ovdiff_run, "load_diffusion", no_load)
+    home = home_like(tmp_path / "home")
+    before = snapshot(home)
+    image = tmp_path / "image.jpg"
+    Image.fromarray(make_frames(1)[0]).save(image)
+    args = ["segment-ov", image, "--classes", "dog", "-o", tmp_path / "out", "--model", tiny_sdxl, "--sam", "none",
+            "--device", "cpu", "--cache-dir", home]  # fmt: skip
+    assert_one_line_error(run_cli(args, capsys, monkeypatch), str(home), "not a pdmtrack feature cache")
+    assert snapshot(home) == before
