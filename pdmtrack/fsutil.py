@@ -56,7 +56,7 @@ def remove_stale_temporaries(folder: str | Path) -> int:
     removed = 0
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
-        if not match or entry.is_symlink() or _process_runs(int(match["pid"])):
+        if not match or entry.is_symlink() or process_runs(int(match["pid"])):
             continue
         with contextlib.suppress(FileNotFoundError):
             if entry.is_dir():
@@ -70,7 +70,7 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp(\.[^.]+)?")
 
 
-def _process_runs(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
     """Whether process ``pid`` exists (ours, or another user's)."""
     if pid == os.getpid():
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import pdmtrack.features.cache as cache_module
 import pdmtrack.features.cache_folder as folder_module
@@ -146,6 +148,14 @@ def test_unsafe_fingerprint_gets_a_hashed_folder(tmp_path: Path) -> None:
     assert len(path.relative_to(tmp_path).parts) == 3
 
 
+def test_fingerprint_naming_a_cache_folder_gets_a_hashed_folder(tmp_path: Path) -> None:
+    frames = make_frames(1)
+    for fingerprint in ("tmp", "sam"):
+        cache = new_cache(tmp_path, fingerprint)
+        assert cache.put(frames, CountingSource()(frames)) == 1 and cache.get(frames[0]) is not None
+        assert cache.group not in ("tmp", "sam")
+
+
 # -- integrity ---------------------------------------------------------------------------
 
 
@@ -248,7 +258,7 @@ def test_write_killed_midway_leaves_no_entry(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(cache.folder, "commit", killed)
     with pytest.raises(KeyboardInterrupt):
         cache.put(frames, CountingSource()(frames))
-    assert [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"] == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in (".lock", folder_module.MARKER)] == []
 
 
 def test_no_cache_passes_through(tmp_path: Path) -> None:
@@ -491,3 +501,213 @@ def test_stale_temporaries_are_removed(tmp_path: Path, monkeypatch) -> None:
         cache.put(frames[i : i + 1], CountingSource()(frames[i : i + 1]))
     assert not left_over.exists()
     assert cache_module.FORMAT_VERSION == "2"
+
+
+# -- never touching files the cache did not write ----------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``root``, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def home_like(root: Path) -> Path:
+    """A user's folder: documents, a project, pictures, and a file in tmp/ two hours old."""
+    for name, data in {
+        "Documents/notes.txt": b"my notes",
+        "project/src/main.py": b"print('hi')\n",
+        "Pictures/cat.png": b"\x89PNG not really",
+        "tmp/old_file": b"keep me",
+        ".bashrc": b"export X=1\n",
+    }.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    old = time.time() - 2 * 3600
+    os.utime(root / "tmp" / "old_file", (old, old))
+    return root
+
+
+def davis_clip(davis_mini: Path, folder: Path) -> tuple[Path, Path]:
+    """Three downscaled blackswan frames and their first mask."""
+    from pdmtrack.writers import write_palette_png
+
+    folder.mkdir()
+    source = davis_mini / "JPEGImages" / "480p" / "blackswan"
+    for index in range(3):
+        Image.open(source / f"{index:05d}.jpg").resize((107, 60)).save(folder / f"{index:05d}.jpg")
+    swan = np.asarray(Image.open(davis_mini / "Annotations" / "480p" / "blackswan" / "00000.png").resize((107, 60), Image.NEAREST))
+    mask = folder.parent / "mask.png"
+    write_palette_png(mask, (swan > 0).astype(np.uint8))
+    return folder, mask
+
+
+def test_a_model_folder_as_cache_dir_is_refused_untouched(davis_mini, tiny_sdxl, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--cache-dir pointed at a folder of diffusers models with a tiny bound: the run stops
+    before any model loads and every weight file survives byte for byte."""
+    models = tmp_path / "models"
+    rng = np.random.default_rng(0)
+    for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "model_index.json"):  # fmt: skip
+        path = models / "fake-sdxl" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.integers(0, 256, 800_000, dtype=np.uint8).tobytes())
+        old = time.time() - 86400
+        os.utime(path, (old, old))
+    before = snapshot(models)
+    clip, mask = davis_clip(davis_mini, tmp_path / "clip")
+    args = ["propagate", clip, "--mask", mask, "-o", tmp_path / "out", "--model", tiny_sdxl, "--sam", "none",
+            "--size", "64", "--device", "cpu", "--cache-dir", models, "--cache-max-gb", "0.002"]  # fmt: skip
+    result = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(result, str(models), "not a pdmtrack feature cache", "--cache-dir")
+    assert snapshot(models) == before
+
+
+def test_cache_commands_refuse_a_home_like_folder_untouched(tmp_path: Path, capsys, monkeypatch) -> None:
+    home = home_like(tmp_path / "home")
+    before = snapshot(home)
+    for command in ("clear", "info"):
+        assert_one_line_error(run_cli(["cache", command, "--cache-dir", home], capsys, monkeypatch), str(home), "not a pdmtrack")
+    monkeypatch.chdir(home)
+    assert_one_line_error(run_cli(["cache", "clear", "--cache-dir", "."], capsys, monkeypatch), "not a pdmtrack")
+    with pytest.raises(InputError, match="not a pdmtrack feature cache"):
+        CacheFolder(home, 10**9).check()  # what a run with --cache-dir HOME does first
+    assert snapshot(home) == before
+
+
+def test_cache_info_on_a_file_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"not a cache")
+    assert_one_line_error(run_cli(["cache", "info", "--cache-dir", path], capsys, monkeypatch), str(path), "is a file")
+    assert_one_line_error(run_cli(["cache", "clear", "--cache-dir", path], capsys, monkeypatch), str(path), "is a file")
+    assert path.read_bytes() == b"not a cache"
+
+
+def test_eviction_and_clear_remove_only_the_cache_own_files(tmp_path: Path) -> None:
+    """Files a user put into a cache folder, even named like entries or temporaries, and
+    the folders holding them survive eviction and clearing; emptied cache folders go."""
+    size = entry_size(tmp_path)
+    root = tmp_path / "cache"
+    cache = new_cache(root, max_gb=3.5 * size / 1e9)
+    frames = make_frames(8)
+    cache.put(frames[:1], CountingSource()(frames[:1]))
+    old = time.time() - 2 * folder_module.STALE_TEMP_SECONDS
+    theirs = {
+        "tmp/old_file": b"keep me",
+        "tmp/.entry.1-notmine.tmp": b"keep me too",
+        "fp-a/ab/weights.safetensors": b"x" * (4 * size),
+        "fp-a/notes.txt": b"mine",
+        "unet/xy/diffusion_pytorch_model.safetensors": b"y" * (4 * size),
+        "Documents/letter.txt": b"dear",
+    }
+    for name, data in theirs.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+        os.utime(root / name, (old, old))  # the least recently used files of the folder
+    (root / "Pictures").mkdir()
+
+    def ours() -> list[Path]:
+        return [p for p in entry_files(root) if str(p.relative_to(root)) not in theirs]
+
+    for i in range(1, 8):
+        cache.put(frames[i : i + 1], CountingSource()(frames[i : i + 1]))
+    assert 0 < len(ours()) <= 3, "evicted down to the bound, counting only the cache's entries"
+    left = len(ours())
+    assert CacheFolder(root, 10**9).clear() == (left, left * size)
+    assert ours() == []
+    assert {name: (root / name).read_bytes() for name in theirs} == theirs and (root / "Pictures").is_dir()
+    assert {p.name for p in (root / "fp-a").iterdir()} == {"ab", "notes.txt", "info.json"}  # not emptied: kept
+
+
+def test_an_older_pdmtrack_cache_is_adopted_and_anything_else_refused(tmp_path: Path) -> None:
+    root = tmp_path / "features"
+    fill_two_groups(root)
+    (root / folder_module.MARKER).unlink()  # as an older pdmtrack left it
+    (root / "sam").mkdir()
+    (root / "sam" / "sam_vit_b_01ec64.pth").write_bytes(b"checkpoint")
+    CacheFolder(root, 10**9).check()
+    assert json.loads((root / folder_module.MARKER).read_text())["format"] == 1
+    assert CacheFolder(root, 10**9).report().entries == 6
+
+    (root / folder_module.MARKER).unlink()
+    (root / "fp-a" / "notes.txt").write_text("not the cache's")
+    before = snapshot(root)
+    with pytest.raises(InputError, match="not a pdmtrack feature cache"):
+        CacheFolder(root, 10**9).check()
+    assert snapshot(root) == before
+
+    (root / "fp-a" / "notes.txt").unlink()
+    (root / folder_module.MARKER).write_text(json.dumps({"format": 7}))
+    with pytest.raises(InputError, match="format 7"):
+        CacheFolder(root, 10**9).check()
+
+
+def test_empty_or_missing_folder_becomes_a_cache(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "new" / "cache"):
+        CacheFolder(root, 10**9).check()
+        assert json.loads((root / folder_module.MARKER).read_text())["format"] == 1
+
+
+def test_clearing_a_read_only_cache_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    fill_two_groups(tmp_path)
+    before = snapshot(tmp_path)
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refused)  # as in a folder the user may read only
+    result = run_cli(["cache", "clear", "--cache-dir", tmp_path], capsys, monkeypatch)
+    assert_one_line_error(result, str(tmp_path), "cannot clear the feature cache", "Permission denied")
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before
+
+
+class NanSource(CountingSource):
+    description = {"model": "/models/damaged"}
+
+    def __call__(self, frames: np.ndarray) -> PDMFeatures:
+        features = super().__call__(frames)
+        features.semantic = features.semantic.clone()
+        features.semantic[-1, 0, 0, 0] = float("nan")
+        return features
+
+
+def test_non_finite_features_are_refused_and_never_cached(tmp_path: Path) -> None:
+    frames = make_frames(3)
+    with pytest.raises(InputError, match=r"^/models/damaged: the model produced non-finite features"):
+        CachedFeatureSource(NanSource(), new_cache(tmp_path))(frames)
+    assert entry_files(tmp_path) == []
+
+
+def test_a_model_with_nan_weights_stops_the_run_and_caches_nothing(davis_mini, tiny_sdxl, tmp_path: Path, capsys, monkeypatch) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "damaged-sdxl"
+    shutil.copytree(tiny_sdxl, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({name: torch.full_like(tensor, float("nan")) for name, tensor in load_file(weights).items()}, weights)
+    clip, mask = davis_clip(davis_mini, tmp_path / "clip")
+    cache = tmp_path / "cache"
+    args = ["propagate", clip, "--mask", mask, "-o", tmp_path / "out", "--model", model, "--sam", "none",
+            "--size", "64", "--device", "cpu", "--cache-dir", cache]  # fmt: skip
+    result = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(result, str(model.resolve()), "non-finite features (NaN/inf)")
+    assert entry_files(cache) == []
+
+
+def test_segment_ov_refuses_a_foreign_cache_dir_before_loading(tiny_sdxl, tmp_path: Path, capsys, monkeypatch) -> None:
+    import pdmtrack.ovdiff.run as ovdiff_run
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ovdiff_run, "load_refiner", no_load)
+    monkeypatch.setattr(ovdiff_run, "load_diffusion", no_load)
+    home = home_like(tmp_path / "home")
+    before = snapshot(home)
+    image = tmp_path / "image.jpg"
+    Image.fromarray(make_frames(1)[0]).save(image)
+    args = ["segment-ov", image, "--classes", "dog", "-o", tmp_path / "out", "--model", tiny_sdxl, "--sam", "none",
+            "--device", "cpu", "--cache-dir", home]  # fmt: skip
+    assert_one_line_error(run_cli(args, capsys, monkeypatch), str(home), "not a pdmtrack feature cache")
+    assert snapshot(home) == before

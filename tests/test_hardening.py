@@ -62,9 +62,9 @@ def test_damaged_weights_name_the_file(component, damage, tiny_sdxl, tmp_path, c
     assert_one_line_error(result, f"{component}/{weights.name}", "damaged or incomplete weights; re-download")
 
 
-def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, victim: str, after: int = 0) -> None:
-    """Make the temporary file of ``victim`` (a suffix: .png, .mp4, .json) a link to /dev/full
-    from its ``after``-th temporary on, so writing it fails with ENOSPC like a full disk."""
+def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, folder: Path, victim: str, after: int = 0) -> None:
+    """Make the temporary file of ``victim`` (a suffix: .png, .mp4, .json) in ``folder`` a link
+    to /dev/full from its ``after``-th temporary on, so writing it fails with ENOSPC like a full disk."""
     import tempfile
 
     from pdmtrack import fsutil
@@ -76,7 +76,7 @@ def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, victim: str, after: int = 0) 
 
     def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
         fd, name = real_mkstemp(*args, **kwargs)
-        if name.endswith(victim):
+        if name.endswith(victim) and Path(name).parent == folder:
             made["count"] += 1
             if made["count"] > after:
                 os.unlink(name)
@@ -95,7 +95,7 @@ def test_disk_full_is_one_line_and_leaves_complete_files(victim, flags, tiny_sdx
     labels[10:30, 10:30] = 1
     mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
-    _fill_disk_at(monkeypatch, victim, after=3 if victim == ".png" else 0)
+    _fill_disk_at(monkeypatch, out, victim, after=3 if victim == ".png" else 0)
     args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
             "--batch-size", "2", "--cache-dir", tmp_path / "cache", *flags]
     result = run_cli(args, capsys, monkeypatch)

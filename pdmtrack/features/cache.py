@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, resolve_max_bytes
+from pdmtrack.errors import InputError
+from pdmtrack.features.cache_folder import CacheFolder, CacheFull, default_cache_dir, group_name, resolve_max_bytes
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "2"  # 1: one entry per batch; 2: one entry per frame, with a checksum
 _REQUIRED = ("appearance", "semantic")
 _OPTIONAL = ("class_vectors", "class_attention", "appearance_parts")
-_SAFE_DIR_NAME = re.compile(r"[0-9A-Za-z_-]+")
 
 
 def frames_key(frames: np.ndarray) -> str:
@@ -64,8 +63,8 @@ class FeatureCache:
     """One frame's PDMFeatures per entry, keyed by frame content and ``fingerprint``.
 
     Entries live in ``folder/<fingerprint[:16]>/<key[:2]>/<key>.safetensors`` with
-    ``key = sha256(frames_key(frame) + fingerprint)`` (a fingerprint that is not a plain name
-    is replaced by its sha256 in the folder name). ``description`` (model, settings) is
+    ``key = sha256(frames_key(frame) + fingerprint)`` (a fingerprint that is not a plain name,
+    or names one of the folder's own, is replaced by its sha256: ``group_name``). ``description`` (model, settings) is
     written beside them for ``pdmtrack cache info``. When the cache cannot take more (disk
     nearly full, unwritable), writing stops for this object with one warning and reading goes on.
     """
@@ -83,8 +82,7 @@ class FeatureCache:
         self.folder = CacheFolder(cache_dir, resolve_max_bytes(max_gb))
         self.fingerprint = fingerprint
         self.description = {**(description or {}), "fingerprint": fingerprint, "format_version": FORMAT_VERSION}
-        group = fingerprint if _SAFE_DIR_NAME.fullmatch(fingerprint) else _sha256(fingerprint)
-        self.group = group[:16]
+        self.group = group_name(fingerprint)
         self.writing = True
 
     @property
@@ -141,8 +139,7 @@ class FeatureCache:
         log.warning("feature cache: %s; going on without caching new features", reason)
 
     def _path(self, content_key: str) -> Path:
-        key = _sha256(f"{content_key}|{self.fingerprint}")
-        return self.folder.root / self.group / key[:2] / f"{key}.safetensors"
+        return self.folder.entry_path(self.group, _sha256(f"{content_key}|{self.fingerprint}"))
 
     def _metadata(self, content_key: str) -> dict[str, str]:
         return {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "frames_key": content_key}
@@ -226,6 +223,7 @@ class CachedFeatureSource:
     ``hits`` counts frames served from the cache and ``misses`` frames computed (a batch with
     any frame missing is computed whole, see the module doc; only its missing frames are
     written). With ``cache=None`` (``--no-cache``) every frame is computed, nothing is written.
+    Computed features holding NaN or inf are an InputError naming the model: never used, never cached.
     """
 
     def __init__(self, source: FeatureSource, cache: FeatureCache | None) -> None:
@@ -242,10 +240,25 @@ class CachedFeatureSource:
             return PDMFeatures.cat(stored).contiguous()  # type: ignore[arg-type]
         self.misses += len(frames)
         features = self.source(frames).contiguous()
+        _check_finite(features, self.source)
         absent = [index for index, entry in enumerate(stored) if entry is None]
         if self.cache is not None and absent:
             self.cache.put(frames[absent], features.select(absent))
         return features
+
+
+def _check_finite(features: PDMFeatures, source: FeatureSource) -> None:
+    """InputError naming the model when ``source`` produced NaN or inf: such features are
+    never tracked with, nor cached."""
+    tensors = (features.appearance, features.semantic, features.class_vectors, features.class_attention, features.appearance_parts)
+    if all(tensor is None or bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        return
+    description = getattr(source, "description", None) or {}
+    raise InputError(
+        description.get("model") or description.get("weights") or "--model",
+        "the model produced non-finite features (NaN/inf); its weights are damaged, or it overflows in this "
+        "--dtype (try --dtype fp32)",
+    )
 
 
 __all__ = ["CachedFeatureSource", "FeatureCache", "default_cache_dir", "frames_key", "tensors_checksum"]

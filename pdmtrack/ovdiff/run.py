@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pdmtrack.build import feature_source, load_diffusion, load_refiner
+from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.permirs import read_rgb
@@ -99,6 +99,7 @@ def open_ovdiff(
 ) -> OVDiffRun:
     """Load SAM and the diffusion model once, then prototypes (stored or built) of ``names``."""
     names = check_classes(names)
+    check_feature_cache(settings)  # before SAM (its checkpoints go beside the cache) and the big load
     refiner = load_refiner(settings)
     parts = load_diffusion(settings)
     builder = prototype_builder(parts, settings, prototypes, refiner, prototypes_dir, support_dir)
