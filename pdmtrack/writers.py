@@ -61,6 +61,9 @@ class MaskPngWriter:
 TIME_BASE = Fraction(1, 60000)
 
 
+ENCODER_THREADS = 4  # the same overlay bytes on every machine and every run
+
+
 class VideoWriter:
     """Encode RGB frames to a video with PyAV (H.264 when libx264 is there, else MPEG-4 part 2).
 
@@ -93,7 +96,9 @@ class VideoWriter:
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = TIME_BASE
         if codec == "libx264":
-            self._stream.options = {"preset": "veryfast", "crf": "18"}
+            # a fixed thread count: x264's automatic one follows the CPUs this process may
+            # use (affinity, container limits), and each count encodes different bytes
+            self._stream.options = {"preset": "veryfast", "crf": "18", "threads": str(ENCODER_THREADS)}
         return self
 
     def write(self, frame_rgb: np.ndarray, time: float | None = None) -> None:

@@ -240,7 +240,8 @@ def test_readme_states_the_disk_reserve_the_message_prints():
 
 def test_overlay_of_both_directions_is_reproducible(frames_dir, first_mask, base_args, tmp_path, capsys, monkeypatch):
     """Item 10: identical runs with --direction both give identical masks and identical
-    decoded overlay frames (a guard: the reported difference was not reproduced here)."""
+    decoded overlay frames (the cause, x264's CPU-dependent thread count, has its own test in
+    test_writers.py)."""
     from pdmtrack.video import FrameReader
 
     runs = []

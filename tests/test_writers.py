@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,27 @@ def test_failing_writers_leave_no_file(tmp_path: Path) -> None:
     with pytest.raises(_Boom):
         write_video(tmp_path / "clip.mp4", frames_then_failure(), fps=10)
     assert list(tmp_path.iterdir()) == []  # neither final files nor temporaries
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compare one with two")
+def test_overlay_bytes_do_not_depend_on_the_cpus_available(tmp_path: Path) -> None:
+    """x264's automatic thread count follows the CPUs a process may use, and each count
+    encodes other bytes (decoded frames up to ~50 levels apart at mask edges). The overlay
+    must be the same file however many CPUs the run was given."""
+    rows, cols = np.mgrid[0:240, 0:432]
+    frames = [np.stack([(rows + t) % 256, (cols * 2 - t) % 256, (rows + cols + 5 * t) % 256], -1).astype(np.uint8) for t in range(24)]
+    labels = np.zeros((240, 432), np.uint8)
+    labels[60:180, 100:300] = 1
+    cpus = os.sched_getaffinity(0)
+    encoded = []
+    for allowed in ({min(cpus)}, cpus):
+        os.sched_setaffinity(0, allowed)
+        try:
+            path = tmp_path / f"overlay_{len(allowed)}.mp4"
+            with OverlayWriter(path, 24, 432, 240) as video:
+                for frame in frames:
+                    video.write(frame, labels)
+        finally:
+            os.sched_setaffinity(0, cpus)
+        encoded.append(path.read_bytes())
+    assert encoded[0] == encoded[1]
