@@ -145,7 +145,7 @@ def plan_run(
     plan = RunPlan(
         Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite
     )
-    class_rows(plan.classes, plan.object_ids)  # checks the number of class names
+    class_rows(plan.classes, plan.object_ids, "--cls")  # checks the number of class names
     _spare_inputs(_output_files(plan), plan)
     # Without given masks the first-frame objects are not known yet (class names, OVDiff):
     # track_to_folder checks again with them, before writing anything.
