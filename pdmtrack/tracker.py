@@ -245,8 +245,7 @@ class Tracker:
         half = search_dtype(self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
         propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner, half)  # type: ignore[arg-type]
         from_classes: dict[int, np.ndarray] = {}  # the first mask, from the class names when none is given
-        if state.masks:
-            self._class_rows(state)  # checks the class names before any work
+        rows, rows_of = (self._class_rows(state), self._masks_key(state)) if state.masks else ({}, ())
         low, high = (stop + 1, start + 1) if reverse else (start, stop)
         batch_size = self.batch_size(state)
         prepared = prefetched(
@@ -266,7 +265,10 @@ class Tracker:
                             from_classes[start] = self._mask_from_classes(frames[position], features.select(position))
                     labels = given(frame_idx)
                     if labels is not None:
-                        rows = self._class_rows(state) if state.masks else {i: i - 1 for i in object_ids_in(labels)}
+                        if not state.masks:
+                            rows = {i: i - 1 for i in object_ids_in(labels)}
+                        elif self._masks_key(state) != rows_of:  # add_mask gave one meanwhile
+                            rows, rows_of = self._class_rows(state), self._masks_key(state)
                         with clock("matching"):
                             propagator.add_keyframe(features.select(position), labels, rows)
                         yield frame_idx, labels
@@ -284,6 +286,11 @@ class Tracker:
                     position += 1
         finally:
             prepared.close()  # stops the feature and decode threads at once
+
+    @staticmethod
+    def _masks_key(state: VideoState) -> tuple[tuple[int, int], ...]:
+        """Which masks ``state`` holds (add_mask stores a new array each time)."""
+        return tuple((frame_idx, id(labels)) for frame_idx, labels in state.masks.items())
 
     @staticmethod
     def _class_rows(state: VideoState) -> dict[int, int | None]:
