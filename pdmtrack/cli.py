@@ -23,6 +23,7 @@ from pdmtrack.config import (
     SourceConfig,
     TrackSettings,
     check_choice,
+    check_finite,
 )
 from pdmtrack.errors import InputError
 from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
@@ -430,6 +431,7 @@ def segment(
     """Segment the reference's instance(s) in each target image (PerSAM(PDM))."""
     from pdmtrack.image_runs import segment_to_folder
 
+    check_finite("--present-threshold", present_threshold)
     summary = segment_to_folder(
         reference,
         targets,

@@ -6,6 +6,9 @@ comes from. The CLI builds these from its flags; the library never reads flags i
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -34,6 +37,30 @@ def check_at_least(flag: str, value: float, least: float) -> None:
     if value < least:
         raise InputError(flag, f"must be at least {least}, got {value}")
 
+
+def check_finite(flag: str, value: float) -> None:
+    """InputError naming ``flag`` when ``value`` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise InputError(flag, f"must be a finite number, got {value}")
+
+
+# Settings fields whose CLI flag has another name (the flag is --<name> with dashes otherwise).
+FLAG_NAMES = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou", "kind": "features"}
+
+
+def check_finite_fields(config: object, flag_names: Mapping[str, str] = FLAG_NAMES) -> None:
+    """``check_finite`` on every number field of the dataclass ``config`` (flags from ``flag_names``);
+    every settings class calls it first in ``__post_init__``, so no NaN or inf gets through."""
+    for item in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, item.name)
+        if isinstance(value, numbers.Real):
+            check_finite("--" + flag_names.get(item.name, item.name).replace("_", "-"), value)
+
+
+# Largest --size (short side in pixels): twice the 1024 pixels SDXL was trained at (SD 1.x: 512);
+# inputs far beyond the training resolution give no better features and exhaust memory.
+MAX_SIZE = 2048
+
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 DEFAULT_DINOV2 = "facebook/dinov2-base"
 
@@ -57,9 +84,16 @@ class FeatureConfig:
     separate_qk: bool = False  # also keep attn1's query and key apart (appearance_parts), as the authors' code matches them
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check_choice("--inversion", self.inversion, get_args(Inversion))
         if self.size < 64 or self.size % 64:
             raise InputError("--size", f"must be a positive multiple of 64, got {self.size}")
+        if self.size > MAX_SIZE:
+            raise InputError(
+                "--size",
+                f"{self.size} is too large: at most {MAX_SIZE} (SDXL was trained at 1024 pixels, SD 1.x at 512; "
+                "far larger inputs give no better features and exhaust memory)",
+            )
         check_at_least("--timestep", self.feature_timestep, 0)
         check_at_least("--fixed-point-iters", self.fixed_point_iters, 0)
 
@@ -76,6 +110,7 @@ class MatchConfig:
     instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check_choice("--appearance-agg", self.appearance_agg, get_args(AppearanceAgg))
         if not 0.0 <= self.tau <= 1.0:
             raise InputError("--tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {self.tau}")
@@ -97,6 +132,7 @@ class MemoryConfig:
     protocol: Protocol = "pdmtrack"  # dift / authors-code: DINO's and DIFT's eval_davis label propagation step for step
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check_choice("--protocol", self.protocol, get_args(Protocol))
         check_at_least("--context", self.context, 0)
         check_at_least("--context-topk", self.context_topk, 1)
@@ -115,6 +151,7 @@ class SamConfig:
     min_iou: float = 0.5  # keep the coarse mask when SAM's best output has a lower IoU with it
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check_choice("--sam", self.model_type, get_args(SamType))
 
 
@@ -132,6 +169,7 @@ class RuntimeConfig:
     backend: Backend = "auto"  # video decoding backend: auto, decord or pyav
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.batch_size != "auto":
             try:
                 frames = int(self.batch_size)
@@ -162,6 +200,7 @@ class SourceConfig:
     dinov2_size: int = 448  # short side; 32 patches of 14 pixels, the PDM grid at size 512
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check_choice("--features", self.kind, get_args(FeatureKind))
         check_at_least("--dift-ensemble", self.dift_ensemble, 1)
         check_at_least("--dinov2-size", self.dinov2_size, 14)
@@ -179,6 +218,7 @@ class GlobalConfig:
     gem_p: float = 3.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self, {"model": "global_model", "size": "global_size"})
         check_choice("--pooling", self.pooling, get_args(Pooling))
         check_at_least("--global-size", self.size, 14)
         if self.gem_p <= 0:
@@ -232,11 +272,10 @@ class TrackSettings:
 
 def _option_fields() -> dict[str, tuple[str, str]]:
     """Flat option name (the CLI flag without dashes) -> (settings group, field)."""
-    renamed = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou", "kind": "features"}
     table: dict[str, tuple[str, str]] = {}
     for group in fields(TrackSettings):
         for item in fields(group.default_factory):  # type: ignore[misc]
-            table[renamed.get(item.name, item.name)] = (group.name, item.name)
+            table[FLAG_NAMES.get(item.name, item.name)] = (group.name, item.name)
     table["no_cache"] = ("runtime", "use_cache")  # the CLI's --no-cache is the negation of use_cache
     return table
 

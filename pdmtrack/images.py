@@ -9,14 +9,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pdmtrack.errors import InputError
-from pdmtrack.video import IMAGE_SUFFIXES
+from pdmtrack.video import IMAGE_SUFFIXES, rgb_pixels
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
+    """An image file as (H, W, 3) uint8 RGB (16-bit greyscale scaled to 8 bits)."""
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            return np.array(rgb_pixels(image))
     except FileNotFoundError:
         raise InputError(path, "image not found") from None
     except (OSError, UnidentifiedImageError) as err:

@@ -3,9 +3,13 @@
 Accepted: indexed PNG (ids = pixel values), single-channel PNG (each non-zero grey level
 is an object, ids 1..N in sorted order, so 0/255 and 0/1 are one object), RGB/RGBA PNG
 (each distinct non-black colour is an object; DAVIS palette colours keep their palette
-index, other colours are numbered in order of first appearance, top to bottom), and COCO
-RLE JSON (one RLE, a list of RLEs, ``{"<id>": rle}``, a COCO annotation list, or the
-``masks.json`` that ``RleJsonWriter`` writes, whose first frame is taken).
+index, other colours are numbered in order of first appearance, top to bottom), JPEG (lossy,
+so its values are no ids: one object, the pixels brighter than ``JPEG_THRESHOLD`` in any
+channel, with a note saying so), and COCO RLE JSON (one RLE, a list of RLEs,
+``{"<id>": rle}``, a COCO annotation list, or the ``masks.json`` that ``RleJsonWriter``
+writes, whose first frame is taken). A mask with more than ``MANY_OBJECTS`` ids, or with an
+id under ``TINY_FRACTION`` of the frame, gets a note: such ids are usually noise (smoothed
+edges, a lossy copy), each of which would be tracked as an object.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pdmtrack.errors import InputError
 from pdmtrack.fsutil import read_json
 
 MAX_OBJECTS = 255
+JPEG_THRESHOLD = 127  # a JPEG mask is one object: the pixels above this in any channel
+MANY_OBJECTS = 20  # a mask with more object ids than this gets a note
+TINY_FRACTION = 1e-4  # so does one with an object covering less than this fraction of it
 
 
 def davis_palette() -> np.ndarray:
@@ -118,20 +125,46 @@ def read_mask(path: str | Path) -> LoadedMask:
         labels, note = _labels_from_json(path)
     else:
         labels, note = _labels_from_image(path)
+    object_ids = require_objects(labels, path)
+    notes = [text for text in (note, _noise_note(labels, object_ids)) if text]
+    return LoadedMask(labels=labels, object_ids=object_ids, note="; ".join(notes) or None)
+
+
+def require_objects(labels: np.ndarray, where: str | Path) -> list[int]:
+    """The object ids in ``labels`` (ascending); an InputError naming ``where`` when it holds none."""
     object_ids = [int(v) for v in np.unique(labels) if v != 0]
     if not object_ids:
-        raise InputError(path, "mask is empty: it holds no object (every pixel is background)")
-    return LoadedMask(labels=labels, object_ids=object_ids, note=note)
+        raise InputError(where, "mask is empty: it holds no object (every pixel is background)")
+    return object_ids
+
+
+def _noise_note(labels: np.ndarray, object_ids: list[int]) -> str | None:
+    """A warning when the mask holds many ids or tiny ones (noise, each tracked as an object)."""
+    areas = np.bincount(labels.ravel(), minlength=MAX_OBJECTS + 1)[object_ids]
+    tiny = int((areas < TINY_FRACTION * labels.size).sum())
+    if len(object_ids) <= MANY_OBJECTS and not tiny:
+        return None
+    return (
+        f"the mask holds {len(object_ids)} objects, {tiny} of them under {TINY_FRACTION:.2%} of the frame: "
+        "every distinct value is tracked as an object; if that is noise (smoothed edges, a lossy copy), "
+        "give a clean PNG"
+    )
 
 
 def _labels_from_image(path: Path) -> tuple[np.ndarray, str | None]:
     try:
         with Image.open(path) as image:
             image.load()
-            mode = image.mode
-            pixels = np.asarray(image)
+            mode, jpeg = image.mode, image.format == "JPEG"
+            pixels = np.asarray(image.convert("RGB")).max(axis=2) if jpeg else np.asarray(image)
     except OSError as err:
         raise InputError(path, f"cannot read the mask as an image ({err})") from err
+    if jpeg:
+        note = (
+            f"JPEG mask read as one object (pixels above {JPEG_THRESHOLD}): its lossy compression "
+            "blurs values, so they cannot be ids; give a PNG for several objects"
+        )
+        return (pixels > JPEG_THRESHOLD).astype(np.uint8), note
     if mode == "P":
         return pixels.astype(np.uint8), None
     if mode in ("RGB", "RGBA"):

@@ -151,7 +151,7 @@ def plan_run(
     plan = RunPlan(
         Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite
     )
-    class_rows(plan.classes, plan.object_ids)  # checks the number of class names
+    class_rows(plan.classes, plan.object_ids, "--cls")  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
     check_not_in_use(out_dir)
     # Without given masks the first-frame objects are not known yet (class names, OVDiff):

@@ -31,6 +31,7 @@ from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.masks import require_objects
 from pdmtrack.objects import object_ids_in
 from pdmtrack.propagate import Propagator, mask_from_class_names
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
@@ -129,13 +130,20 @@ def distinct_classes(classes: Classes) -> list[str]:
     return list(dict.fromkeys(name.strip() for name in names))
 
 
-def class_rows(classes: Classes, object_ids: Sequence[int]) -> dict[int, int | None]:
+def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classes") -> dict[int, int | None]:
     """Per object id, the row of its class among the distinct names (None: no class).
 
-    ``classes`` is a mapping {id: name}, one name for every object, or one name per object
-    in ascending id order."""
+    ``classes`` is a mapping {id: name} (every id among ``object_ids``), one name for every
+    object, or one name per object in ascending id order; ``where`` names it in errors."""
     names = distinct_classes(classes)
     if isinstance(classes, Mapping):
+        unknown = sorted(set(classes) - set(object_ids))
+        if unknown:
+            raise InputError(
+                where,
+                f"object id {unknown[0]} ('{classes[unknown[0]]}') is in no given mask "
+                f"(their ids: {', '.join(map(str, object_ids))})",
+            )
         return {i: names.index(classes[i].strip()) if i in classes else None for i in object_ids}
     if not classes:
         return dict.fromkeys(object_ids)
@@ -143,7 +151,7 @@ def class_rows(classes: Classes, object_ids: Sequence[int]) -> dict[int, int | N
         return dict.fromkeys(object_ids, 0)
     if len(classes) != len(object_ids):
         raise InputError(
-            "--cls",
+            where,
             f"{len(classes)} class names for {len(object_ids)} objects (ids {', '.join(map(str, object_ids))}): "
             "give one name for all objects or one per object (in id order)",
         )
@@ -196,17 +204,29 @@ class Tracker:
         return VideoState(reader, classes, self.feature_source(classes))
 
     def add_mask(self, state: VideoState, frame_idx: int, labels: np.ndarray) -> None:
-        """Give the objects' mask at ``frame_idx`` ((H, W) object ids 0..255, 0 = background).
-        It is the output at that frame, a permanent reference from then on, and the whole
-        truth there: ids it adds are tracked from it, tracked ids it lacks end at it."""
+        """Give the objects' mask at ``frame_idx`` ((H, W) object ids 0..255, 0 = background;
+        integers, or floats holding whole numbers). It is the output at that frame, a permanent
+        reference from then on, and the whole truth there: ids it adds are tracked from it,
+        tracked ids it lacks end at it. A running ``propagate`` generator takes it when it
+        reaches ``frame_idx`` (a frame it has already passed waits for the next pass)."""
         if not 0 <= frame_idx < state.num_frames:
-            raise InputError("mask", f"frame {frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
+            raise InputError("frame_idx", f"{frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
         labels = np.asarray(labels)
+        if labels.dtype.kind not in "buif":
+            raise InputError("mask", f"frame {frame_idx}: expected an array of object ids, got dtype {labels.dtype}")
         if labels.shape != (state.height, state.width):
             got = "x".join(map(str, labels.shape[::-1]))
             raise InputError("mask", f"frame {frame_idx}: mask is {got}, the video is {state.width}x{state.height}")
+        if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+            value = labels.flat[int(np.argmax(labels != np.round(labels)))]
+            raise InputError(
+                "mask",
+                f"frame {frame_idx}: a float mask must hold whole object ids, got {value} "
+                "(for probabilities, threshold first: (mask > 0.5).astype(np.uint8))",
+            )
         if labels.size and (labels.min() < 0 or labels.max() > 255):
             raise InputError("mask", f"frame {frame_idx}: object ids must lie in 0..255")
+        require_objects(labels, f"mask (frame {frame_idx})")
         state.masks[int(frame_idx)] = labels.astype(np.uint8, copy=True)
 
     def propagate(
@@ -217,38 +237,65 @@ class Tracker:
         ``end``) with ``reverse``. ``start`` defaults to the first given mask (the last one with
         ``reverse``); without any mask the objects come from the class names at ``start``
         (default 0), object k being the k-th distinct name. Given masks met on the way are
-        taken as they are (corrections)."""
+        taken as they are (corrections), also those added with ``add_mask`` while this
+        generator runs, for frames it has not yielded yet."""
         start, stop = self._range(state, start, end, reverse)
         clock = StageClock(state.stage_seconds)
         refiner = _TimedRefiner(self.refiner, clock) if self.refiner is not None else None
         half = search_dtype(self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
         propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner, half)  # type: ignore[arg-type]
-        masks = dict(state.masks)
-        rows = class_rows(state.classes, sorted({i for labels in masks.values() for i in object_ids_in(labels)}))
+        from_classes: dict[int, np.ndarray] = {}  # the first mask, from the class names when none is given
+        rows, rows_of = (self._class_rows(state), self._masks_key(state)) if state.masks else ({}, ())
         low, high = (stop + 1, start + 1) if reverse else (start, stop)
         batch_size = self.batch_size(state)
         prepared = prefetched(
             lambda: self._featurize(state, batch_size, low, high, reverse), FEATURE_PREFETCH, "pdmtrack-features"
         )
+
+        def given(frame_idx: int) -> np.ndarray | None:  # read live: add_mask may add masks meanwhile
+            return state.masks.get(frame_idx, from_classes.get(frame_idx))
+
         try:
             for indices, frames, features in prepared:
-                run: list[int] = []  # batch positions of frames to track, up to the next given mask
-                for position, frame_idx in enumerate(indices):
-                    if frame_idx == start and not masks:
+                position = 0
+                while position < len(indices):
+                    frame_idx = indices[position]
+                    if frame_idx == start and not state.masks:
                         with clock("matching"):
-                            masks[start] = self._mask_from_classes(frames[position], features.select(position))
-                        rows = {i: i - 1 for i in object_ids_in(masks[start])}
-                    if frame_idx not in masks:
-                        run.append(position)
+                            from_classes[start] = self._mask_from_classes(frames[position], features.select(position))
+                    labels = given(frame_idx)
+                    if labels is not None:
+                        if not state.masks:
+                            rows = {i: i - 1 for i in object_ids_in(labels)}
+                        elif self._masks_key(state) != rows_of:  # add_mask gave one meanwhile
+                            rows, rows_of = self._class_rows(state), self._masks_key(state)
+                        with clock("matching"):
+                            propagator.add_keyframe(features.select(position), labels, rows)
+                        yield frame_idx, labels
+                        position += 1
                         continue
-                    yield from self._track_run(propagator, indices, frames, features, run, clock)
-                    run = []
-                    with clock("matching"):
-                        propagator.add_keyframe(features.select(position), masks[frame_idx], rows)
-                    yield frame_idx, masks[frame_idx]
-                yield from self._track_run(propagator, indices, frames, features, run, clock)
+                    # track up to the next given mask of the batch, until add_mask gives one on the way
+                    run = list(range(position, len(indices)))
+                    run = run[: next((k for k, p in enumerate(run) if given(indices[p]) is not None), len(run))]
+                    tracked = self._track_run(propagator, indices, frames, features, run, clock)
+                    for position in run:
+                        yield next(tracked)
+                        if any(given(indices[p]) is not None for p in run if p > position):
+                            break
+                    tracked.close()
+                    position += 1
         finally:
             prepared.close()  # stops the feature and decode threads at once
+
+    @staticmethod
+    def _masks_key(state: VideoState) -> tuple[tuple[int, int], ...]:
+        """Which masks ``state`` holds (add_mask stores a new array each time)."""
+        return tuple((frame_idx, id(labels)) for frame_idx, labels in state.masks.items())
+
+    @staticmethod
+    def _class_rows(state: VideoState) -> dict[int, int | None]:
+        """Per object id of the given masks, the row of its class (see ``class_rows``)."""
+        return class_rows(state.classes, sorted({i for labels in state.masks.values() for i in object_ids_in(labels)}))
 
     def batch_size(self, state: VideoState) -> int:
         """Frames per feature batch for ``state``'s video (``--batch-size auto`` resolved: from
@@ -313,15 +360,15 @@ class Tracker:
         if start is None:
             start = (max(state.masks) if reverse else min(state.masks)) if state.masks else (last if reverse else 0)
         if not 0 <= start <= last:
-            raise InputError("--start", f"{start} is outside the video's frames 0..{last}")
+            raise InputError("start", f"{start} is outside the video's frames 0..{last}")
         if state.masks and start not in state.masks:
             given = ", ".join(map(str, sorted(state.masks)))
-            raise InputError("--start", f"frame {start} has no mask (masks were given at frames {given})")
+            raise InputError("start", f"frame {start} has no mask (masks were given at frames {given})")
         if not state.masks and not distinct_classes(state.classes):
-            raise InputError("--mask", "give a mask (--mask FILE), a class name (--cls NAME) or both")
+            raise InputError("mask", "give a mask (add_mask), class names (init_state's classes) or both")
         stop = (-1 if reverse else state.num_frames) if end is None else end
         if reverse and not -1 <= stop < start:
-            raise InputError("--end", f"{stop} must lie before --start {start} when tracking backwards")
+            raise InputError("end", f"{stop} must lie before start {start} when tracking backwards")
         if not reverse and not start < stop <= state.num_frames:
-            raise InputError("--end", f"{stop} must lie after --start {start} and at most {state.num_frames} (the frame count)")
+            raise InputError("end", f"{stop} must lie after start {start} and at most {state.num_frames} (the frame count)")
         return start, stop

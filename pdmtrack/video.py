@@ -34,6 +34,16 @@ DECORD_EXACT = {"gray", "bgr0", "yuv411p", "yuv422p", "yuv444p", "yuv420p"}
 FrameSource = Iterator[tuple[int, np.ndarray]]
 
 
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """An open image as (H, W, 3) uint8 RGB. 16-bit greyscale (modes I;16*, and I, which is how
+    16-bit PNGs may open) keeps its high byte (value >> 8): PIL's own conversion clips every
+    value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = (np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
 def _natural_key(name: str) -> list[int | str]:
     """Sort key that orders ``frame2`` before ``frame10`` (same as plain sort when zero-padded)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -274,7 +284,7 @@ class FrameReader:
             file = self._files[index]
             try:
                 with Image.open(file) as image:
-                    frame = np.asarray(image.convert("RGB"))
+                    frame = rgb_pixels(image)
             except OSError as err:
                 raise InputError(file, f"cannot read this image ({err})") from err
             if frame.shape[:2] != (self.height, self.width):

@@ -194,16 +194,15 @@ def test_perturbed_ground_truth_gives_the_set_computed_j(davis_mini: Path, tmp_p
 def test_real_sequences_with_noisy_results_match_the_reference(davis_mini: Path, tmp_path: Path) -> None:
     # Every number (J, F, recall, decay, global) against the independent reference, on
     # results it derives nothing from: GT shifted by a random amount per frame, some frames
-    # missing, one sequence only a bit off.
+    # empty, one sequence only a bit off.
     rng = np.random.default_rng(5)
     dataset = DavisDataset(davis_mini, "val", sequences=["blackswan", "car-shadow"])
     for sequence in dataset.sequences:
         truth = dataset.load_annotations(sequence)
         for t, (name, ids) in enumerate(zip(dataset.frame_names(sequence), truth)):
-            if t % 7 == 3:
-                continue  # missing frame: scored as empty
             dy, dx = rng.integers(-15, 16, size=2)
-            write_ids_png(tmp_path / "results" / sequence / f"{name}.png", np.roll(ids, (dy, dx), axis=(0, 1)))
+            pred = np.zeros_like(ids) if t % 7 == 3 else np.roll(ids, (dy, dx), axis=(0, 1))
+            write_ids_png(tmp_path / "results" / sequence / f"{name}.png", pred)
     evaluate_davis(davis_mini, "val", results_dir=tmp_path / "results", sequences=dataset.sequences)
     want = reference.evaluate_folder(davis_mini, tmp_path / "results", dataset.sequences)
     assert_report_matches_reference(tmp_path / "results", "val", want)
@@ -223,8 +222,9 @@ def test_multi_object_results_match_the_reference(synthetic: Path, tmp_path: Pat
                 pred[pred == 1] = 0  # object 1 lost in one frame
             if sequence == "alpha" and t == 3:
                 pred[0:3, 0:3] = object_count  # a false positive blob
-            if not (sequence == "gamma" and t == 2):  # a missing result frame
-                write_ids_png(results / sequence / f"{name}.png", pred)
+            if sequence == "gamma" and t == 2:  # an empty result frame
+                pred[:] = 0
+            write_ids_png(results / sequence / f"{name}.png", pred)
     report = evaluate_davis(synthetic, "val", results_dir=results)
     want = reference.evaluate_folder(synthetic, results, dataset.sequences)
     assert [obj.name for obj in report.objects] == ["alpha_1", "alpha_2", "beta_1", "beta_2", "beta_3", "gamma_1"]
@@ -240,8 +240,10 @@ def test_multi_object_results_match_the_reference(synthetic: Path, tmp_path: Pat
 
 def test_csv_values_have_three_decimals(synthetic: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    for sequence in ("alpha", "beta", "gamma"):
-        (results / sequence).mkdir(parents=True)  # every frame missing: all objects empty
+    dataset = DavisDataset(synthetic, "val")
+    for sequence in dataset.sequences:  # every frame empty: all objects empty
+        for name in dataset.frame_names(sequence):
+            write_ids_png(results / sequence / f"{name}.png", np.zeros(dataset.image_size(sequence), np.uint8))
     evaluate_davis(synthetic, "val", results_dir=results, out_dir=tmp_path / "report")
     _, rows = read_csv(tmp_path / "report" / "global_results-val.csv")
     assert all(re.fullmatch(r"-?\d+\.\d{3}", cell) for cell in rows[0])
@@ -257,6 +259,7 @@ def test_csv_values_have_three_decimals(synthetic: Path, tmp_path: Path) -> None
         ("wrong_size", "differs from the annotation's 48x36"),
         ("rgb", "indexed"),
         ("missing_sequence", "no results folder for sequence(s) gamma"),
+        ("missing_frame", "results/beta/00002.png: result frame not found (sequence beta, frame 00002)"),
     ],
 )
 def test_bad_results_give_one_line_errors(synthetic: Path, tmp_path: Path, breakage: str, message: str) -> None:
@@ -274,6 +277,8 @@ def test_bad_results_give_one_line_errors(synthetic: Path, tmp_path: Path, break
         write_ids_png(broken, np.zeros((30, 48), np.uint8))
     elif breakage == "rgb":
         Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(broken)
+    elif breakage == "missing_frame":
+        broken.unlink()
     with pytest.raises(InputError) as info:
         evaluate_results(dataset, results)
     assert message in str(info.value) and "\n" not in str(info.value)

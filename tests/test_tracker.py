@@ -143,9 +143,9 @@ def test_bad_session_input_is_a_one_line_error(swan) -> None:
     folder, truth = swan
     session = tracker()
     state = session.init_state(folder)
-    with pytest.raises(InputError, match="--mask"):
+    with pytest.raises(InputError, match="^mask: give a mask"):
         next(session.propagate(state))  # no mask and no class name
-    with pytest.raises(InputError, match="frame 99 is outside"):
+    with pytest.raises(InputError, match="^frame_idx: 99 is outside"):
         session.add_mask(state, 99, truth[0])
     with pytest.raises(InputError, match="mask is 10x10"):
         session.add_mask(state, 0, np.zeros((10, 10), np.uint8))

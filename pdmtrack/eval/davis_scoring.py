@@ -2,9 +2,10 @@
 
 Objects are ids 1..max(first annotation), the first and last frames are not scored, a result
 frame is read as ``png == object_id``, and J&F-Mean is the mean of the object-averaged J-Mean
-and F-Mean. Two deliberate extensions: a missing result frame or object counts as empty
-(upstream exits), and a result id above the number of objects is an :class:`InputError`
-naming the sequence and frame.
+and F-Mean. A missing result frame (of the scored ones) stops the evaluation, as upstream's
+"frame not found" does, with an :class:`InputError` naming the file; an object missing from a
+result counts as empty (as upstream); a result id above the number of objects is an
+:class:`InputError` naming the sequence and frame.
 """
 
 from __future__ import annotations
@@ -127,9 +128,7 @@ class DavisReport:
 
 
 def _read_result_frame(path: Path, shape: tuple[int, int], num_objects: int, sequence: str) -> np.ndarray:
-    """Object ids of one result PNG; a missing file is an empty frame."""
-    if not path.is_file():
-        return np.zeros(shape, dtype=np.uint8)
+    """Object ids of one result PNG (``check_result_frames`` has made sure it exists)."""
     ids = read_indexed_png(path)
     if ids.shape != shape:
         got, want = f"{ids.shape[1]}x{ids.shape[0]}", f"{shape[1]}x{shape[0]}"
@@ -173,6 +172,20 @@ def evaluate_sequence(dataset: DavisDataset, sequence: str, sequence_results: Pa
     return scores
 
 
+def check_result_frames(dataset: DavisDataset, results_dir: Path) -> None:
+    """InputError naming the first scored frame (all but each sequence's first and last) that has
+    no result PNG: davis2017-evaluation stops with "frame not found" there too."""
+    for sequence in dataset.sequences:
+        for name in dataset.frame_names(sequence)[1:-1]:
+            path = results_dir / sequence / f"{name}.png"
+            if not path.is_file():
+                raise InputError(
+                    path,
+                    f"result frame not found (sequence {sequence}, frame {name}); every frame but the first "
+                    "and the last is scored, so each needs its <frame>.png",
+                )
+
+
 def evaluate_results(dataset: DavisDataset, results_dir: Path) -> DavisReport:
     """Score ``results_dir/<seq>/<frame>.png`` for every sequence of ``dataset``."""
     results_dir = Path(results_dir)
@@ -181,6 +194,7 @@ def evaluate_results(dataset: DavisDataset, results_dir: Path) -> DavisReport:
     missing = [name for name in dataset.sequences if not (results_dir / name).is_dir()]
     if missing:
         raise InputError(results_dir, f"no results folder for sequence(s) {', '.join(missing)}")
+    check_result_frames(dataset, results_dir)
     objects: list[ObjectScores] = []
     for sequence in tqdm(dataset.sequences, desc="evaluate", unit="seq", disable=None):
         objects.extend(evaluate_sequence(dataset, sequence, results_dir / sequence))

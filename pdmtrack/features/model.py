@@ -224,6 +224,25 @@ def _check_weight_files(component: Path, variant: str | None) -> None:
             raise InputError(path, f"{damaged} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
 
 
+def _check_tokenizer_files(tok_dir: Path) -> None:
+    """Parse every JSON file of a tokenizer folder, so a damaged one is named before any load."""
+    for path in sorted(tok_dir.glob("*.json")):
+        try:
+            read_json(path)
+        except InputError as err:
+            raise InputError(path, f"damaged or incomplete tokenizer file; re-download ({err.problem})") from err
+
+
+def _load_tokenizer(tokenizer_cls: type, tok_dir: Path) -> object:
+    """``tokenizer_cls`` from ``tok_dir``; a vocabulary or merges file it cannot parse is an
+    InputError naming the folder (the tokenizers library raises a bare ``Exception``)."""
+    try:
+        return tokenizer_cls.from_pretrained(tok_dir, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - tokenizers' parse errors are plain Exceptions
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(tok_dir, f"damaged or incomplete tokenizer files; re-download ({first_line})") from err
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise _MissingComponent(path.parent.parent, f"missing {path.parent.name}/{path.name}")
@@ -266,11 +285,13 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype, fingerp
     unet_variant = _weights_variant(unet_dir, dtype)
     vae_variant = _weights_variant(vae_dir, vae_dtype)
     text_variants = [_weights_variant(enc_dir, dtype) for _, enc_dir in text_dirs]
+    for tok_dir, _ in text_dirs:
+        _check_tokenizer_files(tok_dir)
     unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype, variant=unet_variant, **common)
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=vae_dtype, variant=vae_variant, **common)
     tokenizers, text_encoders = [], []
     for index, ((tok_dir, enc_dir), variant) in enumerate(zip(text_dirs, text_variants)):
-        tokenizers.append(CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True))
+        tokenizers.append(_load_tokenizer(CLIPTokenizer, tok_dir))
         encoder_cls = CLIPTextModelWithProjection if family == "sdxl" and index == 1 else CLIPTextModel
         encoder = encoder_cls.from_pretrained(enc_dir, dtype=dtype, variant=variant, **_transformers_kwargs(common))
         text_encoders.append(encoder.to(device).eval().requires_grad_(False))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from pdmtrack.config import check_at_least, check_choice
+from pdmtrack.config import check_at_least, check_choice, check_finite_fields
 from pdmtrack.errors import InputError
 
 FeatureKind = Literal["semantic", "appearance", "both"]
@@ -37,6 +37,7 @@ class PrototypeConfig:
     feature: FeatureKind = "semantic"  # PDM feature compared: semantic (attn2 Q), appearance (attn1 Q+K) or both
 
     def __post_init__(self) -> None:
+        check_finite_fields(self, {"num_support": "support", "seed": "support_seed"})
         check_at_least("--support", self.num_support, 1)
         check_at_least("--steps", self.steps, 1)
         if self.support_size < 64 or self.support_size % 64:
@@ -63,6 +64,7 @@ class SegmentConfig:
     clip_min_prob: float = 0.05  # keep classes whose CLIP probability (softmax over the classes) reaches this
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if not -1.0 <= self.stuff_threshold <= 1.0:
             raise InputError("--stuff-threshold", f"must lie in [-1, 1] (a cosine), got {self.stuff_threshold}")
         check_at_least("--clip-min-classes", self.clip_min_classes, 1)
