@@ -6,6 +6,7 @@ comes from. The CLI builds these from its flags; the library never reads flags i
 
 from __future__ import annotations
 
+import string
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -33,6 +34,21 @@ def check_at_least(flag: str, value: float, least: float) -> None:
     """InputError naming ``flag`` unless ``value >= least``."""
     if value < least:
         raise InputError(flag, f"must be at least {least}, got {value}")
+
+def split_prompt_template(flag: str, template: str) -> tuple[str, str]:
+    """The text before and after the one ``{cls}`` of ``template``; InputError naming ``flag``
+    for any other field (``{bad}``, ``{}``, ``{cls.x}``), a second ``{cls}`` or a lone brace."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise InputError(flag, f"'{template}' is not a valid template ({err}); write {{{{ or }}}} for a literal brace") from None
+    fields_given = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+    if fields_given != [("cls", "", None)]:
+        problem = f"'{template}' must contain '{{cls}}' exactly once and no other {{...}} field (write {{{{ or }}}} for a literal brace)"
+        raise InputError(flag, problem)
+    at = next(i for i, (_, name, _, _) in enumerate(parsed) if name is not None)
+    return "".join(piece[0] for piece in parsed[: at + 1]), "".join(piece[0] for piece in parsed[at + 1 :])
+
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 DEFAULT_DINOV2 = "facebook/dinov2-base"

@@ -111,20 +111,21 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def ensure_writable_folder(folder: str | Path) -> Path:
+def ensure_writable_folder(folder: str | Path, flag: str = "-o") -> Path:
     """Create ``folder`` (and its parents) and prove a file can be written in it: an
-    InputError naming the folder (or the file in its way) otherwise."""
+    InputError naming the folder (or the file in its way) otherwise, which asks for another
+    ``flag``."""
     folder = Path(folder)
     blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         where = "is an existing file" if blocker == folder else f"cannot be created: {blocker} is a file"
-        raise InputError(folder, f"output folder {where}; choose another -o")
+        raise InputError(folder, f"output folder {where}; choose another {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise InputError(folder, f"cannot write in the output folder ({err.strerror or err}); choose another -o") from err
+        raise InputError(folder, f"cannot write in the output folder ({err.strerror or err}); choose another {flag}") from err
     return folder
 
 

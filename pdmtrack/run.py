@@ -125,6 +125,8 @@ def plan_run(
     The output folder must be writable and hold no other run's outputs (checked against its
     run record with ``settings`` when given) unless ``overwrite``; see ``run_record``."""
     out_dir = check_output_folder(out_dir)
+    if any(not name.strip() for name in classes):
+        raise InputError("--cls", "a class name is empty")
     if direction not in DIRECTIONS:
         raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
     reader = FrameReader(video, backend)
