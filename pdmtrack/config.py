@@ -35,6 +35,7 @@ def check_at_least(flag: str, value: float, least: float) -> None:
     if value < least:
         raise InputError(flag, f"must be at least {least}, got {value}")
 
+
 def split_prompt_template(flag: str, template: str) -> tuple[str, str]:
     """The text before and after the one ``{cls}`` of ``template``; InputError naming ``flag``
     for any other field (``{bad}``, ``{}``, ``{cls.x}``), a second ``{cls}`` or a lone brace."""
