@@ -292,12 +292,15 @@ def eval_davis(
 
     if results is None and out is None:
         raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
+    names = _split_list(sequences)
+    if names == []:
+        raise InputError("--sequences", f"the list '{sequences}' names no sequence; give comma-separated names, or leave it out for the whole split")
     evaluate_davis(
         root,
         split,
         results_dir=results,
         out_dir=out,
-        sequences=_split_list(sequences),
+        sequences=names,
         class_map=class_map,
         settings=settings,
         workers=parse_workers(workers),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -60,6 +61,21 @@ def check_finite_fields(config: object, flag_names: Mapping[str, str] = FLAG_NAM
 # Largest --size (short side in pixels): twice the 1024 pixels SDXL was trained at (SD 1.x: 512);
 # inputs far beyond the training resolution give no better features and exhaust memory.
 MAX_SIZE = 2048
+
+def split_prompt_template(flag: str, template: str) -> tuple[str, str]:
+    """The text before and after the one ``{cls}`` of ``template``; InputError naming ``flag``
+    for any other field (``{bad}``, ``{}``, ``{cls.x}``), a second ``{cls}`` or a lone brace."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise InputError(flag, f"'{template}' is not a valid template ({err}); write {{{{ or }}}} for a literal brace") from None
+    fields_given = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+    if fields_given != [("cls", "", None)]:
+        problem = f"'{template}' must contain '{{cls}}' exactly once and no other {{...}} field (write {{{{ or }}}} for a literal brace)"
+        raise InputError(flag, problem)
+    at = next(i for i, (_, name, _, _) in enumerate(parsed) if name is not None)
+    return "".join(piece[0] for piece in parsed[: at + 1]), "".join(piece[0] for piece in parsed[at + 1 :])
+
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 DEFAULT_DINOV2 = "facebook/dinov2-base"

@@ -111,21 +111,25 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def check_output_folder(out_dir: str | Path, inputs: Iterable[str | Path] = (), hint: str = "choose another -o") -> Path:
+def check_output_folder(
+    out_dir: str | Path, inputs: Iterable[str | Path] = (), hint: str = "", flag: str = "-o"
+) -> Path:
     """``out_dir`` as a Path, checked without creating anything: a symbolic link loop, an
     existing file in its place or in place of a parent, and an overlap with one of
     ``inputs`` (the folder is, or lies inside, an input folder, or holds an input; symbolic
-    links resolved) are user mistakes; ``hint`` says what to do about an overlap."""
+    links resolved) are user mistakes, which ask for another ``flag``; ``hint`` says what to
+    do about an overlap instead."""
     out_dir = Path(out_dir)
+    hint = hint or f"choose another {flag}"
     try:
         resolved = out_dir.resolve()
     except (OSError, RuntimeError) as err:  # RuntimeError: a symbolic link loop (Python < 3.13)
-        raise InputError(out_dir, f"output folder cannot be resolved ({err}); choose another -o") from None
+        raise InputError(out_dir, f"output folder cannot be resolved ({err}); choose another {flag}") from None
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output folder is an existing file")
+        raise InputError(out_dir, f"output folder is an existing file; choose another {flag}")
     blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise InputError(out_dir, f"output folder cannot be created: {blocker} is a file; choose another -o")
+        raise InputError(out_dir, f"output folder cannot be created: {blocker} is a file; choose another {flag}")
     for given in inputs:
         try:
             source = Path(given).resolve()
@@ -138,19 +142,19 @@ def check_output_folder(out_dir: str | Path, inputs: Iterable[str | Path] = (), 
     return out_dir
 
 
-def ensure_writable_folder(folder: str | Path, keep: bool = True) -> Path:
+def ensure_writable_folder(folder: str | Path, keep: bool = True, flag: str = "-o") -> Path:
     """Prove a file can be written in ``folder`` (after :func:`check_output_folder`): an
-    InputError naming the folder otherwise. The folder (and missing parents) is created; with
+    InputError naming the folder, which asks for another ``flag``, otherwise. The folder (and missing parents) is created; with
     ``keep`` False the folders this call created are removed again, so a probe before a run
     that may still be refused leaves nothing behind."""
-    folder = check_output_folder(folder)
+    folder = check_output_folder(folder, flag=flag)
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise InputError(folder, f"cannot write in the output folder ({err.strerror or err}); choose another -o") from err
+        raise InputError(folder, f"cannot write in the output folder ({err.strerror or err}); choose another {flag}") from err
     finally:
         for path in created if not keep else ():
             with contextlib.suppress(OSError):

@@ -60,11 +60,13 @@ def _classes(names: Sequence[str]) -> list[str]:
 
 
 def _reference_labels(
-    image: np.ndarray, mask: Path | None, resize_mask: bool, notes: list[str]
+    image: np.ndarray, mask: Path | None, resize_mask: bool, notes: list[str], role: str
 ) -> np.ndarray | None:
+    """The labels of ``mask`` fitted to ``image`` (None without a mask); ``role`` names the
+    image in messages ("reference", "query")."""
     if mask is None:
         return None
-    loaded = fit_mask_to_frame(read_mask(mask), mask, *image.shape[:2], resize=resize_mask)
+    loaded = fit_mask_to_frame(read_mask(mask), mask, *image.shape[:2], resize=resize_mask, frames=f"the {role} image is")
     if loaded.note:
         notes.append(loaded.note)
     return loaded.labels
@@ -103,7 +105,7 @@ def segment_to_folder(
     notes: list[str] = []
     names = _classes(classes)
     ref_image = read_rgb(reference)
-    labels = _reference_labels(ref_image, mask, resize_mask, notes)
+    labels = _reference_labels(ref_image, mask, resize_mask, notes, "reference")
     tracker = Tracker(settings)
     source = tracker.feature_source(names, task="image")
     object_count = len(names) if labels is None else len([k for k in np.unique(labels) if k])
@@ -185,7 +187,7 @@ def retrieve_to_folder(
     if len(names) > 1:
         raise InputError("--cls", "a retrieval query is one instance: give one class name")
     image = read_rgb(query_image)
-    labels = _reference_labels(image, mask, resize_mask, notes)
+    labels = _reference_labels(image, mask, resize_mask, notes, "query")
     query = Query(image, None if labels is None else labels > 0, 0 if names else None)
     device = resolve_device(settings.runtime.device)
     paths, rerank, first = _first_stage(gallery, query, rerank, global_config, settings, top)

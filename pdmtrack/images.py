@@ -1,7 +1,9 @@
-"""Still images: reading one as RGB, and gathering image files from folders and file lists."""
+"""Still images: reading one as RGB, gathering image files from folders and file lists, and
+naming their outputs."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,3 +44,39 @@ def list_images(inputs: Sequence[Path], what: str = "images") -> list[Path]:
         names = ", ".join(str(p) for p in inputs)
         raise InputError(names or what, f"no {what} found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Per image, the stem its outputs are named by: its file stem, unless another image has
+    the same one; those are named by their path below the images' common folder, with "_"
+    for "/" (``dog/00000.jpg``, ``goat/00000.jpg`` -> ``dog_00000``, ``goat_00000``), and
+    with the extension too when that is still not enough (``a.jpg``, ``a.png`` -> ``a_jpg``,
+    ``a_png``). An image given twice, or names that still collide, are an InputError."""
+    seen: dict[Path, Path] = {}
+    for given in map(Path, paths):
+        first = seen.setdefault(given.resolve(), given)
+        if first is not given:
+            raise InputError(given, "is given twice" + ("" if first == given else f" (also as {first})"))
+    absolute = [Path(path).absolute() for path in paths]
+    common = Path(os.path.commonpath([path.parent for path in absolute])) if absolute else Path()
+    choices = [_stem_choices(path, common) for path in absolute]
+    level = [0] * len(paths)
+    while True:
+        stems = [options[at] for options, at in zip(choices, level)]
+        clashing = [i for i, stem in enumerate(stems) if stems.count(stem) > 1]
+        if not clashing:
+            return stems
+        for i in clashing:
+            if level[i] + 1 == len(choices[i]):
+                raise InputError(paths[i], f"its outputs would be named {stems[i]} like another image's; rename one of them")
+            level[i] += 1
+
+
+def _stem_choices(path: Path, common: Path) -> list[str]:
+    """Output stems of ``path`` from the shortest: its stem, its path below ``common``
+    without and with the extension."""
+    below = path.relative_to(common).with_suffix("")
+    choices = [path.stem, "_".join(below.parts)]
+    if path.suffix:
+        choices.append(f"{choices[-1]}_{path.suffix.lstrip('.')}")
+    return choices

@@ -282,12 +282,14 @@ def _rle_objects(data: object) -> dict[int, dict]:
 
 # ---------------------------------------------------------------------- checking
 def fit_mask_to_frame(
-    mask: LoadedMask, source: str | Path, height: int, width: int, resize: bool = False, rotation: int = 0
-) -> LoadedMask:
+    mask: LoadedMask, source: str | Path, height: int, width: int, resize: bool = False, rotation: int = 0,
+    frames: str = "the video frames are",
+) -> LoadedMask:  # fmt: skip
     """Check the mask against the frame size; with ``resize`` resize it (nearest neighbour).
 
     ``rotation``: the video's display rotation in degrees (its frames are read as displayed);
-    a mask in the stored, unrotated orientation is refused whatever ``resize`` says."""
+    a mask in the stored, unrotated orientation is refused whatever ``resize`` says.
+    ``frames`` names what the mask must fit in messages (e.g. "the reference image is")."""
     mask_height, mask_width = mask.labels.shape
     if (mask_height, mask_width) == (height, width):
         return mask
@@ -301,7 +303,7 @@ def fit_mask_to_frame(
     if not resize:
         raise InputError(
             source,
-            f"mask is {mask_width}x{mask_height} but the video frames are {width}x{height} "
+            f"mask is {mask_width}x{mask_height} but {frames} {width}x{height} "
             "(pass --resize-mask to resize it with nearest neighbour)",
         )
     labels = np.asarray(Image.fromarray(mask.labels).resize((width, height), Image.Resampling.NEAREST))

@@ -131,6 +131,8 @@ def plan_run(
     ``settings`` when given) unless ``overwrite``; see ``run_record``. Nothing is created."""
     out_dir = check_output_folder(out_dir, [video])
     check_output_folder(out_dir, (masks or {}).values(), _MASK_INSIDE_HINT)
+    if any(not name.strip() for name in classes):
+        raise InputError("--cls", "a class name is empty")
     if direction not in DIRECTIONS:
         raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
     reader = FrameReader(video, backend)

@@ -173,6 +173,28 @@ def test_eval_davis_needs_results_or_out(tmp_path, capsys, monkeypatch):
     assert_one_line_error(result, "--results")
 
 
+@pytest.mark.parametrize("listed", [",", " , ,", ""])
+@pytest.mark.parametrize("target", ["--results", "-o"])
+def test_eval_davis_empty_sequence_list(listed, target, tmp_path, capsys, monkeypatch):
+    result = run_cli(["eval", "davis", "--root", tmp_path, target, tmp_path / "r", "--sequences", listed], capsys, monkeypatch)
+    assert_one_line_error(result, "--sequences", "names no sequence")
+    assert not (tmp_path / "r").exists()
+
+
+def test_segment_mask_of_wrong_size_speaks_of_images(tmp_path, frames_dir, capsys, monkeypatch):
+    """No model loads before the mask is checked: a missing --model is never reached."""
+    labels = np.zeros((H + 8, W), np.uint8)
+    labels[5:20, 5:20] = 1
+    tall = palette_mask(tmp_path / "tall.png", labels)
+    target = frames_dir / "00001.jpg"
+    for command in (["segment", frames_dir / "00000.jpg", target], ["retrieve", frames_dir / "00000.jpg", "--gallery", frames_dir]):
+        args = [*command, "--mask", tall, "-o", tmp_path / "out", "--model", tmp_path / "no-model"]
+        result = run_cli(args, capsys, monkeypatch)
+        role = "reference" if command[0] == "segment" else "query"
+        assert_one_line_error(result, "tall.png", f"{W}x{H + 8}", f"the {role} image is {W}x{H}")
+        assert "video" not in result.err and "frame" not in result.err
+
+
 def test_output_into_the_frame_folder_is_refused(tmp_path, frames_dir, first_mask, base_args, capsys, monkeypatch):
     before = {path.name: path.read_bytes() for path in frames_dir.iterdir()}
     png_frames = tmp_path / "png-frames"

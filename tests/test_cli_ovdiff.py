@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,11 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def ov_run(tiny_sdxl: Path, tmp_path: Path) -> list[str]:
-    """Flags for a quick OVDiff run: tiny model, one small support image per class, no SAM."""
+    """Flags for a quick OVDiff run: tiny model, one small support image per class, no SAM
+    (``--batch-size`` left at its default, auto, as a user leaves it)."""
     return [
         "--model", str(tiny_sdxl), "--size", "64", "--inversion", "noise", "--sam", "none", "--device", "cpu",
-        "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--support", "1", "--support-size", "64",
-        "--parts", "4",
+        "--cache-dir", str(tmp_path / "cache"), "--support", "1", "--support-size", "64", "--parts", "4",
     ]  # fmt: skip
 
 
@@ -58,7 +60,8 @@ def test_prototype_folder_of_another_model_is_refused(ov_run, tmp_path, capsys, 
     protos.mkdir()
     (protos / MANIFEST).write_text(json.dumps({"format": "pdmtrack-prototypes", "version": 1, "model": "hub:other@1"}))
     result = run_cli(["prototypes", "build", "--classes", "dog", "-o", protos, *ov_run], capsys, monkeypatch)
-    assert_one_line_error(result, "--prototypes", "hub:other@1", "another folder")
+    assert_one_line_error(result, "-o", "hub:other@1", "another folder")  # prototypes build names its -o
+    assert "--prototypes" not in result.err
     images = [tmp_path / "x.jpg"]
     Image.new("RGB", (8, 8)).save(images[0])
     result = run_cli(["segment-ov", *images, "--classes", "dog", "--prototypes", protos, *ov_run], capsys, monkeypatch)
@@ -174,3 +177,116 @@ def test_propagate_init_ovdiff_without_objects_is_a_one_line_error(three_frames,
     monkeypatch.setattr(first_frame, "split_instances", lambda labels, names, min_area: (np.zeros_like(labels), []))
     args = ["propagate", three_frames, "--cls", "swan", "--init", "ovdiff", "-o", tmp_path / "out", *ov_run]
     assert_one_line_error(run_cli(args, capsys, monkeypatch), "--init", "found no swan", "--mask")
+
+
+def test_readme_offline_example_word_for_word(tiny_sdxl, tmp_path, capsys, monkeypatch) -> None:
+    """README's try-it-offline ``segment-ov`` line, with every default (--batch-size auto)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default prototype folder
+    (tmp_path / "tiny-sdxl").symlink_to(tiny_sdxl, target_is_directory=True)
+    Image.effect_mandelbrot((320, 240), (-2, -1.2, 1, 1.2), 60).convert("RGB").save("photo.jpg")
+    line = "segment-ov photo.jpg --classes swan,water --model ./tiny-sdxl --size 64 --support 2 --support-size 64 --sam none --device cpu -o ov_out/"
+    result = run_cli(line.split(), capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert "prototypes built: swan, water" in result.out
+    assert sorted(p.name for p in (tmp_path / "ov_out").iterdir()) == ["legend.json", "photo.png", "photo_overlay.jpg"]
+
+
+def test_bad_support_prompt_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
+    for prompt in ("a {bad} {cls}", "a {cls} and a {cls}", "a {cls", "{}"):
+        args = ["prototypes", "build", "--classes", "dog", "--support-prompt", prompt, "--model", tmp_path / "no-model"]
+        assert_one_line_error(run_cli(args, capsys, monkeypatch), "--support-prompt", prompt)
+
+
+def test_prototypes_build_into_a_file_names_o(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("mine")
+    result = run_cli(["prototypes", "build", "--classes", "dog", "-o", "afile", *ov_run], capsys, monkeypatch)
+    assert_one_line_error(result, "-o", "afile is a file")
+    assert "--prototypes" not in result.err and Path("afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prototypes", "build", "--classes", ""],
+        ["prototypes", "build", "--classes", ","],
+        ["segment-ov", "IMAGE", "--classes", ""],
+        ["segment-ov", "IMAGE", "--classes", ","],
+        ["propagate", "FRAMES", "--cls", ""],
+        ["propagate", "FRAMES", "--cls", "", "--init", "ovdiff"],
+        ["propagate", "FRAMES", "--cls", "dog", "--cls", " "],
+    ],
+)
+def test_empty_class_names_fail_before_any_model_loads(args, tmp_path, capsys, monkeypatch) -> None:
+    """With the default --sam and a --model that does not exist, only the class name can be blamed."""
+    image = _image(tmp_path / "a.png", (0, 0, 0))
+    frames = tmp_path / "frames"
+    for index in range(3):
+        _image(frames / f"{index:05d}.jpg", (index, 0, 0))
+    args = [{"IMAGE": image, "FRAMES": frames}.get(arg, arg) for arg in args]
+    result = run_cli([*args, "-o", tmp_path / "out", "--model", tmp_path / "no-model"], capsys, monkeypatch)
+    flag = "--cls" if args[0] == "propagate" else "--classes"
+    assert_one_line_error(result, flag)
+    assert "no-model" not in result.err and "--sam" not in result.err
+
+
+def _image(path: Path, colour: tuple[int, int, int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (48, 32), colour).save(path)
+    return path
+
+
+def test_segment_ov_images_of_different_folders_with_one_name(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    dog, goat = _image(Path("dog/00000.jpg"), (200, 30, 30)), _image(Path("goat/00000.jpg"), (30, 200, 30))
+    plain = _image(Path("other/00001.jpg"), (30, 30, 200))
+    args = ["segment-ov", dog, goat, plain, "--classes", "dog,goat", "-o", "out", "--prototypes", "protos", *ov_run]
+    result = run_cli(args, capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert "3 image(s)" in result.out
+    assert sorted(p.name for p in Path("out").iterdir()) == [
+        "00001.png", "00001_overlay.jpg", "dog_00000.png", "dog_00000_overlay.jpg", "goat_00000.png",
+        "goat_00000_overlay.jpg", "legend.json",
+    ]  # fmt: skip
+    for stem in ("dog_00000", "goat_00000", "00001"):
+        with Image.open(Path("out") / f"{stem}.png") as png:
+            assert png.mode == "P" and png.size == (48, 32) and np.asarray(png).max() <= 2
+    legend = json.loads(Path("out/legend.json").read_text())
+    assert [entry["class"] for entry in legend] == ["background", "dog", "goat"]
+    twice = run_cli(["segment-ov", dog, Path("dog/../dog/00000.jpg"), "--classes", "dog", *ov_run], capsys, monkeypatch)
+    assert_one_line_error(twice, "given twice")
+
+
+@pytest.fixture()
+def read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A folder nothing can be written in (chmod 555; as root, which writes anyway, creating
+    files or folders in it fails with EACCES as it would for a user)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        def refuse(call):
+            def guarded(path, *args, **kwargs):
+                if Path(os.fsdecode(path)).absolute().is_relative_to(folder):
+                    raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+                return call(path, *args, **kwargs)
+            return guarded
+
+        monkeypatch.setattr(os, "open", refuse(os.open))
+        monkeypatch.setattr(os, "mkdir", refuse(os.mkdir))
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["in", "itself"])
+def test_read_only_outputs_are_one_line_errors(where, read_only, ov_run, tmp_path, capsys, monkeypatch) -> None:
+    out = read_only / "out" if where == "in" else read_only
+    image = _image(tmp_path / "a.jpg", (10, 20, 30))
+    built = run_cli(["prototypes", "build", "--classes", "dog", "-o", out, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(built, str(out), "cannot write", "-o")
+    segmented = run_cli(["segment-ov", image, "--classes", "dog", "-o", out, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(segmented, str(out), "cannot write", "-o")
+    stored = run_cli(["segment-ov", image, "--classes", "dog", "-o", tmp_path / "o", "--prototypes", out, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(stored, str(out), "cannot write", "--prototypes")
+    assert list(read_only.iterdir()) == []

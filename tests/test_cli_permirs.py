@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,34 @@ def test_overwrite_never_deletes_the_input_or_a_foreign_folder(burst, tmp_path, 
     result = run_cli(["build-permis", "--burst", burst, "-o", foreign, "--overwrite"], capsys, monkeypatch)
     assert_one_line_error(result, "manifest.json")
     assert (foreign / "notes.txt").read_text() == "precious"
+
+
+def _one_short_video(permirs: Path) -> str:
+    """Cut PerMIS-video down to its first sequence's first three frames (a quick run)."""
+    video_root = permirs / "permis-video"
+    split = video_root / "ImageSets" / "2017" / "val.txt"
+    keep = split.read_text().split()[0]
+    split.write_text(keep + "\n")
+    for kind in ("JPEGImages", "Annotations"):
+        for folder in (video_root / kind / "480p").iterdir():
+            if folder.name != keep:
+                shutil.rmtree(folder)
+                continue
+            for frame in sorted(folder.iterdir())[3:]:
+                frame.unlink()
+    return keep
+
+
+@pytest.mark.slow
+def test_eval_permis_with_default_options(burst, tiny_sdxl, tiny_sam, tmp_path, capsys, monkeypatch):
+    """`eval permis --root R -o OUT`: the default task (video) and --workers, models mapped to the tiny ones."""
+    root = tmp_path / "PerMIRS"
+    assert run_cli(["build-permis", "--burst", burst, "-o", root], capsys, monkeypatch).code == 0
+    sequence = _one_short_video(root)
+    models = ["--model", tiny_sdxl, "--sam-checkpoint", tiny_sam, "--device", "cpu"]
+    result = run_cli(["eval", "permis", "--root", root, "-o", tmp_path / "out", *models], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "davis_report-val.json").read_text())
+    assert [row["Sequence"] for row in csv.DictReader((tmp_path / "out" / "per-sequence_results-val.csv").open())] == [f"{sequence}_1"]
+    assert 0.0 <= report["global"]["J&F-Mean"] <= 1.0
+    assert len(list((tmp_path / "out" / "results" / sequence).glob("*.png"))) == 3

@@ -267,10 +267,12 @@ def evaluate_permis_video(
     tracker: Tracker | None = None,
     track_fn: Callable | None = None,
     sequences: list[str] | None = None,
+    workers: int | str = 1,
+    ray_address: str | None = None,
 ) -> DavisReport:
     """J, F and J&F on ``root/permis-video`` through :func:`evaluate_davis` (first frame as
     reference; each video's category from ``classes.json`` is its class name); ``sequences``
-    limits it to some videos."""
+    limits it to some videos; ``workers`` track videos in parallel as in :func:`evaluate_davis`."""
     video_root = Path(root) / PERMIS_VIDEO_DIR
     if not video_root.is_dir():
         raise InputError(video_root, "PerMIS-video folder not found (build it with `pdmtrack build-permis`)")
@@ -285,6 +287,8 @@ def evaluate_permis_video(
         settings=settings,
         tracker=tracker,
         track_fn=track_fn,
+        workers=workers,
+        ray_address=ray_address,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdmtrack.config import FeatureConfig
+from pdmtrack.config import FeatureConfig, split_prompt_template
 from pdmtrack.errors import InputError
 from pdmtrack.features.hooks import BlockCapture, capture_block, resolve_block
 from pdmtrack.features.inversion import check_inversion_config, invert
@@ -42,11 +42,7 @@ def build_prompt(template: str, class_names: Sequence[str]) -> tuple[str, list[t
         return "", []
     if "{cls}" not in template:
         return template, []
-    marker = "\x00"
-    try:
-        prefix, suffix = template.format(cls=marker).split(marker)
-    except (KeyError, IndexError, ValueError) as err:
-        raise InputError("prompt_template", f"'{template}' must contain '{{cls}}' exactly once") from err
+    prefix, suffix = split_prompt_template("prompt_template", template)
     spans, pieces, cursor = [], [], len(prefix)
     for index, name in enumerate(class_names):
         if index:

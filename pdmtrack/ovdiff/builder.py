@@ -20,6 +20,7 @@ from PIL import Image
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype
 from pdmtrack.errors import InputError
+from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.fsutil import atomic_path
@@ -84,7 +85,8 @@ class PrototypeBuilder:
         return entry_key(payload)
 
     def prototypes(self, names: list[str], rebuild: bool = False) -> list[ClassPrototypes]:
-        """Prototypes of every name, in order; stored ones are read unless ``rebuild``."""
+        """Prototypes of every name, in order; stored ones are read unless ``rebuild`` (the
+        store's folder must be writable before the first class is built)."""
         result = []
         for name in names:
             key = self.key(name)
@@ -93,6 +95,8 @@ class PrototypeBuilder:
                 self.report.loaded.append(name)
                 result.append(stored)
                 continue
+            if not self.report.built:
+                self.store.check_writable()
             began = time.perf_counter()
             built, record = self.build(name)
             self.store.save(name, key, built, record)
@@ -111,10 +115,11 @@ class PrototypeBuilder:
         self.report.sampling_seconds += time.perf_counter() - tick
         self.report.support_images += len(support.images)
         masks = foreground_masks(support.images, support.attention, config.fg_threshold, self.refiner)
+        batch = resolve_batch_size(runtime.batch_size, self.device, self.extractor, support.images.shape[1:3])
         maps = torch.cat(
             [
-                feature_maps(self.extractor(support.images[i : i + runtime.batch_size]), config.feature)
-                for i in range(0, len(support.images), runtime.batch_size)
+                feature_maps(self.extractor(support.images[i : i + batch]), config.feature)
+                for i in range(0, len(support.images), batch)
             ]
         )
         cells = split_cells(masks, tuple(maps.shape[-2:]), config.bg_max_fraction)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from pdmtrack.config import check_at_least, check_choice, check_finite_fields
+from pdmtrack.config import check_at_least, check_choice, check_finite_fields, split_prompt_template
 from pdmtrack.errors import InputError
 
 FeatureKind = Literal["semantic", "appearance", "both"]
@@ -42,8 +42,7 @@ class PrototypeConfig:
         check_at_least("--steps", self.steps, 1)
         if self.support_size < 64 or self.support_size % 64:
             raise InputError("--support-size", f"must be a positive multiple of 64, got {self.support_size}")
-        if "{cls}" not in self.support_prompt:
-            raise InputError("--support-prompt", f"'{self.support_prompt}' must contain '{{cls}}'")
+        split_prompt_template("--support-prompt", self.support_prompt)
         if not 0.0 < self.fg_threshold <= 1.0:
             raise InputError("--fg-threshold", f"must lie in (0, 1], got {self.fg_threshold}")
         if not 0.0 <= self.bg_max_fraction < 0.5:

@@ -19,19 +19,19 @@ from tqdm import tqdm
 from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.eval.permirs import read_rgb
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource
-from pdmtrack.fsutil import atomic_path, atomic_write_text
+from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder
+from pdmtrack.images import output_stems, read_rgb
 from pdmtrack.masks import DAVIS_PALETTE
 from pdmtrack.ovdiff.builder import BuildReport, PrototypeBuilder
 from pdmtrack.ovdiff.clip_filter import ClipFilter
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
 from pdmtrack.ovdiff.prototypes import feature_maps
 from pdmtrack.ovdiff.segment import OVSegmenter, Segmentation
-from pdmtrack.ovdiff.store import PrototypeStore
+from pdmtrack.ovdiff.store import PrototypeStore, check_store_folder
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.writers import blend_labels, check_output_folder, write_palette_png
+from pdmtrack.writers import blend_labels, write_palette_png
 
 LEGEND = "legend.json"
 
@@ -43,9 +43,11 @@ def prototype_builder(
     refiner: SamRefiner | None,
     prototypes_dir: Path | None,
     support_dir: Path | None = None,
+    store_flag: str = "--prototypes",
 ) -> PrototypeBuilder:
-    """A builder over ``parts`` whose store is ``prototypes_dir`` (None: the default folder)."""
-    store = PrototypeStore(prototypes_dir, parts.fingerprint)
+    """A builder over ``parts`` whose store is ``prototypes_dir`` (None: the default folder),
+    which the user gave as ``store_flag``."""
+    store = PrototypeStore(prototypes_dir, parts.fingerprint, store_flag)
     return PrototypeBuilder(parts, settings, config, store, refiner, support_dir)
 
 
@@ -65,11 +67,15 @@ def build_prototypes(
     support_dir: Path | None = None,
     rebuild: bool = False,
 ) -> PrototypeBuilder:
-    """Load the models once and build (or find stored) prototypes of ``names``; the builder
-    (its ``report`` says what was built, its ``store.root`` where)."""
+    """Load the models once and build (or find stored) prototypes of ``names`` in
+    ``prototypes_dir`` (the command's ``-o``); the builder (its ``report`` says what was
+    built, its ``store.root`` where)."""
     names = check_classes(names)
+    if prototypes_dir is not None:
+        check_store_folder(Path(prototypes_dir).expanduser(), "-o")
     refiner = load_refiner(settings)
-    builder = prototype_builder(load_diffusion(settings), settings, config, refiner, prototypes_dir, support_dir)
+    parts = load_diffusion(settings)
+    builder = prototype_builder(parts, settings, config, refiner, prototypes_dir, support_dir, "-o")
     builder.prototypes(names, rebuild)
     return builder
 
@@ -100,6 +106,8 @@ def open_ovdiff(
     """Load SAM and the diffusion model once, then prototypes (stored or built) of ``names``."""
     names = check_classes(names)
     check_feature_cache(settings)  # before SAM (its checkpoints go beside the cache) and the big load
+    if prototypes_dir is not None:
+        check_store_folder(Path(prototypes_dir).expanduser())
     refiner = load_refiner(settings)
     parts = load_diffusion(settings)
     builder = prototype_builder(parts, settings, prototypes, refiner, prototypes_dir, support_dir)
@@ -132,26 +140,24 @@ def segment_images(
     prototypes_dir: Path | None = None,
     support_dir: Path | None = None,
 ) -> SegmentSummary:
-    """Segment every image into the background and ``names``; write the outputs in ``out_dir``."""
+    """Segment every image into the background and ``names``; write the outputs in ``out_dir``,
+    named by :func:`output_stems` (images of different folders may share a file name)."""
     began = time.perf_counter()
-    out_dir = check_output_folder(out_dir)
+    names = check_classes(names)
     if not images:
         raise InputError("IMAGE", "give at least one image")
-    stems = [Path(path).stem for path in images]
-    if len(set(stems)) != len(stems):
-        raise InputError("IMAGE", "two images share a file name stem; their outputs would collide")
-    inputs = set()
     for path in images:
         if not Path(path).is_file():
             raise InputError(path, "image not found")
-        inputs.add(Path(path).resolve())
+    stems = output_stems(images)
+    inputs = {Path(path).resolve() for path in images}
     for stem in stems:
-        for output in (out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.jpg"):
+        for output in (Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}_overlay.jpg"):
             if output.resolve() in inputs:
                 raise InputError(out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
+    out_dir = ensure_writable_folder(out_dir)
     run = open_ovdiff(names, settings, prototypes, segment, prototypes_dir, support_dir)
     tick = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_legend(out_dir / LEGEND, names)
     for path, stem in tqdm(list(zip(images, stems)), desc="segment-ov", unit="image", disable=None):
         image = read_rgb(Path(path))

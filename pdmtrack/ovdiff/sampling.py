@@ -3,7 +3,8 @@
 Deterministic DDIM (eta = 0) on the trailing schedule of ``steps`` steps (SDXL-turbo's own
 schedule: 1 step is t = 999, 4 steps are 999, 749, 499, 249), no classifier-free guidance:
 the UNet sees the support prompt only. The initial noise of image i is the i-th draw of a CPU
-generator seeded with ``seed``, so the set does not depend on the batch size or the device.
+generator seeded with ``seed``, so the set does not depend on the batch size or the device;
+``--batch-size auto`` is resolved by ``resolve_batch_size``, probed with one sampling step.
 While sampling, the class token's cross-attention at the feature block is captured with the
 same attention processors the feature extractor swaps in, and averaged over the steps: it
 says where the class is in each generated image.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.hooks import capture_block
 from pdmtrack.features.inversion import ddim_step, trailing_timesteps
@@ -33,8 +35,11 @@ class SupportSet:
     attention: torch.Tensor
 
 
-def sample_support(prompter: FeatureExtractor, count: int, size: int, steps: int, seed: int, batch_size: int) -> SupportSet:
-    """``count`` support images of ``size`` x ``size`` pixels for the one class ``prompter`` names."""
+def sample_support(
+    prompter: FeatureExtractor, count: int, size: int, steps: int, seed: int, batch_size: int | str
+) -> SupportSet:
+    """``count`` support images of ``size`` x ``size`` pixels for the one class ``prompter``
+    names, ``batch_size`` (or "auto") at a time."""
     if len(prompter.class_tokens) != 1:
         raise ValueError("the prompter must name exactly one class")
     parts = prompter.parts
@@ -42,6 +47,11 @@ def sample_support(prompter: FeatureExtractor, count: int, size: int, steps: int
     latent_shape = (parts.unet.config.in_channels, size // factor, size // factor)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     timesteps = trailing_timesteps(len(parts.alphas_cumprod), steps)[::-1]
+
+    def probe(frames: np.ndarray) -> object:  # one sampling step of len(frames) images: auto's memory probe
+        return _sample_batch(prompter, torch.zeros((len(frames), *latent_shape)), timesteps[:1], size)
+
+    batch_size = resolve_batch_size(batch_size, prompter.device, probe, (size, size))
     images, attention = [], []
     for start in range(0, count, batch_size):
         batch = min(batch_size, count - start)

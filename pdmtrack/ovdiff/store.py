@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, atomic_write_text, read_json, user_cache_dir
+from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder, read_json, user_cache_dir
 from pdmtrack.ovdiff.prototypes import ClassPrototypes
 
 log = logging.getLogger(__name__)
@@ -42,31 +42,40 @@ def entry_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def check_store_folder(root: Path, flag: str = "--prototypes") -> dict | None:
+    """The manifest of the prototype folder ``root`` (None for a new or empty folder); an
+    InputError naming ``flag`` for a file, a foreign folder or another store version."""
+    if root.exists() and not root.is_dir():
+        raise InputError(flag, f"{root} is a file, not a prototype folder")
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise InputError(flag, f"{root} is not a prototype folder (no {MANIFEST}); give a new or empty folder")
+        return None
+    data = read_json(manifest)
+    if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
+        raise InputError(manifest, f"not a pdmtrack prototype store manifest (format is not '{STORE_FORMAT}')")
+    if data.get("version") != STORE_VERSION:
+        raise InputError(flag, f"{root} has store version {data.get('version')}, this pdmtrack reads {STORE_VERSION}; use another folder")
+    return data
+
+
 class PrototypeStore:
-    """Prototypes of one model in one folder (``root``; None = the default folder)."""
+    """Prototypes of one model in one folder (``root``; None = the default folder), which the
+    user names with ``flag`` (for messages)."""
 
-    def __init__(self, root: Path | None, model_fingerprint: str) -> None:
+    def __init__(self, root: Path | None, model_fingerprint: str, flag: str = "--prototypes") -> None:
         self.model = model_fingerprint
+        self.flag = flag
         self.root = Path(root).expanduser() if root is not None else default_store_dir(model_fingerprint)
-        self._check_root()
-
-    def _check_root(self) -> None:
-        """InputError when ``root`` is a file, a foreign folder or another model's store."""
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError("--prototypes", f"{self.root} is a file, not a prototype folder")
-        manifest = self.root / MANIFEST
-        if not manifest.is_file():
-            if self.root.is_dir() and any(self.root.iterdir()):
-                raise InputError("--prototypes", f"{self.root} is not a prototype folder (no {MANIFEST}); give a new or empty folder")
-            return
-        data = read_json(manifest)
-        if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
-            raise InputError(manifest, f"not a pdmtrack prototype store manifest (format is not '{STORE_FORMAT}')")
-        if data.get("version") != STORE_VERSION:
-            raise InputError("--prototypes", f"{self.root} has store version {data.get('version')}, this pdmtrack reads {STORE_VERSION}; use another folder")
-        if data.get("model") != self.model:
+        data = check_store_folder(self.root, flag)
+        if data is not None and data.get("model") != self.model:
             problem = f"{self.root} holds prototypes of model '{data.get('model')}', not of '{self.model}'; use another folder"
-            raise InputError("--prototypes", problem)
+            raise InputError(flag, problem)
+
+    def check_writable(self) -> None:
+        """Create the folder and prove a file can be written in it; an InputError otherwise."""
+        ensure_writable_folder(self.root, flag=self.flag)
 
     def _paths(self, name: str, key: str) -> tuple[Path, Path]:
         stem = f"{_UNSAFE.sub('_', name)[:40]}-{key[:16]}"
