@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pdmtrack.features.cache import _CorruptEntry, _decode  # noqa: E402
+from pdmtrack.fsutil import LOCK_FILE  # noqa: E402
 from pdmtrack.run_record import RUN_RECORD  # noqa: E402
 from pdmtrack.tiny.diffusion import build_tiny_pipeline  # noqa: E402
 from pdmtrack.writers import write_palette_png, write_video  # noqa: E402
@@ -78,7 +79,7 @@ def environment() -> dict[str, str]:
 
 def outputs(folder: Path) -> dict[str, bytes]:
     """Every file of an output folder but the run record (times differ), by name."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != RUN_RECORD}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (RUN_RECORD, LOCK_FILE)}
 
 
 def overlay_frames(path: Path) -> np.ndarray:
@@ -101,8 +102,9 @@ def compare(got: dict[str, bytes], want: dict[str, bytes], folder: Path, referen
 
 
 def temporaries(out: Path, cache: Path) -> list[Path]:
-    """pdmtrack's temporaries (atomic writes, cache staging, backward scratch) left behind."""
-    found = [p for p in out.iterdir() if p.name.startswith(".")]
+    """pdmtrack's temporaries (atomic writes, cache staging, backward scratch) left behind;
+    the folder's run lock file stays by design."""
+    found = [p for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
     staging = cache / "tmp"
     found += list(staging.iterdir()) if staging.is_dir() else []
     return found

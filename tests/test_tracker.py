@@ -18,6 +18,7 @@ import pdmtrack.build
 import pdmtrack.sam.loading
 from pdmtrack import Tracker, TrackSettings
 from pdmtrack.errors import InputError
+from pdmtrack.fsutil import LOCK_FILE
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.masks import DAVIS_PALETTE
 from tests.cli_runner import run_cli
@@ -187,7 +188,7 @@ def test_cli_and_api_give_identical_masks_with_corrections_both_ways(
     expected |= {6: truth[6], 7: forward[7]}
     for frame in range(FRAMES):
         np.testing.assert_array_equal(written[frame], expected[frame], err_msg=f"frame {frame}")
-    assert not list((tmp_path / "out").glob(".*"))  # the backward scratch folder is gone
+    assert [p.name for p in (tmp_path / "out").glob(".*")] == [LOCK_FILE]  # the backward scratch folder is gone
 
 
 def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_path: Path, monkeypatch) -> None:
