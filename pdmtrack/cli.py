@@ -292,9 +292,7 @@ def eval_davis(
 
     if results is None and out is None:
         raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
-    names = _split_list(sequences)
-    if names == []:
-        raise InputError("--sequences", f"the list '{sequences}' names no sequence; give comma-separated names, or leave it out for the whole split")
+    names = _subset("--sequences", sequences, "sequence", "the whole split")
     evaluate_davis(
         root,
         split,
@@ -374,7 +372,8 @@ def eval_perseg(
     """PerSeg: personalised segmentation (mIoU, bIoU as PerSAM aggregates them)."""
     from pdmtrack.eval.perseg import evaluate_perseg
 
-    evaluate_perseg(root, out_dir=out, settings=settings, names_as_classes=names_as_classes, objects=_split_list(objects))
+    chosen = _subset("--objects", objects, "object", "every object")
+    evaluate_perseg(root, out_dir=out, settings=settings, names_as_classes=names_as_classes, objects=chosen)
 
 
 @eval_app.command("roxford")
@@ -713,6 +712,14 @@ def _split_list(text: Optional[str]) -> Optional[list[str]]:
     if text is None:
         return None
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _subset(flag: str, text: Optional[str], what: str, default: str) -> Optional[list[str]]:
+    """The names of a comma-separated subset flag (None when not given); naming none is an error."""
+    names = _split_list(text)
+    if names == []:
+        raise InputError(flag, f"the list '{text}' names no {what}; give comma-separated names, or leave it out for {default}")
+    return names
 
 
 def main() -> None:

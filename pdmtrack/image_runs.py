@@ -19,7 +19,7 @@ from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource
 from pdmtrack.fsutil import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder
-from pdmtrack.images import list_images, read_rgb
+from pdmtrack.images import list_images, output_stems, read_rgb
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.retrieval.global_model import GlobalDescriptor
 from pdmtrack.retrieval.index import GalleryIndex, descriptor_config, is_index
@@ -97,10 +97,7 @@ def segment_to_folder(
         raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
     out_dir = _writable_output_folder(out_dir, [reference, *targets, *([mask] if mask else [])])
     images = list_images(targets, "target images")
-    stems = [p.stem for p in images]
-    if len(set(stems)) != len(stems):
-        duplicate = next(s for s in stems if stems.count(s) > 1)
-        raise InputError(duplicate, "two targets share this name; their outputs would collide")
+    stems = output_stems(images)
     start = time.perf_counter()
     notes: list[str] = []
     names = _classes(classes)
@@ -123,13 +120,13 @@ def segment_to_folder(
         presence_threshold,
     )
     records = []
-    for path in images:
+    for path, stem in zip(images, stems):
         image = read_rgb(path)
         result = segmenter(image)
-        write_palette_png(out_dir / f"{path.stem}.png", result.labels)
+        write_palette_png(out_dir / f"{stem}.png", result.labels)
         if overlay:
-            _write_jpeg(out_dir / f"{path.stem}_overlay.jpg", blend_labels(image, result.labels))
-        records.append({"image": str(path), "mask": f"{path.stem}.png", "objects": [asdict(o) for o in result.objects]})
+            _write_jpeg(out_dir / f"{stem}_overlay.jpg", blend_labels(image, result.labels))
+        records.append({"image": str(path), "mask": f"{stem}.png", "objects": [asdict(o) for o in result.objects]})
     payload = {
         "reference": str(reference),
         "reference_mask": None if mask is None else str(mask),

@@ -181,6 +181,12 @@ def test_eval_davis_empty_sequence_list(listed, target, tmp_path, capsys, monkey
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_perseg_empty_object_list(tmp_path, capsys, monkeypatch):
+    result = run_cli(["eval", "perseg", "--root", tmp_path, "-o", tmp_path / "r", "--objects", ","], capsys, monkeypatch)
+    assert_one_line_error(result, "--objects", "names no object")
+    assert not (tmp_path / "r").exists()
+
+
 def test_segment_mask_of_wrong_size_speaks_of_images(tmp_path, frames_dir, capsys, monkeypatch):
     """No model loads before the mask is checked: a missing --model is never reached."""
     labels = np.zeros((H + 8, W), np.uint8)

@@ -178,3 +178,16 @@ def test_propagate_with_a_baseline(features, images, davis_mini, tiny_sdxl, tiny
 def test_ovdiff_commands_refuse_baseline_features(images, tmp_path, capsys, monkeypatch):
     result = run_cli(["segment-ov", images["reference"], "--classes", "swan", "--features", "dinov2", "-o", tmp_path], capsys, monkeypatch)
     assert_one_line_error(result, "--features", "PDM features only")
+
+
+def test_segment_targets_of_two_folders_with_one_name(images, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """dog/00000.jpg and goat/00000.jpg are both segmented, named by their folders."""
+    for folder, source in (("dog", "blackswan_00010.jpg"), ("goat", "car-shadow_00010.jpg")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(images["gallery"] / source, tmp_path / folder / "00000.jpg")
+    args = ["segment", images["reference"], tmp_path / "dog" / "00000.jpg", tmp_path / "goat" / "00000.jpg"]
+    result = run_cli([*args, "--mask", images["mask"], "-o", tmp_path / "out", *tiny_flags(tiny_sdxl, tmp_path)], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"dog_00000.png", "goat_00000.png"}
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert [t["mask"] for t in scores["targets"]] == ["dog_00000.png", "goat_00000.png"]

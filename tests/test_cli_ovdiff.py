@@ -289,4 +289,6 @@ def test_read_only_outputs_are_one_line_errors(where, read_only, ov_run, tmp_pat
     assert_one_line_error(segmented, str(out), "cannot write", "-o")
     stored = run_cli(["segment-ov", image, "--classes", "dog", "-o", tmp_path / "o", "--prototypes", out, *ov_run], capsys, monkeypatch)
     assert_one_line_error(stored, str(out), "cannot write", "--prototypes")
+    support = run_cli(["prototypes", "build", "--classes", "dog", "-o", tmp_path / "p", "--support-dir", out, *ov_run], capsys, monkeypatch)
+    assert_one_line_error(support, str(out), "cannot write", "--support-dir")
     assert list(read_only.iterdir()) == []

@@ -59,6 +59,14 @@ def ov_segmenter(builder: PrototypeBuilder, names: list[str], config: SegmentCon
     return OVSegmenter(names, builder.prototypes(names), config, clip, builder.device)
 
 
+def _check_folders(prototypes_dir: Path | None, support_dir: Path | None, store_flag: str) -> None:
+    """The prototype folder (given as ``store_flag``) and the support folder, before any model loads."""
+    if prototypes_dir is not None:
+        check_store_folder(Path(prototypes_dir).expanduser(), store_flag)
+    if support_dir is not None:
+        ensure_writable_folder(support_dir, flag="--support-dir")
+
+
 def build_prototypes(
     names: list[str],
     settings: TrackSettings,
@@ -71,8 +79,7 @@ def build_prototypes(
     ``prototypes_dir`` (the command's ``-o``); the builder (its ``report`` says what was
     built, its ``store.root`` where)."""
     names = check_classes(names)
-    if prototypes_dir is not None:
-        check_store_folder(Path(prototypes_dir).expanduser(), "-o")
+    _check_folders(prototypes_dir, support_dir, "-o")
     refiner = load_refiner(settings)
     parts = load_diffusion(settings)
     builder = prototype_builder(parts, settings, config, refiner, prototypes_dir, support_dir, "-o")
@@ -106,8 +113,7 @@ def open_ovdiff(
     """Load SAM and the diffusion model once, then prototypes (stored or built) of ``names``."""
     names = check_classes(names)
     check_feature_cache(settings)  # before SAM (its checkpoints go beside the cache) and the big load
-    if prototypes_dir is not None:
-        check_store_folder(Path(prototypes_dir).expanduser())
+    _check_folders(prototypes_dir, support_dir, "--prototypes")
     refiner = load_refiner(settings)
     parts = load_diffusion(settings)
     builder = prototype_builder(parts, settings, prototypes, refiner, prototypes_dir, support_dir)
