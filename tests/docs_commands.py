@@ -23,6 +23,12 @@ SKIPPED_PROGRAMS = {
 SKIPPED_FLAGS = {
     "--ray-address": "joins a running Ray cluster started with `ray start`; --workers alone is run",
 }
+VOC_TOO_SLOW = (
+    "builds OVDiff prototypes of PASCAL VOC's 20 classes from 64 support images each (1,280 "
+    "images at 512x512 with SAM): about 20 minutes on a 2-core CPU even with the tiny model; "
+    "tests/test_cli_ovdiff.py::test_eval_voc_end_to_end runs it with --support 1"
+)
+SKIPPED_COMMANDS = {"pdmtrack eval voc": VOC_TOO_SLOW}
 SKIPPED_SCRIPTS = {
     "benchmarks/": "a benchmark (minutes to hours; run by hand, figures in the docs)",
     "-m venv": "the install command: CI runs it from nothing (.ci/run)",
@@ -89,6 +95,9 @@ def _classify(doc: Path, line: int, text: str) -> DocStep:
     if program in SKIPPED_PROGRAMS:
         return DocStep(doc, line, text, "skip", reason=SKIPPED_PROGRAMS[program])
     if program == "pdmtrack":
+        for prefix, reason in SKIPPED_COMMANDS.items():
+            if " ".join(words).startswith(prefix):
+                return DocStep(doc, line, text, "skip", reason=reason)
         for flag, reason in SKIPPED_FLAGS.items():
             if flag in words:
                 return DocStep(doc, line, text, "skip", reason=reason)
