@@ -15,7 +15,7 @@ cannot have is mapped, never an option a user would set:
 - the user's cache: ``XDG_CACHE_HOME`` is a folder of the test.
 
 Each step also checks that no input file changed. Steps that cannot run here are listed with
-their reason (``test_skipped_steps_say_why``).
+their reason (``test_documented_step_not_run``, ``test_default_run_not_run``).
 """
 
 from __future__ import annotations
@@ -209,65 +209,64 @@ def _digests(root: Path, names: set[str]) -> dict[str, str]:
 
 
 class DocSession:
-    """One document's working folder, its steps run in order."""
+    """A working folder (a copy of the stand-ins) in which steps run in order, with the
+    user's cache inside it."""
 
-    def __init__(self, folder: Path, inputs: set[str]) -> None:
-        self.folder = folder
-        self.inputs = inputs
-        self.before = _digests(folder, inputs)
-
-
-_sessions: dict[Path, DocSession] = {}
-
-
-def _check_inputs_kept(session: DocSession, step: str) -> None:
-    """Every stand-in input file is still there, byte for byte (reports a command adds beside
-    its input, as ``eval davis --results`` does like the official evaluator, are allowed)."""
-    now = _digests(session.folder, session.inputs)
-    changed = [name for name, digest in session.before.items() if now.get(name) != digest]
-    assert not changed, f"{step} changed or removed input files: {changed[:5]}"
-
-
-def _session(doc: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> DocSession:
-    """The working folder of a document (or of the defaults runs): a copy of the stand-ins."""
-    if doc not in _sessions:
-        folder = tmp_path_factory.mktemp(f"docs-{doc.stem}")
+    def __init__(self, world: Path, folder: Path, models: dict[str, Path], capsys, monkeypatch) -> None:
         shutil.copytree(world, folder, dirs_exist_ok=True)
         (folder / "tools").symlink_to(REPO / "tools")  # the documents' commands run in a clone
-        _sessions[doc] = DocSession(folder, {path.name for path in world.iterdir()})
-    return _sessions[doc]
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(folder / ".user-cache"))
+        monkeypatch.delenv("PDMTRACK_CACHE_DIR", raising=False)
+        self.folder, self.models = folder, models
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+        self.inputs = {path.name for path in world.iterdir()}
+        self.before = _digests(folder, self.inputs)
+
+    def run(self, words: list[str]) -> str:
+        """Run ``pdmtrack WORDS`` (models mapped); what went wrong, or '' when it ran cleanly
+        and left every input file as it was (reports a command adds beside its input, as
+        ``eval davis --results`` does like the official evaluator, are allowed)."""
+        words = map_models([map_frames(word) for word in words], self.models, self.folder)
+        result = run_cli(words[1:], self.capsys, self.monkeypatch)
+        if result.code != 0 or "Traceback" in result.err:
+            return f"exit {result.code}: {' '.join(words)}\n{result.err[-2000:]}"
+        now = _digests(self.folder, self.inputs)
+        changed = [name for name, digest in self.before.items() if now.get(name) != digest]
+        return f"changed or removed input files {changed[:5]}" if changed else ""
+
+    def step(self, step: DocStep) -> str:
+        """Run one document step; what went wrong, or ''."""
+        if step.kind == "file":
+            (self.folder / step.argv()[2]).write_text(map_frames(step.body), encoding="utf-8")
+            return ""
+        if step.kind == "copy":
+            source, target = (map_frames(word) for word in step.argv()[1:3])
+            shutil.copy(self.folder / source, self.folder / target)
+            return ""
+        if step.kind == "python":
+            done = subprocess.run([sys.executable, *step.argv()[1:]], cwd=self.folder, capture_output=True, text=True)
+            return "" if done.returncode == 0 else f"exit {done.returncode}\n{done.stderr[-2000:]}"
+        return self.run(step.argv())
 
 
-RUN_STEPS = [step for step in STEPS if step.kind != "skip"]
-SKIPPED_STEPS = [step for step in STEPS if step.kind == "skip"]
+def _failures(attempts: list[tuple[str, str]]) -> str:
+    return "\n\n".join(f"{where}: {problem}" for where, problem in attempts if problem)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("docs-steps")  # one worker runs a document's steps in order
-@pytest.mark.parametrize("step", RUN_STEPS, ids=[step.id for step in RUN_STEPS])
-def test_documented_command_runs(step: DocStep, docs_world, tiny_models, tmp_path_factory, capsys, monkeypatch) -> None:
-    session = _session(step.doc, docs_world, tmp_path_factory)
-    monkeypatch.chdir(session.folder)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(session.folder / ".user-cache"))
-    monkeypatch.delenv("PDMTRACK_CACHE_DIR", raising=False)
-    if step.kind == "file":
-        target = session.folder / step.argv()[2]
-        target.write_text(map_frames(step.body), encoding="utf-8")
-        return
-    if step.kind == "copy":
-        source, target = (map_frames(word) for word in step.argv()[1:3])
-        shutil.copy(session.folder / source, session.folder / target)
-        return
-    if step.kind == "python":
-        words = step.argv()
-        done = subprocess.run([sys.executable, *words[1:]], cwd=session.folder, capture_output=True, text=True)
-        assert done.returncode == 0, f"{step.id}: {step.text}\n{done.stderr[-3000:]}"
-        return
-    words = map_models([map_frames(word) for word in step.argv()], tiny_models, session.folder)
-    result = run_cli(words[1:], capsys, monkeypatch)
-    assert result.code == 0, f"{step.id}: {' '.join(words)}\n{result.err[-3000:]}"
-    assert "Traceback" not in result.err
-    _check_inputs_kept(session, step.id)
+@pytest.mark.parametrize("doc", DOCS, ids=[doc.name for doc in DOCS])
+def test_documented_commands_run_in_order(doc: Path, docs_world, tiny_models, tmp_path, capsys, monkeypatch) -> None:
+    """A document's steps, top to bottom in one folder (each later step may read what an
+    earlier one wrote); every failing step is listed, not only the first."""
+    session = DocSession(docs_world, tmp_path / "work", tiny_models, capsys, monkeypatch)
+    steps = [step for step in collect_steps(doc) if step.kind != "skip"]
+    assert steps, f"{doc.name} shows no command the tests can run"
+    failures = _failures([(f"{step.id} {step.text}", session.step(step)) for step in steps])
+    assert not failures, failures
+
+
+SKIPPED_STEPS = [step for step in STEPS if step.kind == "skip"]
 
 
 def test_documents_show_commands() -> None:
@@ -331,18 +330,16 @@ def test_every_command_has_a_default_run() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("docs-defaults")  # one worker runs them in order, beside the documents'
-@pytest.mark.parametrize("key", list(DEFAULT_RUNS))
-def test_command_runs_with_its_defaults(key: str, docs_world, tiny_models, tmp_path_factory, capsys, monkeypatch) -> None:
-    if key in SLOW_DEFAULTS:
-        pytest.skip(SLOW_DEFAULTS[key])
-    session = _session(Path("defaults"), docs_world, tmp_path_factory)
-    monkeypatch.chdir(session.folder)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(session.folder / ".user-cache"))
-    monkeypatch.delenv("PDMTRACK_CACHE_DIR", raising=False)
+def test_every_command_runs_with_its_defaults(docs_world, tiny_models, tmp_path, capsys, monkeypatch) -> None:
+    """In order, in one folder: later runs read earlier outputs (an index, PerMIRS)."""
+    session = DocSession(docs_world, tmp_path / "work", tiny_models, capsys, monkeypatch)
     (session.folder / "jobs.csv").write_text(JOBS_CSV)
-    words = map_models(["pdmtrack", *DEFAULT_RUNS[key].split()], tiny_models, session.folder)
-    result = run_cli(words[1:], capsys, monkeypatch)
-    assert result.code == 0, f"pdmtrack {' '.join(words[1:])}\n{result.err[-3000:]}"
-    assert "Traceback" not in result.err
-    _check_inputs_kept(session, key)
+    runs = [(key, command) for key, command in DEFAULT_RUNS.items() if key not in SLOW_DEFAULTS]
+    failures = _failures([(key, session.run(["pdmtrack", *command.split()])) for key, command in runs])
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("key", list(SLOW_DEFAULTS))
+def test_default_run_not_run(key: str) -> None:
+    """A defaults run the tests leave out is reported as skipped with its reason (``-rs``)."""
+    pytest.skip(f"pdmtrack {DEFAULT_RUNS[key]}: {SLOW_DEFAULTS[key]}")
