@@ -115,7 +115,7 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "dinov2_size": (Annotated[int, typer.Option(help="Short side of the DINOv2 input (--features dinov2).")], _SRC.dinov2_size),
     "protocol": (
         Annotated[str, typer.Option(help="pdmtrack | dift (DINO/DIFT eval_davis label propagation) | authors-code "
-                                         "(the authors' PDM code path); options left at their defaults take the protocol's values.")],
+                                         "(the authors' PDM code path); options you do not give take the protocol's values.")],
         _Y.protocol,
     ),
 }
@@ -132,33 +132,49 @@ WORKERS_OPTION = Annotated[str, typer.Option(help="Parallel workers: N, or auto 
 RAY_ADDRESS_OPTION = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one.")]
 
 
-def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str) -> Callable:
-    """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as ``param``."""
+def with_options(
+    table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str, given_only: bool = False
+) -> Callable:
+    """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as
+    ``param``; with ``given_only``, only the flags the user gave (so that ``make`` can tell
+    an option set to its default value from one left alone)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(command).parameters.values() if p.name != param]
+        context = f"{param}_context"  # typer passes the click context to a typer.Context parameter
         shared = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
             for name, (annotation, default) in table.items()
         ]
+        shared.append(inspect.Parameter(context, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> None:
+            ctx = kwargs.pop(context)
             values = {name: kwargs.pop(name) for name in table}
+            if given_only:
+                values = {name: value for name, value in values.items() if _given(ctx, name)}
             command(**kwargs, **{param: make(**values)})
 
         wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {
             **{k: v for k, v in command.__annotations__.items() if k != param},
             **{name: annotation for name, (annotation, _) in table.items()},
+            context: typer.Context,
         }
         return wrapper
 
     return decorate
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (on the command line or through its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 # Add the shared tracker flags to a command, which receives them as ``settings``.
-with_track_options = with_options(TRACK_OPTIONS, TrackSettings.from_options, "settings")
+with_track_options = with_options(TRACK_OPTIONS, TrackSettings.from_options, "settings", given_only=True)
 
 
 # ----------------------------------------------------------------------------- OVDiff

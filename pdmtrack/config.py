@@ -273,10 +273,7 @@ class TrackSettings:
         check_choice("--protocol", protocol, get_args(Protocol))
         defaults = cls()
         for name, value in PROTOCOL_PRESETS[protocol].items():  # type: ignore[index]
-            group, attribute = OPTION_FIELDS[name]
-            default = getattr(getattr(defaults, group), attribute)
-            if options.get(name, default) == default:
-                options[name] = value
+            options.setdefault(name, value)  # an option the caller gave wins, even at its default value
         if "no_cache" in options:
             options["use_cache"] = not options.pop("no_cache")
         groups: dict[str, dict[str, object]] = {}
@@ -298,9 +295,10 @@ def _option_fields() -> dict[str, tuple[str, str]]:
 
 OPTION_FIELDS = _option_fields()
 
-# What each --protocol sets, by flat option name. An option the caller leaves at pdmtrack's
-# default takes the protocol's value; an option given another value keeps it (so
-# `--protocol dift --context 7 --context-topk 5 --radius 12 --temperature 0.1` is DINO's setting).
+# What each --protocol sets, by flat option name. An option the caller does not give takes the
+# protocol's value; an option given keeps it, whatever its value (so `--protocol dift --context 7
+# --context-topk 5 --radius 12 --temperature 0.1` is DINO's setting, and `--protocol dift --sam
+# vit_b` keeps SAM).
 _DIFT_PROPAGATION: dict[str, object] = {
     "context": 28,  # DIFT's SD setting (eval_davis.py README): n_last_frames 28, topk 15,
     "context_topk": 15,  # size_mask_neighborhood 15 (cells, not scaled), temperature 0.2

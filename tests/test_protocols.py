@@ -192,3 +192,34 @@ def test_dift_keyframe_is_the_one_hot_of_the_nearest_resized_mask() -> None:
             np.testing.assert_array_equal(first[1].numpy(), expected)
         else:
             assert 0 < float(first[1].max()) < 1  # cell fractions
+
+
+@pytest.mark.parametrize(
+    ("protocol", "given", "field", "expected"),
+    [
+        ("dift", [], ("sam", "model_type"), "none"),  # left alone: the protocol's value
+        ("dift", ["--sam", "vit_b"], ("sam", "model_type"), "vit_b"),  # given, though it is the default
+        ("authors-code", [], ("features", "model"), "CompVis/stable-diffusion-v1-4"),
+        ("authors-code", ["--model", "stabilityai/sdxl-turbo"], ("features", "model"), "stabilityai/sdxl-turbo"),
+    ],
+)
+def test_an_option_the_user_gives_beats_the_protocol(protocol, given, field, expected, tmp_path, capsys, monkeypatch) -> None:
+    """`--protocol dift --sam vit_b` keeps SAM, even though vit_b is the default."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(2):
+        Image.fromarray(np.full((32, 48, 3), 40 * index, np.uint8)).save(frames / f"{index:05d}.jpg")
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 8:24] = 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    seen = []
+
+    def stop(self, settings, **kwargs):  # the settings the command built; no model loads
+        seen.append(settings)
+        raise InputError("stop", "settings seen")
+
+    monkeypatch.setattr("pdmtrack.tracker.Tracker.__init__", stop)
+    args = ["propagate", frames, "--mask", tmp_path / "mask.png", "-o", tmp_path / "out", "--protocol", protocol, *given]
+    assert run_cli(args, capsys, monkeypatch).code == 2
+    group, attribute = field
+    assert getattr(getattr(seen[0], group), attribute) == expected
