@@ -26,7 +26,7 @@ from pathlib import Path, PurePath
 from pdmtrack.build import check_feature_cache
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import check_output_folder, ensure_writable_folder
+from pdmtrack.fsutil import ensure_writable_folder
 from pdmtrack.eval.report import Table, render_table, write_csv
 from pdmtrack.run import mask_files, plan_run
 from pdmtrack.scale import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
@@ -262,7 +262,7 @@ def propagate_batch(
     the summary CSV. Rows that fail are reported, the others finish. ``out_root`` must lie
     apart from ``inputs`` (the JOBS file, the video and mask folders) and be writable;
     refused rows create no folder."""
-    out_root = ensure_writable_folder(check_output_folder(out_root, inputs), keep=False)
+    out_root = ensure_writable_folder(out_root, inputs, keep=False)
     workers = resolve_workers(workers, ray_address)
     check_feature_cache(settings)
     planned, outs = plan_jobs(rows, out_root, base=base, default_classes=default_classes, png=png, overlay=overlay, rle=rle, settings=settings)

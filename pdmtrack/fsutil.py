@@ -142,12 +142,15 @@ def check_output_folder(
     return out_dir
 
 
-def ensure_writable_folder(folder: str | Path, keep: bool = True, flag: str = "-o") -> Path:
-    """Prove a file can be written in ``folder`` (after :func:`check_output_folder`): an
-    InputError naming the folder, which asks for another ``flag``, otherwise. The folder (and missing parents) is created; with
-    ``keep`` False the folders this call created are removed again, so a probe before a run
-    that may still be refused leaves nothing behind."""
-    folder = check_output_folder(folder, flag=flag)
+def ensure_writable_folder(
+    folder: str | Path, inputs: Iterable[str | Path] = (), keep: bool = True, flag: str = "-o"
+) -> Path:
+    """Prove a file can be written in ``folder`` (after :func:`check_output_folder` with
+    ``inputs``): an InputError naming the folder, which asks for another ``flag``, otherwise.
+    The folder (and missing parents) is created; with ``keep`` False the folders this call
+    created are removed again, so a probe before a run that may still be refused leaves
+    nothing behind."""
+    folder = check_output_folder(folder, inputs, flag=flag)
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource
-from pdmtrack.fsutil import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder
+from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder
 from pdmtrack.images import list_images, output_stems, read_rgb
 from pdmtrack.masks import fit_mask_to_frame, read_mask
 from pdmtrack.retrieval.global_model import GlobalDescriptor
@@ -72,13 +72,6 @@ def _reference_labels(
     return loaded.labels
 
 
-def _writable_output_folder(out_dir: Path, inputs: Sequence[Path]) -> Path:
-    """``out_dir`` checked before any model loads: apart from every input, writable (nothing
-    is created yet)."""
-    out_dir = check_output_folder(out_dir, inputs)
-    return ensure_writable_folder(out_dir, keep=False)
-
-
 def segment_to_folder(
     reference: Path,
     targets: Sequence[Path],
@@ -95,7 +88,7 @@ def segment_to_folder(
     ``<stem>_overlay.jpg`` and ``scores.json`` into ``out_dir``."""
     if mask is None and not classes:
         raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
-    out_dir = _writable_output_folder(out_dir, [reference, *targets, *([mask] if mask else [])])
+    out_dir = ensure_writable_folder(out_dir, [reference, *targets, *([mask] if mask else [])], keep=False)
     images = list_images(targets, "target images")
     stems = output_stems(images)
     start = time.perf_counter()
@@ -177,7 +170,7 @@ def retrieve_to_folder(
         raise InputError("pdmtrack retrieve", "give --mask MASK, or --cls NAME")
     if rerank is not None and rerank < 0:
         raise InputError("--rerank", f"must be at least 0, got {rerank}")
-    out_dir = _writable_output_folder(out_dir, [query_image, gallery, *([mask] if mask else [])])
+    out_dir = ensure_writable_folder(out_dir, [query_image, gallery, *([mask] if mask else [])], keep=False)
     start = time.perf_counter()
     notes: list[str] = []
     names = _classes(classes)
