@@ -7,7 +7,7 @@ record a custom feature source returns) and :class:`InputError` (a user mistake)
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.tracker import Tracker, VideoState
+from pdmtrack.tracking.tracker import Tracker, VideoState
 
 __version__ = "0.1.0"
 __all__ = ["InputError", "PDMFeatures", "TrackSettings", "Tracker", "VideoState"]

@@ -252,8 +252,8 @@ def propagate(
     segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
     """Track the instances of given masks (or of a class name) through a video."""
-    from pdmtrack.run import mask_files, plan_run, track_to_folder
-    from pdmtrack.tracker import Tracker
+    from pdmtrack.runs.video_folder import mask_files, plan_run, track_to_folder
+    from pdmtrack.tracking.tracker import Tracker
 
     check_choice("--init", init, ("attention", "ovdiff"))
     plan = plan_run(
@@ -304,7 +304,7 @@ def eval_davis(
 ) -> None:
     """J, F and J&F to the official DAVIS 2017 semi-supervised protocol."""
     from pdmtrack.eval.davis import evaluate_davis
-    from pdmtrack.scale import parse_workers
+    from pdmtrack.runs.pool import parse_workers
 
     if results is None and out is None:
         raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
@@ -335,7 +335,7 @@ def eval_permis(
 ) -> None:
     """PerMIS: video label propagation (J&F) or image segmentation (mIoU, bIoU)."""
     from pdmtrack.eval.permirs import evaluate_permis_image, evaluate_permis_video
-    from pdmtrack.scale import parse_workers
+    from pdmtrack.runs.pool import parse_workers
 
     parallel = {"workers": parse_workers(workers), "ray_address": ray_address}
     if results is not None and task != "video":
@@ -365,7 +365,7 @@ def eval_permir(
 ) -> None:
     """PerMIR: personalised retrieval (mAP, Recall@1/5/10)."""
     from pdmtrack.eval.permirs import evaluate_permir
-    from pdmtrack.scale import parse_workers
+    from pdmtrack.runs.pool import parse_workers
 
     _check_rerank(rerank)
     evaluate_permir(
@@ -426,7 +426,7 @@ def _descriptor(rerank: Optional[int], config: GlobalConfig, settings: TrackSett
     """The global descriptor a two-stage ranking needs (None without --rerank)."""
     if rerank is None:
         return None
-    from pdmtrack.retrieval.global_model import GlobalDescriptor
+    from pdmtrack.personal.global_descriptor import GlobalDescriptor
 
     return GlobalDescriptor(config, settings.runtime.device, settings.runtime.dtype)
 
@@ -447,7 +447,7 @@ def segment(
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """Segment the reference's instance(s) in each target image (PerSAM(PDM))."""
-    from pdmtrack.image_runs import segment_to_folder
+    from pdmtrack.runs.image_folder import segment_to_folder
 
     check_finite("--present-threshold", present_threshold)
     summary = segment_to_folder(
@@ -480,7 +480,7 @@ def retrieve(
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """Rank gallery images by how well they show the query's instance (PDM)."""
-    from pdmtrack.image_runs import retrieve_to_folder
+    from pdmtrack.runs.image_folder import retrieve_to_folder
 
     summary = retrieve_to_folder(
         query,
@@ -521,7 +521,7 @@ def index_build(
     global_config: GlobalConfig = GlobalConfig(),
 ) -> None:
     """Compute a global descriptor per image into a FAISS index with a manifest."""
-    from pdmtrack.retrieval.index import build_index
+    from pdmtrack.personal.index import build_index
 
     summary = build_index(images, out, global_config, device=device, overwrite=overwrite, kind=index_type)
     typer.echo(summary.format(out))
@@ -534,7 +534,7 @@ def index_add(
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
 ) -> None:
     """Append images to an index, with the index's own descriptor model."""
-    from pdmtrack.retrieval.index import add_to_index
+    from pdmtrack.personal.index import add_to_index
 
     typer.echo(add_to_index(index, images, device=device).format(index))
 
@@ -581,8 +581,8 @@ def propagate_batch(
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """Track many videos: rows of a JOBS file, or --videos DIR --masks DIR; a summary at the end."""
-    from pdmtrack.batch import folder_rows, propagate_batch as run_batch, read_jobs
-    from pdmtrack.scale import parse_workers
+    from pdmtrack.runs.batch import folder_rows, propagate_batch as run_batch, read_jobs
+    from pdmtrack.runs.pool import parse_workers
 
     if (jobs is None) == (videos is None):
         raise InputError("propagate-batch", "give a JOBS file, or --videos DIR with --masks DIR (not both)")
@@ -642,7 +642,7 @@ def prototypes_build(
 ) -> None:
     """Sample support images per class and store its prototypes (stored ones are reused)."""
     _pdm_features_only(settings)
-    from pdmtrack.ovdiff.run import build_prototypes
+    from pdmtrack.ovdiff.pipeline import build_prototypes
 
     builder = build_prototypes(_split_list(classes) or [], settings, prototype_config, out, support_dir, rebuild)
     report = builder.report
@@ -672,7 +672,7 @@ def segment_ov(
 ) -> None:
     """Open-vocabulary segmentation (OVDiff): palette PNGs of class ids, overlays, legend.json."""
     _pdm_features_only(settings)
-    from pdmtrack.ovdiff.run import segment_images
+    from pdmtrack.ovdiff.pipeline import segment_images
 
     summary = segment_images(
         images,

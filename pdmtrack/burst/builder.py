@@ -36,7 +36,7 @@ from pdmtrack.burst.records import (
 from pdmtrack.burst.selection import select
 from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_video
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import (
+from pdmtrack.io.files import (
     atomic_write_text,
     check_output_folder,
     ensure_writable_folder,

@@ -17,11 +17,11 @@ from pdmtrack.burst.records import (
 )
 from pdmtrack.burst.selection import ScannedSequence, bbox_area
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import (
+from pdmtrack.io.files import (
     is_safe_component,
     read_json,
 )
-from pdmtrack.masks import decode_rle
+from pdmtrack.io.masks import decode_rle
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 

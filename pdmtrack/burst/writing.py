@@ -16,13 +16,13 @@ from pdmtrack.burst.records import (
     PERMIS_VIDEO_SPLIT,
     Selection,
 )
-from pdmtrack.fsutil import (
+from pdmtrack.io.files import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
 )
-from pdmtrack.masks import encode_rle
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.masks import encode_rle
+from pdmtrack.io.writers import write_palette_png
 
 
 def write_json(path: Path, payload: object) -> None:

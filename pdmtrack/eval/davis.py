@@ -15,10 +15,10 @@ from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
-from pdmtrack.fsutil import ensure_writable_folder, read_json
-from pdmtrack.scale import VideoJob, resolve_workers, run_jobs, same_settings_as_before
-from pdmtrack.tracker import Tracker
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.files import ensure_writable_folder, read_json
+from pdmtrack.runs.pool import VideoJob, resolve_workers, run_jobs, same_settings_as_before
+from pdmtrack.tracking.tracker import Tracker
+from pdmtrack.io.writers import write_palette_png
 
 
 def load_class_map(path: Path | None) -> dict[str, str]:
@@ -50,7 +50,7 @@ def track_sequences(
     """Track every sequence from its first annotation into ``results_dir/<seq>``; skip finished ones
     (only when they were tracked with the same settings, see :func:`same_settings_as_before`).
 
-    Without ``track_fn``, sequences are jobs of :func:`pdmtrack.scale.run_jobs` (``workers``,
+    Without ``track_fn``, sequences are jobs of :func:`pdmtrack.runs.pool.run_jobs` (``workers``,
     ``ray_address``; ``tracker`` serves one worker in this process): each sequence's folder
     appears whole once tracked. A ``track_fn`` (keyword arguments video, out_dir, mask,
     classes, settings; returns frames and fps) tracks here, one sequence after another."""

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import is_safe_component
+from pdmtrack.io.files import is_safe_component
 
 VOID_ID = 255  # DAVIS annotations mark void pixels with 255; upstream scores them as background
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset, read_indexed_png
 from pdmtrack.eval.metrics import db_eval_boundary, db_eval_iou, db_statistics
-from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.io.reports import Table, print_tables, write_csv, write_json
 
 FRAMES_PER_CHUNK = 16  # frames scored together; bounds memory for long sequences
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]

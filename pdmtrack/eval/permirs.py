@@ -39,20 +39,20 @@ from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
-from pdmtrack.eval.report import Table, write_report
+from pdmtrack.io.reports import Table, write_report
 from pdmtrack.eval.shared_features import feature_batches, precompute_features
-from pdmtrack.fsutil import read_json
+from pdmtrack.io.files import read_json
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.images import read_rgb
-from pdmtrack.masks import decode_rle
-from pdmtrack.matching import mask_to_grid_bool, pdm_map
-from pdmtrack.retrieval.global_model import GlobalDescriptor
-from pdmtrack.retrieval.scoring import QueryScorer
-from pdmtrack.retrieval.search import Query, rank_queries
-from pdmtrack.scale import resolve_workers
-from pdmtrack.segment import segment_from_maps
-from pdmtrack.tracker import Tracker
+from pdmtrack.io.images import read_rgb
+from pdmtrack.io.masks import decode_rle
+from pdmtrack.tracking.matching import mask_to_grid_bool, pdm_map
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
+from pdmtrack.personal.scoring import QueryScorer
+from pdmtrack.personal.search import Query, rank_queries
+from pdmtrack.runs.pool import resolve_workers
+from pdmtrack.personal.segmenter import segment_from_maps
+from pdmtrack.tracking.tracker import Tracker
 
 RECALL_KS = (1, 5, 10)
 

@@ -23,12 +23,12 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import boundary_counts
-from pdmtrack.eval.report import Table, write_report
-from pdmtrack.images import read_rgb
-from pdmtrack.segment import ImageSegmenter
-from pdmtrack.tracker import Tracker
-from pdmtrack.video import IMAGE_SUFFIXES
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.reports import Table, write_report
+from pdmtrack.io.images import read_rgb
+from pdmtrack.personal.segmenter import ImageSegmenter
+from pdmtrack.tracking.tracker import Tracker
+from pdmtrack.io.video import IMAGE_SUFFIXES
+from pdmtrack.io.writers import write_palette_png
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Layout (as revisitop downloads it): ``DATA/<dataset>/gnd_<dataset>.pkl`` and
 ``DATA/<dataset>/jpg/<name>.jpg`` (``--root`` may also be the dataset folder itself). The
 ground-truth pickle holds ``imlist``, ``qimlist`` and ``gnd`` (per query: ``bbx``, ``easy``,
-``hard``, ``junk``); it is read with :mod:`pdmtrack.safe_pickle` (plain data only). Queries
+``hard``, ``junk``); it is read with :mod:`pdmtrack.io.safe_pickle` (plain data only). Queries
 are their images cropped to ``bbx`` (rounded, as PIL's crop does).
 
 Protocol (revisitop's ``example_evaluate.py``): Medium: positives = easy + hard, junk ignored;
@@ -22,12 +22,12 @@ from pdmtrack.config import GlobalConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import revisited_average_precision
-from pdmtrack.eval.report import Table, write_report
-from pdmtrack.images import read_rgb
-from pdmtrack.retrieval.global_model import GlobalDescriptor
-from pdmtrack.retrieval.search import Query, rank_queries
-from pdmtrack.safe_pickle import load_plain_pickle
-from pdmtrack.tracker import Tracker
+from pdmtrack.io.reports import Table, write_report
+from pdmtrack.io.images import read_rgb
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
+from pdmtrack.personal.search import Query, rank_queries
+from pdmtrack.io.safe_pickle import load_plain_pickle
+from pdmtrack.tracking.tracker import Tracker
 
 DATASETS = ("roxford5k", "rparis6k")
 LEVELS = ("medium", "hard")

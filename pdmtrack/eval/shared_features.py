@@ -1,7 +1,7 @@
 """Image features computed by several workers, handed over through the feature cache.
 
 PerMIS-image and PerMIR spend their time on features of single images. With ``--workers``
-the images' batches become jobs of :func:`pdmtrack.scale.run_jobs`: each worker computes
+the images' batches become jobs of :func:`pdmtrack.runs.pool.run_jobs`: each worker computes
 its batches into the (shared) feature cache; the evaluation then runs in this process with
 a feature source that only reads the cache. The batches are exactly those the one-process
 run forms (:func:`feature_batches`), so every feature, hence every score, is the same.
@@ -23,9 +23,9 @@ from pdmtrack.eval.davis_dataset import image_size
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.images import read_rgb
-from pdmtrack.scale import VideoResult, run_jobs
-from pdmtrack.tracker import Tracker
+from pdmtrack.io.images import read_rgb
+from pdmtrack.runs.pool import VideoResult, run_jobs
+from pdmtrack.tracking.tracker import Tracker
 
 _BATCHES_PER_JOB = 16
 

@@ -21,11 +21,11 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.permirs import read_rgb
-from pdmtrack.eval.report import Table, print_tables, write_csv, write_json
+from pdmtrack.io.reports import Table, print_tables, write_csv, write_json
 from pdmtrack.eval.semseg import class_iou, confusion_matrix, mean_iou
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
-from pdmtrack.ovdiff.run import open_ovdiff
-from pdmtrack.writers import check_output_folder, write_palette_png
+from pdmtrack.ovdiff.pipeline import open_ovdiff
+from pdmtrack.io.writers import check_output_folder, write_palette_png
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -45,7 +45,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_write_text, file_mode, process_runs, user_cache_dir
+from pdmtrack.io.files import atomic_write_text, file_mode, process_runs, user_cache_dir
 
 DEFAULT_MAX_GB = 20.0  # DAVIS 2017 val at SDXL/512 is about 9 GB; small next to a laptop's disk
 MAX_GB_ENV = "PDMTRACK_CACHE_MAX_GB"

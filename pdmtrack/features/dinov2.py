@@ -1,5 +1,5 @@
 """DINOv2 (any transformers ViT) loaded once: patch tokens as a dense feature source, and the
-parts the global descriptors of ``pdmtrack.retrieval.global_model`` reuse.
+parts the global descriptors of ``pdmtrack.personal.global_descriptor`` reuse.
 
 ``name`` is a Hugging Face hub id (config and safetensors weights fetched into the standard HF
 cache; ``HF_HUB_OFFLINE=1`` reads the cache only) or a local folder written by
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pdmtrack.errors import InputError
 from pdmtrack.features.model import folder_hash
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.fsutil import hub_offline, read_json
+from pdmtrack.io.files import hub_offline, read_json
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ import torch
 
 from pdmtrack.config import FeatureConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import hub_offline, read_json
+from pdmtrack.io.files import hub_offline, read_json
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
-from pdmtrack.fsutil import atomic_path
+from pdmtrack.io.files import atomic_path
 from pdmtrack.ovdiff.config import PrototypeConfig
 from pdmtrack.ovdiff.prototypes import ClassPrototypes, build_class_prototypes, feature_maps
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.split import foreground_masks, split_cells
 from pdmtrack.ovdiff.store import PrototypeStore, entry_key
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.writers import write_palette_png
 
 PROTOTYPES_VERSION = 1  # bump when the computation changes, so stored prototypes are rebuilt
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import hub_offline
+from pdmtrack.io.files import hub_offline
 
 TEXT_TEMPLATE = "a photo of a {cls}."
 

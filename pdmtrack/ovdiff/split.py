@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdmtrack.matching import mask_to_grid, mask_to_grid_bool, minmax
+from pdmtrack.tracking.matching import mask_to_grid, mask_to_grid_bool, minmax
 from pdmtrack.sam.refine import SamRefiner
 
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder, read_json, user_cache_dir
+from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder, read_json, user_cache_dir
 from pdmtrack.ovdiff.prototypes import ClassPrototypes
 
 log = logging.getLogger(__name__)

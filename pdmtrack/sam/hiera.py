@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pdmtrack.device import autocast
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import hub_offline, read_json
+from pdmtrack.io.files import hub_offline, read_json
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts
 from pdmtrack.sam.vit import ENCODER_BATCH
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pdmtrack.config import SamConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, hub_offline, user_cache_dir
+from pdmtrack.io.files import atomic_path, hub_offline, user_cache_dir
 from pdmtrack.sam.hiera import SAM2_MODELS, HieraBackend, load_hiera_model
 from pdmtrack.sam.refine import SamRefiner
 from pdmtrack.sam.vit import VitBackend

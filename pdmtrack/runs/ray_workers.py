@@ -1,4 +1,4 @@
-"""Ray workers for :func:`pdmtrack.scale.run_jobs`: one actor per GPU (CPU actors on a
+"""Ray workers for :func:`pdmtrack.runs.pool.run_jobs`: one actor per GPU (CPU actors on a
 machine or cluster without GPUs), each holding a :class:`~pdmtrack.Tracker`.
 
 The driver hands each idle actor the largest video left. An actor that dies (killed, out
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.scale import Job, Progress, VideoResult, cpu_count, default_threads, one_line, visible_gpus
+from pdmtrack.runs.pool import Job, Progress, VideoResult, cpu_count, default_threads, one_line, visible_gpus
 
 _POLL_SECONDS = 0.5  # how often the driver refreshes the bar
 _REPORT_SECONDS = 0.5  # how often an actor reports its frames
@@ -50,7 +50,7 @@ class TrackerWorker:
         if self.tracker is None:
             import torch
 
-            from pdmtrack.tracker import Tracker
+            from pdmtrack.tracking.tracker import Tracker
 
             torch.set_num_threads(self.threads)
             self.tracker = Tracker(self.settings)

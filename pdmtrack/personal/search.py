@@ -19,9 +19,9 @@ from tqdm import tqdm
 from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.images import read_rgb
-from pdmtrack.matching import mask_to_grid_bool, reference_mask_from_attention
-from pdmtrack.retrieval.scoring import QueryScorer
+from pdmtrack.io.images import read_rgb
+from pdmtrack.tracking.matching import mask_to_grid_bool, reference_mask_from_attention
+from pdmtrack.personal.scoring import QueryScorer
 
 
 @dataclass

@@ -20,7 +20,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
-from pdmtrack.background import prefetched
+from pdmtrack.io.background import prefetched
 from pdmtrack.errors import InputError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}

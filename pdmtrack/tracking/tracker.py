@@ -7,7 +7,7 @@ results stream out of a generator (the shape of SAM 2's video predictor).
     for frame_idx, labels in tracker.propagate(state):
         ...
 
-Nothing here writes files: ``pdmtrack.run`` feeds the results to the writers.
+Nothing here writes files: ``pdmtrack.runs.video_folder`` feeds the results to the writers.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdmtrack.background import prefetched
-from pdmtrack.build import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
+from pdmtrack.io.background import prefetched
+from pdmtrack.tracking.models import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype, search_dtype
 from pdmtrack.errors import InputError
@@ -31,11 +31,11 @@ from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.masks import require_objects
-from pdmtrack.objects import object_ids_in
-from pdmtrack.propagate import Propagator, mask_from_class_names
+from pdmtrack.io.masks import require_objects
+from pdmtrack.tracking.objects import object_ids_in
+from pdmtrack.tracking.propagator import Propagator, mask_from_class_names
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
-from pdmtrack.video import FrameReader
+from pdmtrack.io.video import FrameReader
 
 Classes = Sequence[str] | Mapping[int, str]
 STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds

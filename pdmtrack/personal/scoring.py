@@ -15,7 +15,7 @@ import torch
 
 from pdmtrack.config import MatchConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import features_appearance_map, semantic_map
+from pdmtrack.tracking.matching import features_appearance_map, semantic_map
 
 
 class _Range:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from pdmtrack import matching
+from pdmtrack.tracking import matching
 
 CUDA_BUDGET = 1 << 27  # similarity entries held at once on a GPU: a full SDXL-grid memory in one pass
 

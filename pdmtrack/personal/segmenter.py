@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
-from pdmtrack.matching import (
+from pdmtrack.tracking.matching import (
     features_appearance_map,
     mask_to_grid_bool,
     pdm_map,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from pdmtrack.writers import blend_labels
+from pdmtrack.io.writers import blend_labels
 
 TILE = 224  # tile height in pixels; widths keep each image's aspect ratio up to 2x
 COLUMNS = 4

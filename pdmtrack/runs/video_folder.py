@@ -29,16 +29,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pdmtrack.background import BackgroundCalls
+from pdmtrack.io.background import BackgroundCalls
 from pdmtrack.errors import InputError
-from pdmtrack import run_record
+from pdmtrack.runs import record as run_record
 from pdmtrack.config import TrackSettings
-from pdmtrack.fsutil import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
-from pdmtrack.masks import fit_mask_to_frame, read_mask
-from pdmtrack.objects import object_ids_in
-from pdmtrack.tracker import Tracker, VideoState, class_rows, distinct_classes
-from pdmtrack.video import FrameReader
-from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
+from pdmtrack.io.files import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
+from pdmtrack.io.masks import fit_mask_to_frame, read_mask
+from pdmtrack.tracking.objects import object_ids_in
+from pdmtrack.tracking.tracker import Tracker, VideoState, class_rows, distinct_classes
+from pdmtrack.io.video import FrameReader
+from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pdmtrack.config import MemoryConfig
-from pdmtrack.affinity import similarity_budget, top_entries
+from pdmtrack.tracking.topk import similarity_budget, top_entries
 
 REFERENCE_SHORT_SIDE = 30  # MemoryConfig.radius is given for a grid with this short side
 TIE_MARGIN = 16  # extra entries the exact read looks at for ties with the k-th (more: a full pass)

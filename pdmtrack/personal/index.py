@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from pdmtrack.config import GlobalConfig
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder, read_json
-from pdmtrack.images import list_images, read_rgb
-from pdmtrack.retrieval.global_model import GlobalDescriptor
+from pdmtrack.io.files import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder, read_json
+from pdmtrack.io.images import list_images, read_rgb
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"

@@ -23,14 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from pdmtrack.build import check_feature_cache
+from pdmtrack.tracking.models import check_feature_cache
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import ensure_writable_folder
-from pdmtrack.eval.report import Table, render_table, write_csv
-from pdmtrack.run import mask_files, plan_run
-from pdmtrack.scale import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
-from pdmtrack.video import VIDEO_SUFFIXES, FrameReader
+from pdmtrack.io.files import ensure_writable_folder
+from pdmtrack.io.reports import Table, render_table, write_csv
+from pdmtrack.runs.video_folder import mask_files, plan_run
+from pdmtrack.runs.pool import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
+from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
 
 JOB_FIELDS = ("video", "mask", "cls", "out")
 SUMMARY_CSV = "batch_summary.csv"

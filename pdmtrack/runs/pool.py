@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import read_json, replace_folder
-from pdmtrack.run import plan_run, track_to_folder
-from pdmtrack.run_record import RUN_RECORD
-from pdmtrack.tracker import Tracker
+from pdmtrack.io.files import read_json, replace_folder
+from pdmtrack.runs.video_folder import plan_run, track_to_folder
+from pdmtrack.runs.record import RUN_RECORD
+from pdmtrack.tracking.tracker import Tracker
 
 
 
@@ -94,7 +94,7 @@ def same_settings_as_before(record: Path, settings: TrackSettings, extra: dict) 
     """Resume only what was made the same way: the settings that shape results (all but the
     runtime ones) and ``extra`` are recorded in ``record`` on the first run; a later run with
     others is refused instead of mixing results of two configurations."""
-    from pdmtrack.eval.report import json_ready, write_json
+    from pdmtrack.io.reports import json_ready, write_json
 
     shaping = {k: v for k, v in settings.to_dict().items() if k != "runtime"}
     current = json.loads(json.dumps(json_ready({**shaping, **extra})))
@@ -118,7 +118,7 @@ def resolve_workers(workers: int | str, ray_address: str | None) -> int | str:
         gpus = visible_gpus()
         workers = gpus if gpus else max(1, cpu_count() // max(1, default_threads()))
     if workers != 1 or ray_address is not None:
-        from pdmtrack.ray_pool import import_ray
+        from pdmtrack.runs.ray_workers import import_ray
 
         import_ray()
     return workers
@@ -211,7 +211,7 @@ def run_jobs(
     try:
         if workers == 1 and ray_address is None:
             return _run_here(jobs, settings, tracker, progress)
-        from pdmtrack.ray_pool import run_on_ray
+        from pdmtrack.runs.ray_workers import run_on_ray
 
         results = run_on_ray(jobs, settings, workers=workers, address=ray_address, max_retries=max_retries, progress=progress)
         return [results[job.name] for job in jobs]

@@ -1,7 +1,7 @@
 """Output writers: DAVIS palette PNGs, an overlay mp4, a COCO RLE JSON and plain videos.
 
 Every file is written to a temporary name beside its target and renamed when complete
-(``pdmtrack.fsutil``), so a failed or killed run never leaves a half-written output.
+(``pdmtrack.io.files``), so a failed or killed run never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import atomic_path, check_output_folder
-from pdmtrack.masks import DAVIS_PALETTE, encode_rle
+from pdmtrack.io.files import atomic_path, check_output_folder
+from pdmtrack.io.masks import DAVIS_PALETTE, encode_rle
 
 
 def _check_labels(labels: np.ndarray) -> None:

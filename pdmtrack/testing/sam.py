@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pdmtrack.fsutil import atomic_path
+from pdmtrack.io.files import atomic_path
 from pdmtrack.sam.loading import ARCHITECTURE_KEY, SamArchitecture, build_sam_model
 
 TINY_SAM = SamArchitecture(

@@ -18,12 +18,12 @@ from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource
-from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder
-from pdmtrack.images import list_images, output_stems, read_rgb
-from pdmtrack.masks import fit_mask_to_frame, read_mask
-from pdmtrack.retrieval.global_model import GlobalDescriptor
-from pdmtrack.retrieval.index import GalleryIndex, descriptor_config, is_index
-from pdmtrack.retrieval.search import (
+from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
+from pdmtrack.io.images import list_images, output_stems, read_rgb
+from pdmtrack.io.masks import fit_mask_to_frame, read_mask
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
+from pdmtrack.personal.index import GalleryIndex, descriptor_config, is_index
+from pdmtrack.personal.search import (
     Query,
     embed_gallery,
     gallery_features,
@@ -33,10 +33,10 @@ from pdmtrack.retrieval.search import (
     query_scorer,
     rerank_head,
 )
-from pdmtrack.retrieval.sheet import contact_sheet
-from pdmtrack.segment import ImageSegmenter
-from pdmtrack.tracker import Tracker
-from pdmtrack.writers import blend_labels, write_palette_png
+from pdmtrack.personal.contact_sheet import contact_sheet
+from pdmtrack.personal.segmenter import ImageSegmenter
+from pdmtrack.tracking.tracker import Tracker
+from pdmtrack.io.writers import blend_labels, write_palette_png
 
 DEFAULT_INDEX_RERANK = 100
 INDEX_LISTED = 1000  # first-stage results an index gallery's ranking.csv lists (at least)

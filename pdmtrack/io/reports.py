@@ -18,7 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
-from pdmtrack.fsutil import atomic_write_text
+from pdmtrack.io.files import atomic_write_text
 
 Cell = str | int | float | None
 

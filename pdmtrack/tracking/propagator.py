@@ -40,9 +40,9 @@ import torch.nn.functional as F
 
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
-from pdmtrack.memory import ContextMemory, labels_to_grid, labels_to_grid_nearest, nearest_resize
-from pdmtrack.objects import ObjectSlots, object_ids_in
+from pdmtrack.tracking.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
+from pdmtrack.tracking.memory import ContextMemory, labels_to_grid, labels_to_grid_nearest, nearest_resize
+from pdmtrack.tracking.objects import ObjectSlots, object_ids_in
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 
 

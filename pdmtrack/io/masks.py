@@ -22,7 +22,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import read_json
+from pdmtrack.io.files import read_json
 
 MAX_OBJECTS = 255
 JPEG_THRESHOLD = 127  # a JPEG mask is one object: the pixels above this in any channel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pdmtrack.tiny.diffusion import staged_folder, write_tiny_tokenizer
+from pdmtrack.testing.diffusion import staged_folder, write_tiny_tokenizer
 
 _IMAGE_SIZE = 32
 

@@ -1,6 +1,6 @@
 """OVDiff end to end: factories over loaded models, and ``segment-ov``'s image loop.
 
-The diffusion parts and SAM are loaded once (``pdmtrack.build``) and shared by the prototype
+The diffusion parts and SAM are loaded once (``pdmtrack.tracking.models``) and shared by the prototype
 builder and the target features; ``segment_images`` writes, per image, a palette PNG of class
 ids (0 background, k the k-th class given), an overlay, and ``legend.json`` once.
 """
@@ -16,14 +16,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pdmtrack.build import check_feature_cache, feature_source, load_diffusion, load_refiner
+from pdmtrack.tracking.models import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource
-from pdmtrack.fsutil import atomic_path, atomic_write_text, ensure_writable_folder
-from pdmtrack.images import output_stems, read_rgb
-from pdmtrack.masks import DAVIS_PALETTE
+from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
+from pdmtrack.io.images import output_stems, read_rgb
+from pdmtrack.io.masks import DAVIS_PALETTE
 from pdmtrack.ovdiff.builder import BuildReport, PrototypeBuilder
 from pdmtrack.ovdiff.clip_filter import ClipFilter
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
@@ -31,7 +31,7 @@ from pdmtrack.ovdiff.prototypes import feature_maps
 from pdmtrack.ovdiff.segment import OVSegmenter, Segmentation
 from pdmtrack.ovdiff.store import PrototypeStore, check_store_folder
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.writers import blend_labels, write_palette_png
+from pdmtrack.io.writers import blend_labels, write_palette_png
 
 LEGEND = "legend.json"
 

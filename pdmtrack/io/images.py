@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pdmtrack.errors import InputError
-from pdmtrack.video import IMAGE_SUFFIXES, rgb_pixels
+from pdmtrack.io.video import IMAGE_SUFFIXES, rgb_pixels
 
 
 def read_rgb(path: Path) -> np.ndarray:

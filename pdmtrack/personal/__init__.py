@@ -1,0 +1,1 @@
+"""Personalised image segmentation and retrieval (PerSAM(PDM), PDM re-ranking, global indexes)."""

@@ -1,1 +1,0 @@
-"""Personalised retrieval: PDM scoring of galleries, global descriptors, FAISS indexes."""

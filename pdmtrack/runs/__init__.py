@@ -1,0 +1,1 @@
+"""Runs that write folders: one video, images, batches of videos, the worker pool and Ray workers."""
