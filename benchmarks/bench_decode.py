@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pdmtrack.video import FrameReader  # noqa: E402
-from pdmtrack.writers import write_video  # noqa: E402
+from pdmtrack.io.video import FrameReader  # noqa: E402
+from pdmtrack.io.writers import write_video  # noqa: E402
 
 
 def moving_texture(num_frames: int, height: int = 480, width: int = 854, seed: int = 0) -> Iterator[np.ndarray]:
@@ -67,14 +67,22 @@ def measure(path: str, backend: str, batch_size: int) -> dict:
         checksum += int(batch[:, ::97, ::97].sum())  # touch the data
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"frames": frames, "seconds": seconds, "peak_kib": peak, "growth_kib": peak - rss_before,
-            "expected": reader.num_frames, "checksum": checksum}
+    return {
+        "frames": frames,
+        "seconds": seconds,
+        "peak_kib": peak,
+        "growth_kib": peak - rss_before,
+        "expected": reader.num_frames,
+        "checksum": checksum,
+    }
 
 
 def run_worker(path: Path, backend: str, batch_size: int) -> dict:
     output = subprocess.run(
         [sys.executable, __file__, "--worker", str(path), "--backends", backend, "--batch-size", str(batch_size)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from published_configs import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG  # beside this script
 
 from pdmtrack.config import FeatureConfig
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.inversion import unet_passes
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
-from pdmtrack.tiny.diffusion import build_tiny_pipeline, tiny_text_encoder
-from published_configs import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG  # beside this script
+from pdmtrack.testing.diffusion import build_tiny_pipeline, tiny_text_encoder
 
 MODES = ("aidi", "ddim", "noise")
 
@@ -134,16 +134,20 @@ def run_cache(parts: DiffusionParts, args: argparse.Namespace, device: torch.dev
         source = CachedFeatureSource(extractor, FeatureCache(Path(cache_dir), extractor.fingerprint))
         first = frames_per_second(source, frames, batch, device, warm_up=False)
         second = frames_per_second(source, frames, batch, device, warm_up=False)
-    print(f"cache (aidi, batch {batch}): first run {first:.2f} frames/s, second run {second:.1f} frames/s "
-          f"({source.hits} hits, {source.misses} misses)")
+    print(
+        f"cache (aidi, batch {batch}): first run {first:.2f} frames/s, second run {second:.1f} frames/s "
+        f"({source.hits} hits, {source.misses} misses)"
+    )
 
 
 def run_full_cuda(args: argparse.Namespace, tiny_folder: Path) -> None:
     device = torch.device("cuda")
     parts = full_size_parts(tiny_folder, device, torch.float16)
     params = sum(p.numel() for p in parts.unet.parameters()) / 1e9
-    print(f"\n== full-size SDXL UNet ({params:.2f} B params) + SDXL VAE, {torch.cuda.get_device_name(device)}, fp16, "
-          f"short side {args.full_size}, {args.frames} frames")
+    print(
+        f"\n== full-size SDXL UNet ({params:.2f} B params) + SDXL VAE, {torch.cuda.get_device_name(device)}, fp16, "
+        f"short side {args.full_size}, {args.frames} frames"
+    )
     print(f"{'mode':6} {'passes':>6} {'batch':>5} {'frames/s':>9} {'ms/frame':>9} {'peak GPU MiB':>13}")
     for mode in args.modes:
         extractor = FeatureExtractor(parts, FeatureConfig(model="bench", size=args.full_size, inversion=mode), ["dog"])
@@ -160,8 +164,10 @@ def run_full_cpu(args: argparse.Namespace, tiny_folder: Path) -> None:
     device = torch.device("cpu")
     start = time.perf_counter()
     parts = full_size_parts(tiny_folder, device, torch.float32)
-    print(f"\n== full-size SDXL UNet + VAE on CPU fp32 ({torch.get_num_threads()} threads), one 854x480 frame "
-          f"at short side {args.full_size} (built in {time.perf_counter() - start:.0f} s)")
+    print(
+        f"\n== full-size SDXL UNet + VAE on CPU fp32 ({torch.get_num_threads()} threads), one 854x480 frame "
+        f"at short side {args.full_size} (built in {time.perf_counter() - start:.0f} s)"
+    )
     frame = make_frames(1)
     for mode in args.cpu_modes:
         extractor = FeatureExtractor(parts, FeatureConfig(model="bench", size=args.full_size, inversion=mode), ["dog"])

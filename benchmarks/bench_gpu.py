@@ -117,7 +117,7 @@ def build_sdxl_folder(bench: Bench) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from pdmtrack.tiny.diffusion import build_tiny_pipeline
+    from pdmtrack.testing.diffusion import build_tiny_pipeline
 
     folder = build_tiny_pipeline(bench.work / "sdxl")
     if bench.smoke:
@@ -144,8 +144,8 @@ def build_refiner_checkpoint(bench: Bench, refiner: str) -> Path:
     from published_configs import sam21_config
 
     from pdmtrack.sam.loading import OFFICIAL_ARCHITECTURES
-    from pdmtrack.tiny.sam import build_tiny_sam
-    from pdmtrack.tiny.sam2 import build_tiny_sam2
+    from pdmtrack.testing.sam import build_tiny_sam
+    from pdmtrack.testing.sam2 import build_tiny_sam2
 
     if refiner == "vit_b":
         path = bench.work / "sam_vit_b.safetensors"
@@ -155,14 +155,14 @@ def build_refiner_checkpoint(bench: Bench, refiner: str) -> Path:
 
 
 def save_mask(labels, path: Path) -> None:
-    from pdmtrack.writers import write_palette_png
+    from pdmtrack.io.writers import write_palette_png
 
     write_palette_png(path, labels)
 
 
 def load_parts(bench: Bench, model: Path, compile_unet: bool):
-    from pdmtrack.build import load_diffusion
     from pdmtrack.config import FeatureConfig, RuntimeConfig, TrackSettings
+    from pdmtrack.tracking.models import load_diffusion
 
     runtime = RuntimeConfig(device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], compile=compile_unet)
     return load_diffusion(TrackSettings(features=FeatureConfig(model=str(model)), runtime=runtime))
@@ -210,8 +210,8 @@ def matmul_peak(bench: Bench) -> float:
 
 def unet_inputs(bench: Bench, parts, size: int, batch: int) -> dict:
     """Inputs of one SDXL UNet pass on ``batch`` latents of an 854x480 frame at ``size``."""
-    from pdmtrack.features.extractor import FeatureExtractor
     from pdmtrack.config import FeatureConfig
+    from pdmtrack.features.extractor import FeatureExtractor
 
     extractor = FeatureExtractor(parts, FeatureConfig(model="bench", size=size), ["dog"])
     height, width = extractor.input_size(bench.height, bench.width)
@@ -228,7 +228,9 @@ def unet_inputs(bench: Bench, parts, size: int, batch: int) -> dict:
 @torch.inference_mode()
 def unet_table(bench: Bench, parts, size: int, batches: list[int], peak: float) -> None:
     """TFLOP/s of full UNet passes, per batch size."""
-    print(f"\nUNet alone, one full pass per frame at short side {size} ({sum(p.numel() for p in parts.unet.parameters()) / 1e9:.2f} B params)")
+    print(
+        f"\nUNet alone, one full pass per frame at short side {size} ({sum(p.numel() for p in parts.unet.parameters()) / 1e9:.2f} B params)"
+    )
     print(f"{'batch':>5} {'ms/frame':>9} {'TFLOP/frame':>12} {'TFLOP/s':>8} {'of peak':>8}")
     for batch in batches:
         inputs = unet_inputs(bench, parts, size, batch)
@@ -275,8 +277,8 @@ def end_to_end_table(
     Stage shares are each stage's busy time over the wall time (stages overlap: writing and
     feature extraction run in their own threads)."""
     from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-    from pdmtrack.run import STAGES, plan_run, track_to_folder
-    from pdmtrack.tracker import Tracker
+    from pdmtrack.runs.video_folder import STAGES, plan_run, track_to_folder
+    from pdmtrack.tracking.tracker import Tracker
 
     print(f"\nend to end: {args.frames} frames {bench.width}x{bench.height} -> PNGs + overlay.mp4 on disk, batch {args.batch_size}")
     for mode in args.modes:
@@ -285,8 +287,11 @@ def end_to_end_table(
                 features=FeatureConfig(model=str(model), size=size, inversion=mode),  # type: ignore[arg-type]
                 sam=SamConfig(model_type=refiner, checkpoint=refiners.get(refiner)),  # type: ignore[arg-type]
                 runtime=RuntimeConfig(
-                    device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], batch_size=args.batch_size,
-                    use_cache=False, compile=args.compile,
+                    device=bench.device.type,
+                    dtype=DTYPE_NAMES[bench.dtype],
+                    batch_size=args.batch_size,
+                    use_cache=False,
+                    compile=args.compile,
                 ),
             )
             if bench.device.type == "cuda":

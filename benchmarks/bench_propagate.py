@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from pdmtrack.config import FeatureConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.memory import ContextMemory
-from pdmtrack.run import STAGES, plan_run, track_to_folder
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
-from pdmtrack.tracker import Tracker
+from pdmtrack.runs.video_folder import STAGES, plan_run, track_to_folder
+from pdmtrack.testing.diffusion import build_tiny_pipeline
+from pdmtrack.tracking.memory import ContextMemory
+from pdmtrack.tracking.tracker import Tracker
 
 
 def write_clip(path: Path, frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdmtrack.build import feature_source, load_diffusion
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
+from pdmtrack.ovdiff.pipeline import OVDiffRun, prototype_builder
 from pdmtrack.ovdiff.prototypes import ClassPrototypes
-from pdmtrack.ovdiff.run import OVDiffRun, prototype_builder
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.segment import OVSegmenter
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
+from pdmtrack.testing.diffusion import build_tiny_pipeline
+from pdmtrack.tracking.models import feature_source, load_diffusion
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -83,7 +83,9 @@ def bench_build(parts, settings: TrackSettings, config: PrototypeConfig, store: 
     print(f"served from the store: {1000 * (time.perf_counter() - tick) / len(names):.1f} ms per class")
 
 
-def bench_segment(parts, settings: TrackSettings, config: PrototypeConfig, store: Path, device: torch.device, images: int, classes: int) -> None:
+def bench_segment(
+    parts, settings: TrackSettings, config: PrototypeConfig, store: Path, device: torch.device, images: int, classes: int
+) -> None:
     """Segmentation images/s of 480x854 frames (feature cache off) with the ``classes`` built
     classes, and with 20 classes (the built ones' prototypes repeated: the search cost does not
     depend on their values)."""
@@ -149,7 +151,9 @@ def main() -> None:
         device = resolve_device(args.device)
         config = PrototypeConfig(num_support=args.support, steps=args.steps, support_size=args.support_size)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"device {device}, torch threads {torch.get_num_threads()}, load average {load}, model {'tiny random SDXL' if not args.model else model}")
+        print(
+            f"device {device}, torch threads {torch.get_num_threads()}, load average {load}, model {'tiny random SDXL' if not args.model else model}"
+        )
         parts = load_diffusion(settings)
         bench_sampling(parts, settings, config, device)
         bench_build(parts, settings, config, workdir / "protos", args.classes)

@@ -32,10 +32,10 @@ from PIL import Image
 from pdmtrack.config import GlobalConfig, MatchConfig
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache, frames_key
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.images import read_rgb
-from pdmtrack.retrieval.global_model import GlobalDescriptor
-from pdmtrack.retrieval.index import GalleryIndex, build_index
-from pdmtrack.retrieval.search import Query, query_scorer, rerank_head
+from pdmtrack.io.images import read_rgb
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
+from pdmtrack.personal.index import GalleryIndex, build_index
+from pdmtrack.personal.search import Query, query_scorer, rerank_head
 
 GRID, CHANNELS = (32, 56), 640
 
@@ -76,8 +76,10 @@ def bench_build(work: Path, model: str | None, count: int) -> float:
         tick = time.perf_counter()
         descriptor(image)
         times.append(time.perf_counter() - tick)
-    print(f"index build: {summary.added} images in {summary.seconds:.1f} s = {summary.added / summary.seconds:.2f} images/s "
-          f"(decode + hash + one ViT pass each; {model if '/' in model and not Path(model).is_dir() else 'DINOv2-base shape'})")
+    print(
+        f"index build: {summary.added} images in {summary.seconds:.1f} s = {summary.added / summary.seconds:.2f} images/s "
+        f"(decode + hash + one ViT pass each; {model if '/' in model and not Path(model).is_dir() else 'DINOv2-base shape'})"
+    )
     print(f"one query descriptor: {1000 * statistics.median(times):.0f} ms")
     return summary.added / summary.seconds
 
@@ -114,11 +116,13 @@ def bench_query(work: Path, sizes: list[int], dim: int = 768, queries: int = 50)
             scan.append(time.perf_counter() - tick)
             recall.append(len(set(rows[0]) & set(truth[0])) / 100)
             nearest.append(float(rows[0][0] == truth[0][0]))
-        print(f"query at {size:>7} images: HNSW median {1000 * statistics.median(approximate):.2f} ms "
-              f"(max {1000 * max(approximate):.2f}), top-100 overlap with exact {statistics.mean(recall):.3f}, "
-              f"nearest found {statistics.mean(nearest):.2f}; "
-              f"exact scan median {1000 * statistics.median(scan):.1f} ms; "
-              f"HNSW insert {built:.1f} s, save {saved:.2f} s, load {load:.2f} s")
+        print(
+            f"query at {size:>7} images: HNSW median {1000 * statistics.median(approximate):.2f} ms "
+            f"(max {1000 * max(approximate):.2f}), top-100 overlap with exact {statistics.mean(recall):.3f}, "
+            f"nearest found {statistics.mean(nearest):.2f}; "
+            f"exact scan median {1000 * statistics.median(scan):.1f} ms; "
+            f"HNSW insert {built:.1f} s, save {saved:.2f} s, load {load:.2f} s"
+        )
 
 
 class _NeverCompute:
@@ -156,9 +160,11 @@ def bench_rerank(work: Path, candidates: int = 100) -> None:
     read = _time(cache.get, frames)
     features = [cache.get(f) for f in frames]
     match = _time(scorer.add, features)
-    print(f"re-rank of {candidates} cached candidates: {total:.2f} s = {1000 * total / candidates:.1f} ms per candidate "
-          f"(decode + hash {1000 * decode:.1f} ms, cache read {1000 * read:.1f} ms, matching {1000 * match:.1f} ms); "
-          f"features computed: {source.misses}, cache hits: {source.hits}")
+    print(
+        f"re-rank of {candidates} cached candidates: {total:.2f} s = {1000 * total / candidates:.1f} ms per candidate "
+        f"(decode + hash {1000 * decode:.1f} ms, cache read {1000 * read:.1f} ms, matching {1000 * match:.1f} ms); "
+        f"features computed: {source.misses}, cache hits: {source.hits}"
+    )
 
 
 def _time(function, items) -> float:

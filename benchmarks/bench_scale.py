@@ -40,7 +40,7 @@ def make_clip(folder: Path, frames: int, height: int, width: int, seed: int) -> 
 
 
 def first_mask(path: Path, height: int, width: int) -> None:
-    from pdmtrack.writers import write_palette_png
+    from pdmtrack.io.writers import write_palette_png
 
     labels = np.zeros((height, width), dtype=np.uint8)
     labels[8:28, 4:24] = 1
@@ -55,7 +55,7 @@ def settings_for(model: Path, cache: Path | None, max_gb: float | None = None, b
 
 
 def bench_workers(work: Path, model: Path, videos: int, frames: int, height: int, width: int) -> None:
-    from pdmtrack.batch import folder_rows, propagate_batch
+    from pdmtrack.runs.batch import folder_rows, propagate_batch
 
     for index in range(videos):
         make_clip(work / "videos" / f"clip{index:02d}", frames, height, width, index)
@@ -65,9 +65,7 @@ def bench_workers(work: Path, model: Path, videos: int, frames: int, height: int
           "--inversion noise, --sam none, no feature cache, PNGs only")  # fmt: skip
     for workers in (1, 2):
         began = time.perf_counter()
-        outcome = propagate_batch(
-            rows, work / f"out-{workers}", settings_for(model, None), base=Path("."), overlay=False, workers=workers
-        )
+        outcome = propagate_batch(rows, work / f"out-{workers}", settings_for(model, None), base=Path("."), overlay=False, workers=workers)
         seconds = time.perf_counter() - began
         done = sum(r.status == "done" for r in outcome.results)
         total = sum(r.frames for r in outcome.results)
@@ -76,7 +74,7 @@ def bench_workers(work: Path, model: Path, videos: int, frames: int, height: int
 
 
 def write_long_video(path: Path, frames: int, height: int, width: int) -> None:
-    from pdmtrack.writers import VideoWriter
+    from pdmtrack.io.writers import VideoWriter
 
     rng = np.random.default_rng(0)
     base = rng.integers(70, 130, (height, width, 3), dtype=np.uint8)
@@ -92,8 +90,8 @@ def write_long_video(path: Path, frames: int, height: int, width: int) -> None:
 
 def bench_long(work: Path, model: Path, frames: int, height: int, width: int, max_gb: float) -> None:
     from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
-    from pdmtrack.run import plan_run, track_to_folder
-    from pdmtrack.tracker import Tracker
+    from pdmtrack.runs.video_folder import plan_run, track_to_folder
+    from pdmtrack.tracking.tracker import Tracker
 
     video = work / "long.mp4"
     tick = time.perf_counter()
@@ -159,7 +157,7 @@ def main() -> None:
     parser.add_argument("--skip-long", action="store_true")
     args = parser.parse_args()
 
-    from pdmtrack.tiny.diffusion import build_tiny_pipeline
+    from pdmtrack.testing.diffusion import build_tiny_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="bench_scale."))
     try:

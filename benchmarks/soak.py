@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pdmtrack.features.cache import _CorruptEntry, _decode  # noqa: E402
-from pdmtrack.fsutil import LOCK_FILE  # noqa: E402
-from pdmtrack.run_record import RUN_RECORD  # noqa: E402
-from pdmtrack.tiny.diffusion import build_tiny_pipeline  # noqa: E402
-from pdmtrack.writers import write_palette_png, write_video  # noqa: E402
+from pdmtrack.io.files import LOCK_FILE  # noqa: E402
+from pdmtrack.io.writers import write_palette_png, write_video  # noqa: E402
+from pdmtrack.runs.record import RUN_RECORD  # noqa: E402
+from pdmtrack.testing.diffusion import build_tiny_pipeline  # noqa: E402
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 8
 
@@ -94,9 +94,7 @@ def compare(got: dict[str, bytes], want: dict[str, bytes], folder: Path, referen
     differing = [name for name in want if got[name] != want[name]]
     if not differing:
         return "identical"
-    if differing == ["overlay.mp4"] and np.array_equal(
-        overlay_frames(folder / "overlay.mp4"), overlay_frames(reference / "overlay.mp4")
-    ):
+    if differing == ["overlay.mp4"] and np.array_equal(overlay_frames(folder / "overlay.mp4"), overlay_frames(reference / "overlay.mp4")):
         return "overlay frames identical"
     return f"content differs: {differing}"
 

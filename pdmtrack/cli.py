@@ -7,8 +7,9 @@ as one line on stderr and exits with code 2.
 import functools
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +26,7 @@ from pdmtrack.config import (
     check_choice,
     check_finite,
 )
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
 
 app = typer.Typer(
@@ -50,9 +51,9 @@ _SRC, _GD = SourceConfig(), GlobalConfig()
 # They are declared once here and added to each such command by `with_track_options`.
 TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     "model": (Annotated[str, typer.Option(help="HF hub id or local diffusers folder.")], DEFAULT_MODEL),
-    "revision": (Annotated[Optional[str], typer.Option(help="Hub revision of --model.")], None),
+    "revision": (Annotated[str | None, typer.Option(help="Hub revision of --model.")], None),
     "layer": (
-        Annotated[Optional[str], typer.Option(help="Transformer block to hook (default: last of the last attention up-block).")],
+        Annotated[str | None, typer.Option(help="Transformer block to hook (default: last of the last attention up-block).")],
         None,
     ),
     "size": (Annotated[int, typer.Option(help="Short side of the model input in pixels.")], _F.size),
@@ -76,12 +77,17 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
         _Y.max_keyframes,
     ),
     "sam": (
-        Annotated[str, typer.Option(help="SAM refinement: vit_b | vit_l | vit_h | sam2.1-hiera-tiny | "
-                                         "sam2.1-hiera-small | sam2.1-hiera-base-plus | sam2.1-hiera-large | none.")],
+        Annotated[
+            str,
+            typer.Option(
+                help="SAM refinement: vit_b | vit_l | vit_h | sam2.1-hiera-tiny | "
+                "sam2.1-hiera-small | sam2.1-hiera-base-plus | sam2.1-hiera-large | none."
+            ),
+        ],
         _S.model_type,
     ),
     "sam_checkpoint": (
-        Annotated[Optional[Path], typer.Option(help="Local SAM checkpoint: a file (vit_*) or a transformers folder (sam2.1-*).")],
+        Annotated[Path | None, typer.Option(help="Local SAM checkpoint: a file (vit_*) or a transformers folder (sam2.1-*).")],
         None,
     ),
     "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
@@ -90,10 +96,15 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[str, typer.Option(help="Frames per feature batch, or auto (from free GPU memory on CUDA; 4 on CPU).")],
         _R.batch_size,
     ),
-    "cache_dir": (Annotated[Optional[Path], typer.Option(help="Feature cache folder.")], None),
+    "cache_dir": (Annotated[Path | None, typer.Option(help="Feature cache folder.")], None),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
     "cache_max_gb": (
-        Annotated[Optional[float], typer.Option(help="Feature cache bound in GB (default: $PDMTRACK_CACHE_MAX_GB, else 20); least recently used entries go first.")],
+        Annotated[
+            float | None,
+            typer.Option(
+                help="Feature cache bound in GB (default: $PDMTRACK_CACHE_MAX_GB, else 20); least recently used entries go first."
+            ),
+        ],
         None,
     ),
     "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
@@ -103,19 +114,24 @@ TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "features": (Annotated[str, typer.Option(help="Features: pdm | dift | dinov2 (the paper's baselines).")], _SRC.kind),
     "dift_timestep": (
-        Annotated[Optional[int], typer.Option(help="DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")],
+        Annotated[int | None, typer.Option(help="DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")],
         None,
     ),
     "dift_up_block": (
-        Annotated[Optional[int], typer.Option(help="DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")],
+        Annotated[int | None, typer.Option(help="DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")],
         None,
     ),
     "dift_ensemble": (Annotated[int, typer.Option(help="DIFT noise draws averaged.")], _SRC.dift_ensemble),
     "dinov2_model": (Annotated[str, typer.Option(help="DINOv2 hub id or local folder for --features dinov2.")], _SRC.dinov2_model),
     "dinov2_size": (Annotated[int, typer.Option(help="Short side of the DINOv2 input (--features dinov2).")], _SRC.dinov2_size),
     "protocol": (
-        Annotated[str, typer.Option(help="pdmtrack | dift (DINO/DIFT eval_davis label propagation) | authors-code "
-                                         "(the authors' PDM code path); options you do not give take the protocol's values.")],
+        Annotated[
+            str,
+            typer.Option(
+                help="pdmtrack | dift (DINO/DIFT eval_davis label propagation) | authors-code "
+                "(the authors' PDM code path); options you do not give take the protocol's values."
+            ),
+        ],
         _Y.protocol,
     ),
 }
@@ -129,12 +145,12 @@ GLOBAL_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 WORKERS_OPTION = Annotated[str, typer.Option(help="Parallel workers: N, or auto (one per GPU); N > 1 or --ray-address runs them with Ray.")]
-RAY_ADDRESS_OPTION = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one.")]
+RAY_ADDRESS_OPTION = Annotated[
+    str | None, typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one.")
+]
 
 
-def with_options(
-    table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str, given_only: bool = False
-) -> Callable:
+def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str, given_only: bool = False) -> Callable:
     """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as
     ``param``; with ``given_only``, only the flags the user gave (so that ``make`` can tell
     an option set to its default value from one left alone)."""
@@ -196,15 +212,18 @@ PROTOTYPE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "feature": (Annotated[str, typer.Option(help="Compared features: semantic | appearance | both.")], _P.feature),
 }
 SEGMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "stuff": (Annotated[Optional[str], typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
-    "stuff_threshold": (Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")], _G.stuff_threshold),
+    "stuff": (Annotated[str | None, typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
+    "stuff_threshold": (
+        Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")],
+        _G.stuff_threshold,
+    ),
     "clip": (Annotated[str, typer.Option(help="CLIP for category pre-filtering (hub id or folder; none = off).")], _G.clip),
     "clip_min_classes": (Annotated[int, typer.Option(help="Pre-filter only with at least this many classes.")], _G.clip_min_classes),
     "clip_min_prob": (Annotated[float, typer.Option(help="Keep classes whose CLIP probability reaches this.")], _G.clip_min_prob),
 }
 
 
-def _segment_config(stuff: Optional[str], clip: str, **values: Any) -> SegmentConfig:
+def _segment_config(stuff: str | None, clip: str, **values: Any) -> SegmentConfig:
     """SegmentConfig from its flags: ``--stuff`` a comma list (None: default), ``--clip none`` off."""
     stuff_names = DEFAULT_STUFF if stuff is None else tuple(_split_list(stuff) or ())
     return SegmentConfig(stuff=stuff_names, clip=None if clip.lower() == "none" else clip, **values)
@@ -212,8 +231,8 @@ def _segment_config(stuff: Optional[str], clip: str, **values: Any) -> SegmentCo
 
 with_prototype_options = with_options(PROTOTYPE_OPTIONS, PrototypeConfig, "prototype_config")
 with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_config")
-PrototypesDir = Annotated[Optional[Path], typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
-SupportDir = Annotated[Optional[Path], typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
+PrototypesDir = Annotated[Path | None, typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
+SupportDir = Annotated[Path | None, typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
 Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
 
 
@@ -232,21 +251,33 @@ with_global_options = with_options(GLOBAL_OPTIONS, _global_config, "global_confi
 def propagate(
     video: Annotated[Path, typer.Argument(help="Video file (mp4/mov/avi/mkv/webm) or folder of frames.")],
     mask: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON."),
+        list[str] | None,
+        typer.Option(
+            help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON."
+        ),
     ] = None,
-    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output folder (default: ./pdmtrack_out/<video name>).")] = None,
-    start: Annotated[Optional[int], typer.Option(help="First frame written (default: the first mask's frame; 0 for backward/both).")] = None,
-    end: Annotated[Optional[int], typer.Option(help="Stop before this frame (default: the last).")] = None,
+    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default: ./pdmtrack_out/<video name>).")] = None,
+    start: Annotated[int | None, typer.Option(help="First frame written (default: the first mask's frame; 0 for backward/both).")] = None,
+    end: Annotated[int | None, typer.Option(help="Stop before this frame (default: the last).")] = None,
     direction: Annotated[str, typer.Option(help="forward | backward | both (from the given masks).")] = "forward",
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
-    init: Annotated[str, typer.Option(help="Without --mask, the first-frame objects from: attention (the class token's cross-attention) | ovdiff (OVDiff segmentation, one object per connected region).")] = "attention",
-    prototypes_dir: Annotated[Optional[Path], typer.Option("--prototypes", help="OVDiff prototype folder for --init ovdiff (default: one per model in the user cache).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another run's outputs in -o (a folder holds one run's outputs).")] = False,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="Without --mask, the first-frame objects from: attention (the class token's cross-attention) | ovdiff (OVDiff segmentation, one object per connected region)."
+        ),
+    ] = "attention",
+    prototypes_dir: Annotated[
+        Path | None,
+        typer.Option("--prototypes", help="OVDiff prototype folder for --init ovdiff (default: one per model in the user cache)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another run's outputs in -o (a folder holds one run's outputs).")
+    ] = False,
     settings: TrackSettings = TrackSettings(),
     prototype_config: PrototypeConfig = PrototypeConfig(),
     segment_config: SegmentConfig = SegmentConfig(),
@@ -294,10 +325,10 @@ def propagate(
 def eval_davis(
     root: Annotated[Path, typer.Option(help="DAVIS 2017 root (JPEGImages/, Annotations/, ImageSets/).")],
     split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
-    results: Annotated[Optional[Path], typer.Option(help="Evaluate this results folder (<seq>/<frame>.png) instead of tracking.")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Where results/ and the reports go.")] = None,
-    sequences: Annotated[Optional[str], typer.Option(help="Comma-separated subset of sequences.")] = None,
-    class_map: Annotated[Optional[Path], typer.Option(help='JSON {"<seq>": "class name"} for --cls per sequence.')] = None,
+    results: Annotated[Path | None, typer.Option(help="Evaluate this results folder (<seq>/<frame>.png) instead of tracking.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Where results/ and the reports go.")] = None,
+    sequences: Annotated[str | None, typer.Option(help="Comma-separated subset of sequences.")] = None,
+    class_map: Annotated[Path | None, typer.Option(help='JSON {"<seq>": "class name"} for --cls per sequence.')] = None,
     workers: WORKERS_OPTION = "1",
     ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
@@ -328,7 +359,7 @@ def eval_permis(
     root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
     task: Annotated[str, typer.Option(help="video | image")] = "video",
     out: Annotated[Path, typer.Option("-o", "--out", help="Where results and reports go.")] = Path("pdmtrack_eval/permis"),
-    results: Annotated[Optional[Path], typer.Option(help="(video) evaluate this results folder instead of tracking.")] = None,
+    results: Annotated[Path | None, typer.Option(help="(video) evaluate this results folder instead of tracking.")] = None,
     workers: WORKERS_OPTION = "1",
     ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
@@ -357,7 +388,7 @@ RERANK_HELP = "Rank with the global descriptor first and re-rank its N best with
 def eval_permir(
     root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/permir"),
-    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP)] = None,
+    rerank: Annotated[int | None, typer.Option(help=RERANK_HELP)] = None,
     global_config: GlobalConfig = GlobalConfig(),
     workers: WORKERS_OPTION = "1",
     ray_address: RAY_ADDRESS_OPTION = None,
@@ -382,7 +413,7 @@ def eval_perseg(
     names_as_classes: Annotated[
         bool, typer.Option("--names-as-classes", help="Use each object's folder name as its class name (semantic map).")
     ] = False,
-    objects: Annotated[Optional[str], typer.Option(help="Comma-separated subset of objects.")] = None,
+    objects: Annotated[str | None, typer.Option(help="Comma-separated subset of objects.")] = None,
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """PerSeg: personalised segmentation (mIoU, bIoU as PerSAM aggregates them)."""
@@ -399,7 +430,7 @@ def eval_roxford(
     root: Annotated[Path, typer.Option(help="Folder holding <dataset>/gnd_<dataset>.pkl and <dataset>/jpg/.")],
     dataset: Annotated[str, typer.Option(help="roxford5k | rparis6k")] = "roxford5k",
     out: Annotated[Path, typer.Option("-o", "--out", help="Where reports go.")] = Path("pdmtrack_eval/revisited"),
-    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP)] = None,
+    rerank: Annotated[int | None, typer.Option(help=RERANK_HELP)] = None,
     global_config: GlobalConfig = GlobalConfig(),
     settings: TrackSettings = TrackSettings(),
 ) -> None:
@@ -417,12 +448,12 @@ def _pdm_features_only(settings: TrackSettings) -> None:
         raise InputError("--features", f"OVDiff commands use PDM features only, not '{settings.source.kind}'")
 
 
-def _check_rerank(rerank: Optional[int]) -> None:
+def _check_rerank(rerank: int | None) -> None:
     if rerank is not None and rerank < 0:
         raise InputError("--rerank", f"must be at least 0, got {rerank}")
 
 
-def _descriptor(rerank: Optional[int], config: GlobalConfig, settings: TrackSettings) -> Any:
+def _descriptor(rerank: int | None, config: GlobalConfig, settings: TrackSettings) -> Any:
     """The global descriptor a two-stage ranking needs (None without --rerank)."""
     if rerank is None:
         return None
@@ -436,8 +467,8 @@ def _descriptor(rerank: Optional[int], config: GlobalConfig, settings: TrackSett
 def segment(
     reference: Annotated[Path, typer.Argument(help="Reference image showing the instance(s).")],
     targets: Annotated[list[Path], typer.Argument(help="Target images or folders of images.")],
-    mask: Annotated[Optional[Path], typer.Option(help="Reference mask: palette/grey/RGB PNG or COCO RLE JSON (ids kept).")] = None,
-    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name; once for all objects or once per object.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Reference mask: palette/grey/RGB PNG or COCO RLE JSON (ids kept).")] = None,
+    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/segment"),
     present_threshold: Annotated[
         float, typer.Option(help="Presence score (target peak / reference self-similarity) below which an object is absent.")
@@ -470,10 +501,10 @@ def segment(
 def retrieve(
     query: Annotated[Path, typer.Argument(help="Query image showing the instance.")],
     gallery: Annotated[Path, typer.Option(help="Folder of images, or an index folder from `pdmtrack index build`.")],
-    mask: Annotated[Optional[Path], typer.Option(help="Query instance mask (all objects in it form the instance).")] = None,
-    cls: Annotated[Optional[str], typer.Option("--cls", help="Class name of the instance.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Query instance mask (all objects in it form the instance).")] = None,
+    cls: Annotated[str | None, typer.Option("--cls", help="Class name of the instance.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/retrieve"),
-    rerank: Annotated[Optional[int], typer.Option(help=RERANK_HELP + " An index gallery defaults to 100.")] = None,
+    rerank: Annotated[int | None, typer.Option(help=RERANK_HELP + " An index gallery defaults to 100.")] = None,
     top: Annotated[int, typer.Option(help="Results shown on the contact sheet.")] = 8,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
     global_config: GlobalConfig = GlobalConfig(),
@@ -543,9 +574,13 @@ def index_add(
 def build_permis(
     burst: Annotated[Path, typer.Option(help="BURST root (annotations/, frames/).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("PerMIRS"),
-    splits: Annotated[Optional[str], typer.Option(help="Comma-separated BURST splits (default: those of train,val,test present).")] = None,
-    annotations: Annotated[Optional[list[Path]], typer.Option(help="Annotation JSON instead of annotations/<split>/all_classes.json (repeatable).")] = None,
-    drop_sources: Annotated[Optional[str], typer.Option(help="Comma-separated source datasets to leave out (default: HACS,AVA,LaSOT; '' keeps all).")] = None,
+    splits: Annotated[str | None, typer.Option(help="Comma-separated BURST splits (default: those of train,val,test present).")] = None,
+    annotations: Annotated[
+        list[Path] | None, typer.Option(help="Annotation JSON instead of annotations/<split>/all_classes.json (repeatable).")
+    ] = None,
+    drop_sources: Annotated[
+        str | None, typer.Option(help="Comma-separated source datasets to leave out (default: HACS,AVA,LaSOT; '' keeps all).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Build the PerMIR/PerMIS benchmarks from BURST."""
@@ -568,11 +603,15 @@ def build_permis(
 @app.command("propagate-batch")
 @with_track_options
 def propagate_batch(
-    jobs: Annotated[Optional[Path], typer.Argument(help="CSV (header: video,mask,cls,out) or JSONL jobs file.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: one subfolder per video, and batch_summary.csv.")] = Path("pdmtrack_batch"),
-    videos: Annotated[Optional[Path], typer.Option(help="Folder mode: a folder of videos (files or frame folders).")] = None,
-    masks: Annotated[Optional[Path], typer.Option(help="Folder mode: <video name>.png (first frame) or <video name>/<frame>.png masks.")] = None,
-    cls: Annotated[Optional[list[str]], typer.Option("--cls", help="Class name(s) for rows that give none.")] = None,
+    jobs: Annotated[Path | None, typer.Argument(help="CSV (header: video,mask,cls,out) or JSONL jobs file.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: one subfolder per video, and batch_summary.csv.")] = Path(
+        "pdmtrack_batch"
+    ),
+    videos: Annotated[Path | None, typer.Option(help="Folder mode: a folder of videos (files or frame folders).")] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="Folder mode: <video name>.png (first frame) or <video name>/<frame>.png masks.")
+    ] = None,
+    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name(s) for rows that give none.")] = None,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4 per video.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE) per video.")] = False,
@@ -581,7 +620,8 @@ def propagate_batch(
     settings: TrackSettings = TrackSettings(),
 ) -> None:
     """Track many videos: rows of a JOBS file, or --videos DIR --masks DIR; a summary at the end."""
-    from pdmtrack.runs.batch import folder_rows, propagate_batch as run_batch, read_jobs
+    from pdmtrack.runs.batch import folder_rows, read_jobs
+    from pdmtrack.runs.batch import propagate_batch as run_batch
     from pdmtrack.runs.pool import parse_workers
 
     if (jobs is None) == (videos is None):
@@ -601,13 +641,13 @@ def propagate_batch(
 
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
-CACHE_DIR_OPTION = Annotated[Optional[Path], typer.Option(help="Feature cache folder (default: $PDMTRACK_CACHE_DIR, else the user cache).")]
+CACHE_DIR_OPTION = Annotated[Path | None, typer.Option(help="Feature cache folder (default: $PDMTRACK_CACHE_DIR, else the user cache).")]
 
 
 @cache_app.command("info")
 def cache_info(
     cache_dir: CACHE_DIR_OPTION = None,
-    cache_max_gb: Annotated[Optional[float], typer.Option(help="Bound to report against (default: $PDMTRACK_CACHE_MAX_GB, else 20).")] = None,
+    cache_max_gb: Annotated[float | None, typer.Option(help="Bound to report against (default: $PDMTRACK_CACHE_MAX_GB, else 20).")] = None,
 ) -> None:
     """Size, entries and bound of the feature cache, per model fingerprint."""
     from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
@@ -618,8 +658,8 @@ def cache_info(
 @cache_app.command("clear")
 def cache_clear(
     cache_dir: CACHE_DIR_OPTION = None,
-    model: Annotated[Optional[str], typer.Option(help="Only entries written with this --model (hub id or local folder).")] = None,
-    older_than: Annotated[Optional[float], typer.Option(help="Only entries not used for this many days.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only entries written with this --model (hub id or local folder).")] = None,
+    older_than: Annotated[float | None, typer.Option(help="Only entries not used for this many days.")] = None,
 ) -> None:
     """Delete feature cache entries (all of them without --model / --older-than)."""
     from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
@@ -634,7 +674,7 @@ def cache_clear(
 @with_prototype_options
 def prototypes_build(
     classes: Classes,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Prototype folder (default: one per model in the user cache).")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Prototype folder (default: one per model in the user cache).")] = None,
     support_dir: SupportDir = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build again even when stored.")] = False,
     settings: TrackSettings = TrackSettings(),
@@ -700,7 +740,7 @@ def eval_voc(
     split: Annotated[str, typer.Option(help="ImageSets/Segmentation/<split>.txt")] = "val",
     out: Annotated[Path, typer.Option("-o", "--out", help="Where the reports go.")] = Path("pdmtrack_eval/voc"),
     prototypes_dir: PrototypesDir = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N images of the split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images of the split.")] = None,
     save_predictions: Annotated[bool, typer.Option("--save-predictions", help="Write predictions/<id>.png.")] = False,
     settings: TrackSettings = TrackSettings(),
     prototype_config: PrototypeConfig = PrototypeConfig(),
@@ -723,14 +763,14 @@ def eval_voc(
     )
 
 
-def _split_list(text: Optional[str]) -> Optional[list[str]]:
+def _split_list(text: str | None) -> list[str] | None:
     """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
     if text is None:
         return None
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _subset(flag: str, text: Optional[str], what: str, default: str) -> Optional[list[str]]:
+def _subset(flag: str, text: str | None, what: str, default: str) -> list[str] | None:
     """The names of a comma-separated subset flag (None when not given); naming none is an error."""
     names = _split_list(text)
     if names == []:
@@ -738,10 +778,22 @@ def _subset(flag: str, text: Optional[str], what: str, default: str) -> Optional
     return names
 
 
+# Library parameters set by a flag of another name.
+_FLAGS = {"classes": "--cls", "masks": "--mask"}
+
+
+def _flag(parameter: str) -> str:
+    """The flag that sets the library parameter ``parameter``."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main() -> None:
     """Entry point: run the app; user mistakes become one line on stderr and exit code 2."""
     try:
         app()
+    except ParameterError as err:
+        print(f"pdmtrack: error: {_flag(err.parameter)}: {err.problem}", file=sys.stderr)
+        sys.exit(2)
     except InputError as err:
         print(f"pdmtrack: error: {err}", file=sys.stderr)
         sys.exit(2)

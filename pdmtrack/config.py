@@ -46,7 +46,13 @@ def check_finite(flag: str, value: float) -> None:
 
 
 # Settings fields whose CLI flag has another name (the flag is --<name> with dashes otherwise).
-FLAG_NAMES = {"feature_timestep": "timestep", "model_type": "sam", "checkpoint": "sam_checkpoint", "min_iou": "sam_min_iou", "kind": "features"}
+FLAG_NAMES = {
+    "feature_timestep": "timestep",
+    "model_type": "sam",
+    "checkpoint": "sam_checkpoint",
+    "min_iou": "sam_min_iou",
+    "kind": "features",
+}
 
 
 def check_finite_fields(config: object, flag_names: Mapping[str, str] = FLAG_NAMES) -> None:
@@ -61,6 +67,7 @@ def check_finite_fields(config: object, flag_names: Mapping[str, str] = FLAG_NAM
 # Largest --size (short side in pixels): twice the 1024 pixels SDXL was trained at (SD 1.x: 512);
 # inputs far beyond the training resolution give no better features and exhaust memory.
 MAX_SIZE = 2048
+
 
 def split_prompt_template(flag: str, template: str) -> tuple[str, str]:
     """The text before and after the one ``{cls}`` of ``template``; InputError naming ``flag``
@@ -326,4 +333,3 @@ PROTOCOL_PRESETS: dict[str, dict[str, object]] = {
         "vote_topk": 100,
     },
 }
-

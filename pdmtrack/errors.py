@@ -15,3 +15,13 @@ class InputError(Exception):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+class ParameterError(InputError):
+    """A bad value of the library parameter ``name`` (``Tracker(size=...)``,
+    ``propagate(start=...)``, ``plan_video_run(classes=...)``); the CLI shows it under the
+    flag that sets that parameter (``--size``, ``--start``, ``--cls``)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(name, problem)
+        self.parameter = name

@@ -38,7 +38,7 @@ def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SDXL-shaped diffusers folder, loaded like a user's --model PATH."""
-    from pdmtrack.tiny.diffusion import build_tiny_pipeline
+    from pdmtrack.testing.diffusion import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl"), family="sdxl")
 
@@ -46,7 +46,7 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SAM checkpoint, loaded like a user's --sam-checkpoint FILE."""
-    from pdmtrack.tiny.sam import build_tiny_sam
+    from pdmtrack.testing.sam import build_tiny_sam
 
     return build_tiny_sam(tmp_path_factory.mktemp("tiny-sam") / "tiny_sam.safetensors")
 
@@ -54,7 +54,7 @@ def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SAM 2 transformers folder, loaded like a user's --sam-checkpoint DIR."""
-    from pdmtrack.tiny.sam2 import build_tiny_sam2
+    from pdmtrack.testing.sam2 import build_tiny_sam2
 
     return build_tiny_sam2(tmp_path_factory.mktemp("tiny-sam2"))
 
@@ -62,6 +62,6 @@ def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight DINOv2 folder, loaded like a user's --dinov2-model / --global-model PATH."""
-    from pdmtrack.tiny.dinov2 import build_tiny_dinov2
+    from pdmtrack.testing.dinov2 import build_tiny_dinov2
 
     return build_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2") / "dinov2")

@@ -1,7 +1,7 @@
 """An independent, deliberately plain re-derivation of DINO's and DIFT's DAVIS label propagation.
 
 Written from the protocol (their ``eval_video_segmentation.py`` / ``eval_davis.py`` as read, not
-copied, and not from pdmtrack.memory): NumPy in float64, one context frame at a time, the
+copied, and not from pdmtrack.tracking.memory): NumPy in float64, one context frame at a time, the
 window as an explicit Chebyshev distance, the resizes written out as index arithmetic.
 
 The protocol, for a video with features f_0 .. f_T on an (h, w) grid of stride s:

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pdmtrack import affinity
-from pdmtrack.affinity import half_error, top_entries
-from pdmtrack.matching import SIMILARITY_BUDGET as CPU_BUDGET
-from pdmtrack.memory import window_mask
+from pdmtrack.tracking import topk as affinity
+from pdmtrack.tracking.matching import SIMILARITY_BUDGET as CPU_BUDGET
+from pdmtrack.tracking.memory import window_mask
+from pdmtrack.tracking.topk import half_error, top_entries
 
 GRID = (6, 8)
 CELLS = GRID[0] * GRID[1]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pdmtrack.background import BackgroundCalls
+from pdmtrack.io.background import BackgroundCalls
 
 
 def test_calls_run_in_order_off_the_calling_thread() -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pdmtrack.build import features_for, load_diffusion
 from pdmtrack.config import (
     FeatureConfig,
     RuntimeConfig,
@@ -21,7 +20,8 @@ from pdmtrack.config import (
 from pdmtrack.errors import InputError
 from pdmtrack.features.dift import DiftExtractor
 from pdmtrack.features.dinov2 import Dinov2Extractor, load_vit
-from pdmtrack.tiny.dinov2 import build_tiny_dinov2
+from pdmtrack.testing.dinov2 import build_tiny_dinov2
+from pdmtrack.tracking.models import features_for, load_diffusion
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 60, 90, 3), dtype=np.uint8)
 
@@ -94,9 +94,11 @@ def test_flag_validation() -> None:
 
 
 def test_tracker_loads_what_the_features_need(tiny_sdxl: Path, tiny_dinov2: Path, tmp_path: Path) -> None:
-    from pdmtrack.tracker import Tracker
+    from pdmtrack.tracking.tracker import Tracker
 
-    dino = Tracker(replace(settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56), sam=SamConfig("none")))
+    dino = Tracker(
+        replace(settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56), sam=SamConfig("none"))
+    )
     assert dino.parts is None and dino.vit is not None
     assert isinstance(dino.feature_source(["dog"]).source, Dinov2Extractor)
     dift = Tracker(replace(settings_for(tiny_sdxl, tmp_path, kind="dift", dift_ensemble=1), sam=SamConfig("none")))

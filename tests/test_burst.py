@@ -32,7 +32,7 @@ from pdmtrack.burst import (
 )
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import DavisDataset
-from pdmtrack.masks import decode_rle
+from pdmtrack.io.masks import decode_rle
 
 HEIGHT, WIDTH = 64, 96
 CATEGORIES = {1: "dog", 2: "cat", 3: "car", 4: "person"}
@@ -113,7 +113,11 @@ def _dogs_three_tracks(split: str, seq_id: int, dataset: str, seq_name: str, **k
         [
             TrackSpec(1, 1, "red", (0, 0), range(0, 10)),
             TrackSpec(
-                2, 1, "green", (24, 8), range(0, 40),
+                2,
+                1,
+                "green",
+                (24, 8),
+                range(0, 40),
                 sizes={25: (32, 24), 20: (32, 16), 12: (40, 40), 8: (24, 16), 2: (16, 16), 9: (16, 16), 39: (8, 24)},
             ),
             TrackSpec(3, 1, "blue", (72, 0), range(20, 40), size=(16, 16)),
@@ -128,11 +132,11 @@ def synthetic_videos() -> list[VideoSpec]:
     return [
         _dogs_three_tracks("train", 1, "YFCC100M", "good_one"),
         # B: a dog and a cat, no category with two tracks.
-        VideoSpec("train", 2, "BDD", "one_per_cat", 20, [
-            TrackSpec(1, 1, "red", (0, 0), range(20)), TrackSpec(2, 2, "blue", (40, 0), range(20))]),
+        VideoSpec(
+            "train", 2, "BDD", "one_per_cat", 20, [TrackSpec(1, 1, "red", (0, 0), range(20)), TrackSpec(2, 2, "blue", (40, 0), range(20))]
+        ),
         # C: two dogs on 10 frames: nothing can lie more than 15 frames from the largest.
-        VideoSpec("train", 4, "BDD", "short", 10, [
-            TrackSpec(1, 1, "red", (0, 0), range(10)), TrackSpec(2, 1, "blue", (40, 0), range(10))]),
+        VideoSpec("train", 4, "BDD", "short", 10, [TrackSpec(1, 1, "red", (0, 0), range(10)), TrackSpec(2, 1, "blue", (40, 0), range(10))]),
         _dogs_three_tracks("train", 5, "HACS", "dropped"),  # D: a dropped source
         _dogs_three_tracks("train", 6, "YFCC100M", "no_frames", write_frames=False),  # E
         _dogs_three_tracks("train", 8, "YFCC100M", "bad_rle", corrupt_rle=True),  # F
@@ -140,18 +144,32 @@ def synthetic_videos() -> list[VideoSpec]:
         # H: cars 1 and 2 on all 20 frames: equal counts -> the lower id (1), although track 2
         # is bigger. Track 1: frame 0 576 (largest), 15 512 (exactly 15 away: too close),
         # 16, 17, 18 384 each (tie: 16, 17 first), the rest 64. Expected (0, 16, 17).
-        VideoSpec("val", 7, "ArgoVerse", "png_video", 20, [
-            TrackSpec(1, 3, "magenta", (0, 0), range(20),
-                      sizes={0: (24, 24), 15: (32, 16), 16: (16, 24), 17: (24, 16), 18: (16, 24)}),
-            TrackSpec(2, 3, "cyan", (48, 24), range(20), size=(32, 32)),
-        ], ext=".png"),
+        VideoSpec(
+            "val",
+            7,
+            "ArgoVerse",
+            "png_video",
+            20,
+            [
+                TrackSpec(1, 3, "magenta", (0, 0), range(20), sizes={0: (24, 24), 15: (32, 16), 16: (16, 24), 17: (24, 16), 18: (16, 24)}),
+                TrackSpec(2, 3, "cyan", (48, 24), range(20), size=(32, 32)),
+            ],
+            ext=".png",
+        ),
         # I: persons 1 (0-19) and 2 (2-19) share frames 2-19: tie -> track 1. Track 1 there:
         # 19 576, 3 256, 2 128, the rest 64; frame 0 is bigger but track 2 is absent.
         # Expected (19, 3, 2).
-        VideoSpec("test", 3, "Charades", "third", 20, [
-            TrackSpec(1, 4, "white", (0, 0), range(20), sizes={19: (24, 24), 3: (16, 16), 2: (8, 16), 0: (32, 32)}),
-            TrackSpec(2, 4, "orange", (56, 24), range(2, 20), size=(16, 16)),
-        ]),
+        VideoSpec(
+            "test",
+            3,
+            "Charades",
+            "third",
+            20,
+            [
+                TrackSpec(1, 4, "white", (0, 0), range(20), sizes={19: (24, 24), 3: (16, 16), 2: (8, 16), 0: (32, 32)}),
+                TrackSpec(2, 4, "orange", (56, 24), range(2, 20), size=(16, 16)),
+            ],
+        ),
     ]
 
 
@@ -262,7 +280,13 @@ def test_kept_set_track_and_frames(built) -> None:
     assert chosen == EXPECTED
     assert summary.kept == 3
     assert summary.dropped == {
-        DUPLICATE: 0, UNSAFE_NAME: 1, DROPPED_SOURCE: 1, NO_SHARED_CATEGORY: 1, MALFORMED: 1, TOO_FEW_FRAMES: 1, FRAMES_MISSING: 1,
+        DUPLICATE: 0,
+        UNSAFE_NAME: 1,
+        DROPPED_SOURCE: 1,
+        NO_SHARED_CATEGORY: 1,
+        MALFORMED: 1,
+        TOO_FEW_FRAMES: 1,
+        FRAMES_MISSING: 1,
     }
     assert summary.class_histogram == {"dog": 1, "car": 1, "person": 1}
     specs = {v.name: v for v in synthetic_videos()}
@@ -321,8 +345,11 @@ def test_permis_video_is_a_davis_tree(built) -> None:
         expected = np.stack([track.box(i) for i in range(start, spec.num_frames)]).astype(np.uint8)
         np.testing.assert_array_equal(labels, expected)
     classes = json.loads((out / PERMIS_VIDEO_DIR / "classes.json").read_text())
-    assert classes == {"train_000001_YFCC100M_good_one": "dog", "val_000007_ArgoVerse_png_video": "car",
-                       "test_000003_Charades_third": "person"}
+    assert classes == {
+        "train_000001_YFCC100M_good_one": "dog",
+        "val_000007_ArgoVerse_png_video": "car",
+        "test_000003_Charades_third": "person",
+    }
 
 
 def test_rerun_is_byte_identical_and_needs_overwrite(built, burst: Path, tmp_path: Path) -> None:

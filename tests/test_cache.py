@@ -22,7 +22,6 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache, frames_key, tensors_checksum
 from pdmtrack.features.cache_folder import CacheFolder, default_cache_dir, resolve_max_bytes
 from pdmtrack.features.types import PDMFeatures
-
 from tests.cli_runner import assert_one_line_error, run_cli
 
 GRID = (2, 3)
@@ -188,9 +187,7 @@ def consistent_but_wrong_shape(path: Path) -> None:
     path.write_bytes(save(tensors, metadata={**metadata, "checksum": tensors_checksum(tensors)}))
 
 
-@pytest.mark.parametrize(
-    "damage", [flip_tensor_byte, truncate_in_header, truncate_in_tensor_data, garbage, consistent_but_wrong_shape]
-)
+@pytest.mark.parametrize("damage", [flip_tensor_byte, truncate_in_header, truncate_in_tensor_data, garbage, consistent_but_wrong_shape])
 def test_damaged_entry_is_discarded_and_recomputed(tmp_path: Path, damage, caplog) -> None:
     frames = make_frames(2)
     cache = new_cache(tmp_path)
@@ -369,8 +366,13 @@ def test_concurrent_processes_share_one_bounded_cache(tmp_path: Path) -> None:
     script = WORKER
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen([sys.executable, "-c", script, str(root), str(seed), str(max_gb)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(root), str(seed), str(max_gb)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (1, 2)
     ]
     bound = resolve_max_bytes(max_gb)
@@ -482,9 +484,7 @@ def test_cache_commands(tmp_path: Path, capsys, monkeypatch) -> None:
     assert info.code == 0 and "6 entries" in info.out and "org/model-b" in info.out
     cleared = run_cli(["cache", "clear", "--cache-dir", tmp_path, "--model", "org/model-a"], capsys, monkeypatch)
     assert cleared.code == 0 and "removed 4 entries" in cleared.out
-    assert_one_line_error(
-        run_cli(["cache", "clear", "--cache-dir", tmp_path, "--older-than", "-1"], capsys, monkeypatch), "--older-than"
-    )
+    assert_one_line_error(run_cli(["cache", "clear", "--cache-dir", tmp_path, "--older-than", "-1"], capsys, monkeypatch), "--older-than")
     monkeypatch.setenv(folder_module.MAX_GB_ENV, "-3")
     assert_one_line_error(run_cli(["cache", "info", "--cache-dir", tmp_path], capsys, monkeypatch), "PDMTRACK_CACHE_MAX_GB")
 
@@ -529,7 +529,7 @@ def home_like(root: Path) -> Path:
 
 def davis_clip(davis_mini: Path, folder: Path) -> tuple[Path, Path]:
     """Three downscaled blackswan frames and their first mask."""
-    from pdmtrack.writers import write_palette_png
+    from pdmtrack.io.writers import write_palette_png
 
     folder.mkdir()
     source = davis_mini / "JPEGImages" / "480p" / "blackswan"
@@ -696,7 +696,7 @@ def test_a_model_with_nan_weights_stops_the_run_and_caches_nothing(davis_mini, t
 
 
 def test_segment_ov_refuses_a_foreign_cache_dir_before_loading(tiny_sdxl, tmp_path: Path, capsys, monkeypatch) -> None:
-    import pdmtrack.ovdiff.run as ovdiff_run
+    import pdmtrack.ovdiff.pipeline as ovdiff_run
 
     def no_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded")

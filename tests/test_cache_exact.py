@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.run import plan_run, track_to_folder
-from pdmtrack.tracker import Tracker
+from pdmtrack.runs.video_folder import plan_run, track_to_folder
+from pdmtrack.tracking.tracker import Tracker
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
 

@@ -27,7 +27,7 @@ def frames_dir(tmp_path: Path) -> Path:
 @pytest.fixture()
 def clip(tmp_path: Path, frames_dir: Path) -> Path:
     """The same frames as an mp4."""
-    from pdmtrack.writers import write_video
+    from pdmtrack.io.writers import write_video
 
     path = tmp_path / "clip.mp4"
     write_video(path, (np.asarray(Image.open(p)) for p in sorted(frames_dir.iterdir())), fps=10)
@@ -35,7 +35,7 @@ def clip(tmp_path: Path, frames_dir: Path) -> Path:
 
 
 def palette_mask(path: Path, labels: np.ndarray) -> Path:
-    from pdmtrack.writers import write_palette_png
+    from pdmtrack.io.writers import write_palette_png
 
     write_palette_png(path, labels.astype(np.uint8))
     return path
@@ -75,8 +75,14 @@ def test_parser_errors_are_short_and_plain(capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--sam", "vit_q"), ("--inversion", "magic"), ("--backend", "opencv"), ("--temperature", "0"), ("--batch-size", "many"),
-     ("--batch-size", "0")],
+    [
+        ("--sam", "vit_q"),
+        ("--inversion", "magic"),
+        ("--backend", "opencv"),
+        ("--temperature", "0"),
+        ("--batch-size", "many"),
+        ("--batch-size", "0"),
+    ],
 )
 def test_bad_flag_values(flag, value, tmp_path, capsys, monkeypatch):
     result = run_cli(["propagate", tmp_path / "x.mp4", flag, value], capsys, monkeypatch)

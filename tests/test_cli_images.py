@@ -15,8 +15,8 @@ from PIL import Image
 from test_perseg import write_perseg
 from test_revisited import write_dataset
 
-from pdmtrack.masks import read_mask
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.masks import read_mask
+from pdmtrack.io.writers import write_palette_png
 
 pytestmark = pytest.mark.slow
 FRAMES = {"blackswan": [0, 10, 20], "car-shadow": [0, 10, 20], "motocross-jump": [0, 10]}

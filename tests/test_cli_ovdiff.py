@@ -19,7 +19,7 @@ FRAMES = ("00000.jpg", "00001.jpg")
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pdmtrack.tiny.clip import build_tiny_clip
+    from pdmtrack.testing.clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
 
@@ -42,14 +42,12 @@ def test_prototypes_build_then_stored(ov_run, tmp_path, capsys, monkeypatch) -> 
     assert "dog: built" in first.out and "cat: built" in first.out and "images/s" in first.out
     assert (protos / MANIFEST).is_file() and len(list(protos.glob("*.safetensors"))) == 2
     assert (tmp_path / "support" / "dog" / "0000.png").is_file()
-    second = run_cli(args[:-2 - len(ov_run)] + ov_run, capsys, monkeypatch)
+    second = run_cli(args[: -2 - len(ov_run)] + ov_run, capsys, monkeypatch)
     assert second.code == 0, second.err
     assert "dog: stored" in second.out and "cat: stored" in second.out and "built" not in second.out
 
 
-@pytest.mark.parametrize(
-    ("classes", "fragment"), [("", "class list is empty"), (" , ", "class list is empty"), ("dog,cat,Dog", "twice")]
-)
+@pytest.mark.parametrize(("classes", "fragment"), [("", "class list is empty"), (" , ", "class list is empty"), ("dog,cat,Dog", "twice")])
 def test_bad_class_lists_are_one_line_errors(classes, fragment, ov_run, tmp_path, capsys, monkeypatch) -> None:
     result = run_cli(["prototypes", "build", "--classes", classes, "-o", tmp_path / "p", *ov_run], capsys, monkeypatch)
     assert_one_line_error(result, "--classes", fragment)
@@ -266,11 +264,13 @@ def read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder.mkdir()
     folder.chmod(0o555)
     if os.geteuid() == 0:
+
         def refuse(call):
             def guarded(path, *args, **kwargs):
                 if Path(os.fsdecode(path)).absolute().is_relative_to(folder):
                     raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
                 return call(path, *args, **kwargs)
+
             return guarded
 
         monkeypatch.setattr(os, "open", refuse(os.open))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pdmtrack.build import load_diffusion
 from pdmtrack.config import TrackSettings
 from pdmtrack.features.compile import compile_unet
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.hooks import default_block
+from pdmtrack.tracking.models import load_diffusion
 
 
 def test_the_hooked_block_stays_eager(tiny_sdxl: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,7 @@ def _annotation(davis: Path, seq: str, index: int) -> Path:
 
 
 def _write_mp4(path: Path, frames: list[Path]) -> None:
-    from pdmtrack.writers import write_video
+    from pdmtrack.io.writers import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, (np.asarray(Image.open(p).convert("RGB")) for p in frames), fps=24)
@@ -145,7 +145,7 @@ def docs_world(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_sdxl, tiny_sam, tiny_sam2, tiny_dinov2, tmp_path_factory) -> dict[str, Path]:
-    from pdmtrack.tiny.clip import build_tiny_clip
+    from pdmtrack.testing.clip import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path_factory.mktemp("docs-clip") / "clip")
     return {"model": tiny_sdxl, "sam": tiny_sam, "sam2": tiny_sam2, "dinov2": tiny_dinov2, "clip": clip}

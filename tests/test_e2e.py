@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.masks import DAVIS_PALETTE, decode_rle
-from pdmtrack.video import FrameReader
+from pdmtrack.io.masks import DAVIS_PALETTE, decode_rle
+from pdmtrack.io.video import FrameReader
 from tests.cli_runner import run_cli
 from tests.test_propagate import CELL, CellStatistics, iou
 
@@ -38,7 +38,7 @@ MIN_GAIN_OVER_STILL_MASK = 0.05
 @pytest.fixture(scope="module")
 def clip(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The first frames of a DAVIS sequence as a frame folder and as an mp4, plus its mask."""
-    from pdmtrack.writers import write_video
+    from pdmtrack.io.writers import write_video
 
     root = tmp_path_factory.mktemp("clip")
     frames = root / SEQUENCE
@@ -109,12 +109,14 @@ def test_mp4_three_objects(clip, small_run, tmp_path, capsys, monkeypatch):
         band = np.zeros_like(given, dtype=bool)
         band[:, cuts[object_id - 1] : cuts[object_id]] = True
         three[band & (given > 0)] = object_id
-    from pdmtrack.writers import write_palette_png
+    from pdmtrack.io.writers import write_palette_png
 
     mask = tmp_path / "three.png"
     write_palette_png(mask, three)
     out = tmp_path / "out"
-    result = run_cli(["propagate", clip["mp4"], "--mask", mask, "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch)
+    result = run_cli(
+        ["propagate", clip["mp4"], "--mask", mask, "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch
+    )
     assert result.code == 0, result.err
     check_outputs(out, [f"{i:05d}" for i in range(NUM_FRAMES)], three, {1, 2, 3})
     assert not (out / "overlay.mp4").exists()
@@ -122,7 +124,9 @@ def test_mp4_three_objects(clip, small_run, tmp_path, capsys, monkeypatch):
 
 def test_class_name_only(clip, small_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    result = run_cli(["propagate", clip["frames"], "--cls", "swan", "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch)
+    result = run_cli(
+        ["propagate", clip["frames"], "--cls", "swan", "-o", out, "--sam", "none", "--no-overlay", *small_run], capsys, monkeypatch
+    )
     assert result.code == 0, result.err
     first = read_labels(out / "first_frame_mask.png")
     assert first.any(), "the class-name mask must not be empty"
@@ -210,7 +214,7 @@ class PixelStatistics:
 def pixel_features(monkeypatch: pytest.MonkeyPatch) -> PixelStatistics:
     """Replace the diffusion features of every run in the test with ``PixelStatistics``."""
     source = PixelStatistics()
-    monkeypatch.setattr("pdmtrack.tracker.feature_source", lambda parts, settings, classes: source)
+    monkeypatch.setattr("pdmtrack.tracking.tracker.feature_source", lambda parts, settings, classes: source)
     return source
 
 

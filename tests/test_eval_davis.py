@@ -37,8 +37,8 @@ def write_ids_png(path: Path, ids: np.ndarray) -> None:
 def make_davis(root: Path, sequences: dict[str, np.ndarray], split: str = "val") -> Path:
     """A DAVIS-layout folder: JPEG frames, annotation PNGs (T, H, W ids per sequence), split list."""
     rng = np.random.default_rng(0)
-    for name, annotations in sequences.items():
-        for t, ids in enumerate(annotations):
+    for name, sequence_ids in sequences.items():
+        for t, ids in enumerate(sequence_ids):
             frame = rng.integers(0, 255, (*ids.shape, 3), dtype=np.uint8)
             jpg = root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg"
             jpg.parent.mkdir(parents=True, exist_ok=True)
@@ -347,9 +347,7 @@ def test_mode_two_tracks_every_sequence_then_resumes(synthetic: Path, tmp_path: 
     assert [call["out_dir"].name for call in tracker.calls] == ["beta"]
 
 
-def test_mode_one_writes_beside_the_results_and_prints_tables(
-    synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_mode_one_writes_beside_the_results_and_prints_tables(synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = tmp_path / "results"
     first_annotation = synthetic / "Annotations" / "480p" / "gamma" / "00000.png"
     frames = synthetic / "JPEGImages" / "480p" / "gamma"

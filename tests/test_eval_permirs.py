@@ -30,7 +30,7 @@ from pdmtrack.eval.permirs import (
 )
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts, SamRefiner
-from pdmtrack.tracker import Tracker
+from pdmtrack.tracking.tracker import Tracker
 
 PALETTE = torch.tensor([*COLOURS.values(), (0, 0, 0)], dtype=torch.float32)
 NO_SAM = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
@@ -88,8 +88,11 @@ def test_permis_image_perfect_matcher_segments_exactly(permirs: Path, tmp_path: 
     assert report.global_scores() == {"mIoU": 1.0, "cIoU": 1.0, "bIoU": 1.0}
     assert source.calls == NUM_VIDEOS  # one batch per video: its 3 frames together
     union_sizes = {pair.target: pair.union for pair in report.pairs}
-    masks = {f["frame"].rsplit("/", 1)[1]: f["mask_area"]
-             for v in json.loads((permirs / "manifest.json").read_text())["videos"] for f in v["frames"]}
+    masks = {
+        f["frame"].rsplit("/", 1)[1]: f["mask_area"]
+        for v in json.loads((permirs / "manifest.json").read_text())["videos"]
+        for f in v["frames"]
+    }
     assert all(union_sizes[name] == masks[name] for name in union_sizes)  # union = the true mask
     rows = _csv_rows(tmp_path / "permis_image_global.csv")
     assert rows == [{"mIoU": "1.000", "cIoU": "1.000", "bIoU": "1.000"}]

@@ -14,7 +14,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.extractor import FeatureExtractor, build_prompt
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.tiny.diffusion import MULTI_TOKEN_WORD
+from pdmtrack.testing.diffusion import MULTI_TOKEN_WORD
 
 CPU = torch.device("cpu")
 CONFIG = FeatureConfig(model="tiny", size=64)  # the model comes from `parts`
@@ -129,8 +129,7 @@ def test_same_frames_give_identical_features(parts: DiffusionParts) -> None:
 
 def test_inversion_modes_differ(parts: DiffusionParts) -> None:
     outputs = {
-        mode: FeatureExtractor(parts, replace(CONFIG, inversion=mode, ddim_steps=20))(FRAMES[:1])
-        for mode in ("aidi", "ddim", "noise")
+        mode: FeatureExtractor(parts, replace(CONFIG, inversion=mode, ddim_steps=20))(FRAMES[:1]) for mode in ("aidi", "ddim", "noise")
     }
     assert not torch.allclose(outputs["aidi"].appearance, outputs["noise"].appearance)
     assert not torch.allclose(outputs["aidi"].appearance, outputs["ddim"].appearance)

@@ -14,7 +14,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.hooks import attention_blocks, capture_block, default_block, resolve_block
 from pdmtrack.features.model import DiffusionParts, load_diffusion_parts
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
+from pdmtrack.testing.diffusion import build_tiny_pipeline
 
 CPU = torch.device("cpu")
 SIZE = 64

@@ -12,7 +12,7 @@ import torch
 from pdmtrack.config import FeatureConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.model import load_diffusion_parts
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
+from pdmtrack.testing.diffusion import build_tiny_pipeline
 
 CPU = torch.device("cpu")
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -107,9 +107,7 @@ def test_cached_hub_model_loads_offline(tiny_sdxl: Path, empty_hf_home: Path) ->
     assert parts.fingerprint == f"hub:tiny/sdxl@{FAKE_COMMIT}"
 
 
-def test_cached_hub_model_loads_when_hub_unreachable(
-    tiny_sdxl: Path, empty_hf_home: Path, unreachable_hub: None
-) -> None:
+def test_cached_hub_model_loads_when_hub_unreachable(tiny_sdxl: Path, empty_hf_home: Path, unreachable_hub: None) -> None:
     cache_as_hub_model(tiny_sdxl, empty_hf_home, "tiny/sdxl")
     parts = load_diffusion_parts(FeatureConfig(model="tiny/sdxl"), CPU, torch.float32)
     assert parts.fingerprint == f"hub:tiny/sdxl@{FAKE_COMMIT}"

@@ -67,7 +67,7 @@ def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, folder: Path, victim: str, af
     to /dev/full from its ``after``-th temporary on, so writing it fails with ENOSPC like a full disk."""
     import tempfile
 
-    from pdmtrack import fsutil
+    from pdmtrack.io import files as fsutil
 
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
@@ -96,8 +96,25 @@ def test_disk_full_is_one_line_and_leaves_complete_files(victim, flags, tiny_sdx
     mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
     _fill_disk_at(monkeypatch, out, victim, after=3 if victim == ".png" else 0)
-    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
-            "--batch-size", "2", "--cache-dir", tmp_path / "cache", *flags]
+    args = [
+        "propagate",
+        clip,
+        "--mask",
+        mask,
+        "-o",
+        out,
+        "--model",
+        tiny_sdxl,
+        "--sam",
+        "none",
+        "--size",
+        "64",
+        "--batch-size",
+        "2",
+        "--cache-dir",
+        tmp_path / "cache",
+        *flags,
+    ]
     result = run_cli(args, capsys, monkeypatch)
     assert_one_line_error(result, str(out), "no space left")
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
@@ -119,15 +136,14 @@ def _dead_pid() -> int:
 def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsys, monkeypatch):
     """Item 10: the next run removes what killed runs left (only pdmtrack's temporaries of
     processes that are gone), in the output folder and the feature cache."""
-    from pdmtrack.fsutil import atomic_path
+    from pdmtrack.io.files import atomic_path
 
     clip = _clip(tmp_path / "clip.mp4")
     labels = np.zeros((H, W), np.uint8)
     labels[10:30, 10:30] = 1
     mask = palette_mask(tmp_path / "first.png", labels)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
-            "--cache-dir", cache]
+    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64", "--cache-dir", cache]
     assert run_cli(args, capsys, monkeypatch).code == 0
     with atomic_path(out / "00001.png") as live:  # this process's own temporary: kept
         dead = _dead_pid()
@@ -173,8 +189,24 @@ def test_overlay_keeps_variable_frame_rate_timestamps(tiny_sdxl, tmp_path, capsy
     labels[10:30, 10:30] = 1
     mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
-    args = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
-            "--cache-dir", tmp_path / "cache", "--start", "1"]
+    args = [
+        "propagate",
+        clip,
+        "--mask",
+        mask,
+        "-o",
+        out,
+        "--model",
+        tiny_sdxl,
+        "--sam",
+        "none",
+        "--size",
+        "64",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--start",
+        "1",
+    ]
     assert run_cli(args, capsys, monkeypatch).code == 0
     assert _times(out / "overlay.mp4") == [round(t - times[1], 3) for t in times[1:]]
 
@@ -187,8 +219,9 @@ def davis(tmp_path: Path) -> Path:
     from tests.test_eval_davis import make_davis, moving_squares
 
     shape = (36, 48)
-    return make_davis(tmp_path / "davis", {"alpha": moving_squares(5, shape, [(4, 2, 8)]),
-                                           "beta": moving_squares(5, shape, [(10, 10, 12)])})
+    return make_davis(
+        tmp_path / "davis", {"alpha": moving_squares(5, shape, [(4, 2, 8)]), "beta": moving_squares(5, shape, [(10, 10, 12)])}
+    )
 
 
 @pytest.mark.parametrize(
@@ -314,8 +347,23 @@ def test_a_folder_keeps_one_runs_outputs(tiny_sdxl, tmp_path, capsys, monkeypatc
     labels[10:30, 10:30] = 1
     mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
-    base = ["propagate", clip, "--mask", mask, "-o", out, "--model", tiny_sdxl, "--sam", "none", "--size", "64",
-            "--cache-dir", tmp_path / "cache", "--rle"]
+    base = [
+        "propagate",
+        clip,
+        "--mask",
+        mask,
+        "-o",
+        out,
+        "--model",
+        tiny_sdxl,
+        "--sam",
+        "none",
+        "--size",
+        "64",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--rle",
+    ]
     assert run_cli(base, capsys, monkeypatch).code == 0
     assert run_cli(base, capsys, monkeypatch).code == 0  # the same run again: fine
     shorter = run_cli([*base[:-1], "--end", "3"], capsys, monkeypatch)

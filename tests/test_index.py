@@ -14,9 +14,9 @@ from PIL import Image
 
 from pdmtrack.config import GlobalConfig
 from pdmtrack.errors import InputError
-from pdmtrack.images import read_rgb
-from pdmtrack.retrieval.global_model import GlobalDescriptor
-from pdmtrack.retrieval.index import (
+from pdmtrack.io.images import read_rgb
+from pdmtrack.personal.global_descriptor import GlobalDescriptor
+from pdmtrack.personal.index import (
     GalleryIndex,
     add_to_index,
     build_index,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.masks import DAVIS_PALETTE, LoadedMask, decode_rle, encode_rle, fit_mask_to_frame, read_mask
+from pdmtrack.io.masks import DAVIS_PALETTE, LoadedMask, decode_rle, encode_rle, fit_mask_to_frame, read_mask
 
 
 def _labels(height: int = 40, width: int = 60) -> np.ndarray:
@@ -107,7 +107,9 @@ def test_every_rle_json_layout(tmp_path: Path) -> None:
     assert read_mask(_write_json(tmp_path / "coco.json", coco)).object_ids == [1, 2, 3]
     assert read_mask(_write_json(tmp_path / "cocofile.json", {"annotations": coco})).object_ids == [1, 2, 3]
     masks_json = {
-        "height": 40, "width": 60, "object_ids": ids,
+        "height": 40,
+        "width": 60,
+        "object_ids": ids,
         "frames": [{"name": "00000", "objects": {str(i): rles[i] for i in ids}}, {"name": "00001", "objects": {}}],
     }
     assert np.array_equal(read_mask(_write_json(tmp_path / "masks.json", masks_json)).labels, labels)

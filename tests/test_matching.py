@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import pdmtrack.matching as matching
+import pdmtrack.tracking.matching as matching
 from pdmtrack.config import MatchConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import (
+from pdmtrack.tracking.matching import (
     appearance_map,
     combined_map,
     features_appearance_map,
@@ -53,11 +53,7 @@ def reference_tokens(ref: torch.Tensor, mask: torch.Tensor) -> list[list[float]]
 def loop_appearance_mean(ref, mask, target) -> list[list[list[float]]]:
     refs = reference_tokens(ref, mask)
     _, _, h2, w2 = target.shape
-    return [
-        [[sum(cosine(token(frame, i, j), r) for r in refs) / len(refs) for j in range(w2)]
-         for i in range(h2)]
-        for frame in target
-    ]
+    return [[[sum(cosine(token(frame, i, j), r) for r in refs) / len(refs) for j in range(w2)] for i in range(h2)] for frame in target]
 
 
 def loop_votes(ref, mask, target, topk: int, distance, by_max: bool) -> list[list[list[float]]]:
@@ -92,10 +88,7 @@ def loop_euclidean_votes(ref, mask, target, topk: int) -> list[list[list[float]]
 def loop_semantic(vector: torch.Tensor, semantic: torch.Tensor) -> list[list[list[float]]]:
     c = [float(v) for v in vector]
     _, _, h, w = semantic.shape
-    return [
-        [[sum(a * b for a, b in zip(c, token(frame, i, j))) for j in range(w)] for i in range(h)]
-        for frame in semantic
-    ]
+    return [[[sum(a * b for a, b in zip(c, token(frame, i, j))) for j in range(w)] for i in range(h)] for frame in semantic]
 
 
 def loop_combined(appearance, semantic) -> list[list[list[float]]]:
@@ -117,9 +110,7 @@ def loop_mask_to_grid(mask: np.ndarray, grid: tuple[int, int]) -> list[list[floa
         row = []
         for j in range(w):
             left, right = (j * width) // w, -((-(j + 1) * width) // w)
-            inside = sum(
-                bool(mask[y, x]) for y in range(top, bottom) for x in range(left, right)
-            )
+            inside = sum(bool(mask[y, x]) for y in range(top, bottom) for x in range(left, right))
             row.append(inside / ((bottom - top) * (right - left)))
         out.append(row)
     return out
@@ -216,10 +207,7 @@ def test_appearance_single_reference_token_is_its_cosine() -> None:
     target = random_tensor(2, 4, 2, 3, seed=5)
     single = torch.zeros(2, 3, dtype=torch.bool)
     single[1, 2] = True
-    expected = [
-        [[cosine(token(frame, i, j), token(ref, 1, 2)) for j in range(3)] for i in range(2)]
-        for frame in target
-    ]
+    expected = [[[cosine(token(frame, i, j), token(ref, 1, 2)) for j in range(3)] for i in range(2)] for frame in target]
     assert_close(appearance_map(ref, single, target), expected)
 
 
@@ -269,10 +257,7 @@ def test_query_and_key_matched_separately() -> None:
     reference.appearance_parts = random_tensor(1, 2, 4, 2, 3, seed=92)
     target.appearance_parts = random_tensor(2, 2, 4, 2, 3, seed=93)
     config = MatchConfig(appearance_agg="euclidean-vote", vote_topk=2)
-    per_part = [
-        loop_euclidean_votes(reference.appearance_parts[0, i], REF_MASK, target.appearance_parts[:, i], topk=2)
-        for i in range(2)
-    ]
+    per_part = [loop_euclidean_votes(reference.appearance_parts[0, i], REF_MASK, target.appearance_parts[:, i], topk=2) for i in range(2)]
     expected = (torch.tensor(per_part[0]) + torch.tensor(per_part[1])) / 2
     assert_close(features_appearance_map(reference, REF_MASK, target, config), expected.tolist())
     target.appearance_parts = None
@@ -343,11 +328,7 @@ def test_pdm_map_matches_loop(agg: str) -> None:
     reference, target = make_features(1, seed=20), make_features(3, seed=30)
     config = MatchConfig(appearance_agg=agg, vote_topk=2)  # type: ignore[arg-type]
     ref, tgt = reference.appearance[0].float(), target.appearance.float()
-    appearance = (
-        loop_appearance_mean(ref, REF_MASK, tgt)
-        if agg == "mean"
-        else loop_topk_votes(ref, REF_MASK, tgt, topk=2)
-    )
+    appearance = loop_appearance_mean(ref, REF_MASK, tgt) if agg == "mean" else loop_topk_votes(ref, REF_MASK, tgt, topk=2)
     semantic = loop_semantic(reference.class_vectors[1].float(), target.semantic.float())
     with_class = pdm_map(reference, REF_MASK, target, 1, config)
     assert_close(with_class, loop_combined(appearance, semantic))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import cv2
+import numpy as np
 import pytest
 
 from pdmtrack.eval.metrics import (

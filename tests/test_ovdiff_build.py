@@ -10,21 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from pdmtrack.build import load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.ovdiff.config import PrototypeConfig
-from pdmtrack.ovdiff.run import prototype_builder
+from pdmtrack.ovdiff.pipeline import prototype_builder
 from pdmtrack.ovdiff.sampling import sample_support
+from pdmtrack.tracking.models import load_diffusion, load_refiner
 
 SMALL = PrototypeConfig(num_support=2, steps=1, support_size=64, parts=4, kmeans_iters=5)
 
 
 def _settings(model: Path, cache: Path, **options: object) -> TrackSettings:
-    return TrackSettings.from_options(
-        model=str(model), size=64, inversion="noise", sam="none", batch_size=2, cache_dir=cache, **options
-    )
+    return TrackSettings.from_options(model=str(model), size=64, inversion="noise", sam="none", batch_size=2, cache_dir=cache, **options)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,7 @@ def test_sam_refines_the_split(sdxl_parts, tiny_sam: Path, tmp_path: Path) -> No
 
 
 def test_sd_family_samples_too(tmp_path: Path) -> None:
-    from pdmtrack.tiny.diffusion import build_tiny_pipeline
+    from pdmtrack.testing.diffusion import build_tiny_pipeline
 
     model = build_tiny_pipeline(tmp_path / "tiny-sd", family="sd")
     settings = _settings(model, tmp_path / "cache")

@@ -13,7 +13,7 @@ from PIL import Image
 from pdmtrack.config import RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.perseg import count_object, evaluate_perseg, load_perseg
-from pdmtrack.tracker import Tracker
+from pdmtrack.tracking.tracker import Tracker
 
 SETTINGS = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
 
@@ -71,7 +71,9 @@ def test_reader_and_errors(tmp_path: Path) -> None:
 
 
 def test_evaluator(tmp_path: Path) -> None:
-    report = evaluate_perseg(write_perseg(tmp_path / "PerSeg"), out_dir=tmp_path / "out", tracker=Tracker(SETTINGS, features=ColourSource()))
+    report = evaluate_perseg(
+        write_perseg(tmp_path / "PerSeg"), out_dir=tmp_path / "out", tracker=Tracker(SETTINGS, features=ColourSource())
+    )
     by_name = {o.name: o for o in report.objects}
     assert by_name["red_box"].targets == 2 and by_name["red_box"].iou > 0.9  # the boxes, up to the map's blur
     assert by_name["blue_box"].iou == 0.0 and by_name["blue_box"].intersection == 0  # the truth is elsewhere

@@ -22,8 +22,8 @@ import torch
 
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.memory import ContextMemory, labels_to_grid, scaled_radius
-from pdmtrack.propagate import Propagator, fuse
+from pdmtrack.tracking.memory import ContextMemory, labels_to_grid, scaled_radius
+from pdmtrack.tracking.propagator import Propagator, fuse
 
 HEIGHT, WIDTH, CELL, SIDE = 128, 160, 8, 32
 MIN_IOU_VISIBLE = 0.55  # worst case of a followed object (half-cell error per edge), see above

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdmtrack.batch import read_jobs
 from pdmtrack.errors import InputError
-from pdmtrack.run_record import RUN_RECORD
-from pdmtrack.writers import write_palette_png
+from pdmtrack.io.writers import write_palette_png
+from pdmtrack.runs.batch import read_jobs
+from pdmtrack.runs.record import RUN_RECORD
 from tests.cli_runner import assert_one_line_error, run_cli
 
 HEIGHT, WIDTH = 40, 56
@@ -61,7 +61,9 @@ def summary(out: Path) -> dict[str, dict[str, str]]:
 
 def test_jobs_file_with_a_bad_mask_reports_it_and_finishes_the_others(batch, tiny_sdxl, tmp_path, capsys, monkeypatch):
     jobs = batch["data"] / "jobs.csv"
-    jobs.write_text("video,mask,cls,out\nvideos/a,masks/a.png,dog,first\nvideos/b,0:masks/b.png;3:masks/b.png,,second\nvideos/c,masks/c.png,,third\n")
+    jobs.write_text(
+        "video,mask,cls,out\nvideos/a,masks/a.png,dog,first\nvideos/b,0:masks/b.png;3:masks/b.png,,second\nvideos/c,masks/c.png,,third\n"
+    )
     out = tmp_path / "out"
     result = run_cli(["propagate-batch", jobs, "-o", out, "--rle", *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
     assert result.code == 1, result.err
@@ -84,7 +86,9 @@ def test_jobs_file_with_a_bad_mask_reports_it_and_finishes_the_others(batch, tin
     assert [summary(out)[k]["status"] for k in ("first", "second", "third")] == ["skipped", "skipped", "failed"]
     assert (out / "first" / "00000.png").stat().st_mtime_ns == stamp
     # other tracking settings into the same OUT are refused
-    other = run_cli(["propagate-batch", jobs, "-o", out, "--rle", "--context", "3", *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
+    other = run_cli(
+        ["propagate-batch", jobs, "-o", out, "--rle", "--context", "3", *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch
+    )
     assert_one_line_error(other, "other settings", "memory")
 
 
@@ -133,9 +137,7 @@ def test_argument_errors(batch, tmp_path, capsys, monkeypatch):
     jobs.write_text("video,mask,out\nvideos/a,masks/a.png,../escape\n")
     assert_one_line_error(run_cli(["propagate-batch", jobs, "-o", tmp_path / "o"], capsys, monkeypatch), "inside OUT")
     assert_one_line_error(run_cli(["propagate-batch", "-o", tmp_path / "o"], capsys, monkeypatch), "JOBS file")
-    assert_one_line_error(
-        run_cli(["propagate-batch", jobs, "--workers", "0", "-o", tmp_path / "o"], capsys, monkeypatch), "--workers"
-    )
+    assert_one_line_error(run_cli(["propagate-batch", jobs, "--workers", "0", "-o", tmp_path / "o"], capsys, monkeypatch), "--workers")
 
 
 def test_more_workers_without_ray_is_one_line(batch, tmp_path, capsys, monkeypatch):

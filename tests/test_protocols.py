@@ -22,11 +22,11 @@ from PIL import Image
 from pdmtrack import Tracker, TrackSettings
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.errors import InputError
-from pdmtrack.memory import ContextMemory, labels_to_grid, nearest_resize
-from pdmtrack.propagate import Propagator, grid_stride, normalise_label_maps
+from pdmtrack.tracking.memory import ContextMemory, labels_to_grid, nearest_resize
+from pdmtrack.tracking.propagator import Propagator, grid_stride, normalise_label_maps
 from tests.cli_runner import run_cli
-from tests.dift_reference import bilinear_upsample, nearest_resize as reference_nearest
-from tests.dift_reference import chebyshev_window, normalise_channels, propagate_labels, track_video
+from tests.dift_reference import bilinear_upsample, chebyshev_window, normalise_channels, propagate_labels, track_video
+from tests.dift_reference import nearest_resize as reference_nearest
 from tests.standin_features import DiftGridStatistics
 from tests.test_propagate import iou
 
@@ -128,7 +128,9 @@ def test_nearest_resize_is_pils_and_the_references() -> None:
 def test_upsampling_and_norm_mask_match_the_reference() -> None:
     maps = np.random.default_rng(1).random((3, 5, 7))
     maps[2] = 0.0  # a label nowhere: left as it is
-    upsampled = F.interpolate(torch.from_numpy(maps)[None], scale_factor=4, mode="bilinear", align_corners=False, recompute_scale_factor=False)[0]
+    upsampled = F.interpolate(
+        torch.from_numpy(maps)[None], scale_factor=4, mode="bilinear", align_corners=False, recompute_scale_factor=False
+    )[0]
     np.testing.assert_allclose(upsampled.numpy(), bilinear_upsample(maps, 4), atol=1e-12)
     np.testing.assert_allclose(normalise_label_maps(upsampled).numpy(), normalise_channels(upsampled.numpy()), atol=1e-12)
     assert grid_stride((480, 854), (30, 52)) == 16 and grid_stride((480, 854), (32, 56)) == 15
@@ -162,13 +164,17 @@ def test_exact_read_through_the_margin_and_the_full_pass_match_the_reference() -
     keys = [torch.randn(4, 42) for _ in range(6)]
     labels = [torch.softmax(torch.randn(3, 42), 0) for _ in range(6)]
     memory.add_keyframe(keys[0], labels[0])
-    for k, l in zip(keys[1:], labels[1:]):
-        memory.write(k, l)
+    for key, label in zip(keys[1:], labels[1:]):
+        memory.write(key, label)
     memory.budget = 2 * 42 * 42  # two frames a chunk
     query = torch.randn(4, 42)
     expected = propagate_labels(
-        query.double().numpy(), [k.double().numpy() for k in keys], [l.double().numpy() for l in labels],
-        chebyshev_window(grid, 3), 4, 0.2,
+        query.double().numpy(),
+        [k.double().numpy() for k in keys],
+        [label.double().numpy() for label in labels],
+        chebyshev_window(grid, 3),
+        4,
+        0.2,
     )
     np.testing.assert_allclose(memory.read(query).numpy(), expected, atol=1e-5)
     unit = F.normalize(query, dim=0)
@@ -218,7 +224,7 @@ def test_an_option_the_user_gives_beats_the_protocol(protocol, given, field, exp
         seen.append(settings)
         raise InputError("stop", "settings seen")
 
-    monkeypatch.setattr("pdmtrack.tracker.Tracker.__init__", stop)
+    monkeypatch.setattr("pdmtrack.tracking.tracker.Tracker.__init__", stop)
     args = ["propagate", frames, "--mask", tmp_path / "mask.png", "-o", tmp_path / "out", "--protocol", protocol, *given]
     assert run_cli(args, capsys, monkeypatch).code == 2
     group, attribute = field

@@ -17,9 +17,9 @@ from pdmtrack.config import RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import revisited_average_precision
 from pdmtrack.eval.revisited import evaluate_revisited, load_revisited
-from pdmtrack.images import read_rgb
-from pdmtrack.retrieval.search import Query, rank_queries
-from pdmtrack.tracker import Tracker
+from pdmtrack.io.images import read_rgb
+from pdmtrack.personal.search import Query, rank_queries
+from pdmtrack.tracking.tracker import Tracker
 
 SETTINGS = TrackSettings(sam=SamConfig(model_type="none"), runtime=RuntimeConfig(device="cpu"))
 # Gallery: red boxes of 16, 1 and 4 cells (images 0, 2, 4), blue of 16 and 4 cells (1, 5), green (3).

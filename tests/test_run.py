@@ -17,12 +17,12 @@ from PIL import Image
 
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.masks import decode_rle
-from pdmtrack.run import FIRST_FRAME_MASK, STAGES, plan_run, track_to_folder
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
-from pdmtrack.tiny.sam import build_tiny_sam
-from pdmtrack.tracker import Tracker
-from pdmtrack.video import FrameReader
+from pdmtrack.io.masks import decode_rle
+from pdmtrack.io.video import FrameReader
+from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, STAGES, plan_run, track_to_folder
+from pdmtrack.testing.diffusion import build_tiny_pipeline
+from pdmtrack.testing.sam import build_tiny_sam
+from pdmtrack.tracking.tracker import Tracker
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
 
@@ -77,9 +77,7 @@ def read_png(path: Path) -> np.ndarray:
 def test_masks_for_every_frame_with_sam(models, clip, tmp_path: Path) -> None:
     frames_dir, mask, labels = clip
     out = tmp_path / "out"
-    summary = track_video(
-        frames_dir, out, mask=mask, classes=["dog"], settings=settings_for(models, tmp_path, sam=True), overlay=False
-    )
+    summary = track_video(frames_dir, out, mask=mask, classes=["dog"], settings=settings_for(models, tmp_path, sam=True), overlay=False)
     names = [f"frame_{t:02d}.png" for t in range(FRAMES)]
     assert sorted(p.name for p in out.glob("*.png")) == names
     assert summary.frames == FRAMES and summary.out_dir == out
@@ -121,7 +119,7 @@ def test_writing_runs_off_the_tracking_thread_and_a_slow_writer_changes_nothing(
     import threading
     import time
 
-    from pdmtrack.writers import MaskPngWriter, OverlayWriter, RleJsonWriter
+    from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter
 
     frames_dir, mask, _ = clip
     settings = settings_for(models, tmp_path, sam=False)

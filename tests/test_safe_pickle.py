@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pdmtrack.errors import InputError
-from pdmtrack.safe_pickle import load_plain_pickle, loads_plain
+from pdmtrack.io.safe_pickle import load_plain_pickle, loads_plain
 
 PLAIN = {
     "imlist": ["all_souls_000001", "oxford_001"],

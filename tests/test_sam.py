@@ -14,7 +14,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.sam.loading import download_verified, load_sam, load_sam_model
 from pdmtrack.sam.refine import LOGIT_CLIP, FrameEmbedding, FramePrompts, SamRefiner, frame_prompts
 from pdmtrack.sam.vit import padded_mask_input
-from pdmtrack.tiny.sam import build_tiny_sam
+from pdmtrack.testing.sam import build_tiny_sam
 
 HEIGHT, WIDTH, LOW_RES = 60, 100, 32
 

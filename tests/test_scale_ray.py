@@ -64,9 +64,7 @@ def read_results(out: Path) -> dict[str, np.ndarray]:
     return {str(p.relative_to(out)): np.asarray(Image.open(p)) for p in sorted((out / "results").rglob("*.png"))}
 
 
-def test_two_workers_equal_one_and_a_killed_worker_changes_nothing(
-    ray_cluster, short_davis, tiny_sdxl, tmp_path, capsys, monkeypatch
-):
+def test_two_workers_equal_one_and_a_killed_worker_changes_nothing(ray_cluster, short_davis, tiny_sdxl, tmp_path, capsys, monkeypatch):
     eval_davis(short_davis, tmp_path / "one", tiny_sdxl, 1, capsys, monkeypatch)
     eval_davis(short_davis, tmp_path / "two", tiny_sdxl, 2, capsys, monkeypatch)
     for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
@@ -133,6 +131,11 @@ def test_permir_and_permis_image_on_two_workers_equal_one(ray_cluster, tiny_sdxl
             args = ["eval", *command, "--root", permirs, "-o", tmp_path / f"{command[0]}-{workers}", "--workers", workers]
             result = run_cli([*args, *options(tiny_sdxl, cache)], capsys, monkeypatch)
             assert result.code == 0, result.err
-    for name in ("permir/permir_global.csv", "permir/permir_details.csv", "permis/permis_image_global.csv", "permis/permis_image_details.csv"):
+    for name in (
+        "permir/permir_global.csv",
+        "permir/permir_details.csv",
+        "permis/permis_image_global.csv",
+        "permis/permis_image_details.csv",
+    ):
         folder, file = name.split("/")
         assert (tmp_path / f"{folder}-2" / file).read_text() == (tmp_path / f"{folder}-1" / file).read_text(), name

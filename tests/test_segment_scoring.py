@@ -11,9 +11,9 @@ from colour_source import ColourSource, box_image
 from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import PDMFeatures
-from pdmtrack.matching import appearance_map, minmax, semantic_map
-from pdmtrack.retrieval.scoring import QueryScorer
-from pdmtrack.segment import ImageSegmenter
+from pdmtrack.personal.scoring import QueryScorer
+from pdmtrack.personal.segmenter import ImageSegmenter
+from pdmtrack.tracking.matching import appearance_map, minmax, semantic_map
 
 CPU = torch.device("cpu")
 
@@ -69,6 +69,4 @@ def test_streamed_scores_equal_joint_normalisation() -> None:
     torch.testing.assert_close(scorer.maps(batches[1]), joint[3:4])
     appearance_only = QueryScorer(reference, mask, None, MatchConfig())
     appearance_only.add(everything)
-    np.testing.assert_allclose(
-        appearance_only.scores(), minmax(appearance, dims=(0, 1, 2)).mean(dim=(1, 2)).numpy(), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(appearance_only.scores(), minmax(appearance, dims=(0, 1, 2)).mean(dim=(1, 2)).numpy(), rtol=1e-5, atol=1e-6)

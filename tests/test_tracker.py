@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pdmtrack.build
 import pdmtrack.sam.loading
+import pdmtrack.tracking.models
 from pdmtrack import Tracker, TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.fsutil import LOCK_FILE
 from pdmtrack.eval.davis import evaluate_davis
-from pdmtrack.masks import DAVIS_PALETTE
+from pdmtrack.io.files import LOCK_FILE
+from pdmtrack.io.masks import DAVIS_PALETTE
 from tests.cli_runner import run_cli
 from tests.test_e2e import PixelStatistics
 from tests.test_eval_davis import make_davis, moving_squares
@@ -170,7 +170,7 @@ def test_cli_and_api_give_identical_masks_with_corrections_both_ways(
     """``propagate --mask 2:F --mask 6:F --direction both`` writes what the API's two passes give:
     frames before the first mask and nearer the next mask from the backward pass."""
     folder, truth = swan
-    monkeypatch.setattr("pdmtrack.tracker.feature_source", lambda parts, settings, classes: PixelStatistics())
+    monkeypatch.setattr("pdmtrack.tracking.tracker.feature_source", lambda parts, settings, classes: PixelStatistics())
     masks = {2: write_palette(tmp_path / "m2.png", truth[2]), 6: write_palette(tmp_path / "m6.png", truth[6])}
     args = ["propagate", folder, "--mask", f"2:{masks[2]}", "--mask", f"6:{masks[6]}", "--direction", "both"]
     args += ["--model", tiny_sdxl, "--size", "64", "--sam", "none", "--context", "4", "--device", "cpu", "--no-overlay"]
@@ -195,7 +195,10 @@ def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_p
     squares = {name: moving_squares(5, (64, 64), [(8, 8 + 4 * k, 16)]) for k, name in enumerate(["a", "b", "c"])}
     root = make_davis(tmp_path / "davis", squares)
     loads = {"diffusion": 0, "sam": 0}
-    for module, name, key in ((pdmtrack.build, "load_diffusion_parts", "diffusion"), (pdmtrack.sam.loading, "load_sam_model", "sam")):
+    for module, name, key in (
+        (pdmtrack.tracking.models, "load_diffusion_parts", "diffusion"),
+        (pdmtrack.sam.loading, "load_sam_model", "sam"),
+    ):
         original = getattr(module, name)
 
         def counted(*args, _original=original, _key=key, **kwargs):
@@ -209,9 +212,7 @@ def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_p
     assert loads == {"diffusion": 1, "sam": 1}
 
 
-def test_the_readme_python_example_runs(
-    davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_readme_python_example_runs(davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's Python API example, with the tiny model for SDXL-turbo and the first 24
     frames of davis-mini's blackswan for DAVIS."""
     for kind, suffix in (("JPEGImages", "jpg"), ("Annotations", "png")):

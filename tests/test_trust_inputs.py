@@ -16,9 +16,9 @@ from PIL import Image
 from pdmtrack import Tracker
 from pdmtrack.cli import app
 from pdmtrack.errors import InputError
-from pdmtrack.images import read_rgb
-from pdmtrack.masks import read_mask
-from pdmtrack.video import FrameReader
+from pdmtrack.io.images import read_rgb
+from pdmtrack.io.masks import read_mask
+from pdmtrack.io.video import FrameReader
 from tests.cli_runner import assert_one_line_error, run_cli
 from tests.test_cli import H, W, base_args, palette_mask  # noqa: F401 (fixture)
 from tests.test_eval_davis import make_davis, moving_squares, write_ids_png
@@ -78,9 +78,7 @@ def test_the_float_option_lists_are_the_expected_ones() -> None:
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-@pytest.mark.parametrize(
-    ("command", "flag"), [(c, f) for c in ("propagate", "segment") for f in _float_flags(c)]
-)
+@pytest.mark.parametrize(("command", "flag"), [(c, f) for c in ("propagate", "segment") for f in _float_flags(c)])
 def test_nan_and_inf_are_refused_for_every_float_option(command, flag, value, tmp_path, capsys, monkeypatch) -> None:
     """`--temperature nan` was accepted (the object vanished, run.json said null), and
     `segment --present-threshold nan` wrote empty masks."""

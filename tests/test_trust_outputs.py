@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdmtrack.masks import read_mask
+from pdmtrack.io.masks import read_mask
 from tests.cli_runner import assert_one_line_error, run_cli
 from tests.test_cli import H, W, base_args, first_mask, frames_dir  # noqa: F401 (fixtures)
 from tests.test_hardening import davis  # noqa: F401 (fixture)
@@ -163,9 +163,7 @@ def test_read_only_output_folder_is_one_line_before_loading(command, gallery, tm
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    "command", ["propagate", "propagate-batch", "segment", "retrieve", "index build", "build-permis", "eval davis"]
-)
+@pytest.mark.parametrize("command", ["propagate", "propagate-batch", "segment", "retrieve", "index build", "build-permis", "eval davis"])
 def test_output_folder_that_is_a_symlink_loop(command, gallery, davis, tmp_path, capsys, monkeypatch):
     """Item 5: `ln -s loop loop; -o loop`: one line, exit 2, for every command with -o."""
     (tmp_path / "videos").mkdir()
@@ -186,8 +184,8 @@ def test_a_folder_in_use_by_another_run_is_refused_at_once(frames_dir, first_mas
     """Item 6: while another run holds -o (its lock), a second run is refused at once, naming
     the holder's pid, before any model loads and, should it get past that check, before it
     writes anything; the holder's folder is left alone."""
-    import pdmtrack.run
-    from pdmtrack.fsutil import folder_lock
+    import pdmtrack.runs.video_folder
+    from pdmtrack.io.files import folder_lock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -195,7 +193,7 @@ def test_a_folder_in_use_by_another_run_is_refused_at_once(frames_dir, first_mas
     with folder_lock(out):
         early = run_cli(args, capsys, monkeypatch)
         assert_one_line_error(early, str(out), "in use by another pdmtrack run", f"(pid {os.getpid()})")
-        monkeypatch.setattr(pdmtrack.run, "check_not_in_use", lambda folder: None)  # both past the check
+        monkeypatch.setattr(pdmtrack.runs.video_folder, "check_not_in_use", lambda folder: None)  # both past the check
         late = run_cli(args, capsys, monkeypatch)
         assert_one_line_error(late, str(out), "in use by another pdmtrack run", f"(pid {os.getpid()})")
         assert sorted(p.name for p in out.iterdir()) == [".pdmtrack.lock"]
@@ -242,7 +240,7 @@ def test_overlay_of_both_directions_is_reproducible(frames_dir, first_mask, base
     """Item 10: identical runs with --direction both give identical masks and identical
     decoded overlay frames (the cause, x264's CPU-dependent thread count, has its own test in
     test_writers.py)."""
-    from pdmtrack.video import FrameReader
+    from pdmtrack.io.video import FrameReader
 
     runs = []
     for run in range(3):

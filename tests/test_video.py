@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.video import FOLDER_FPS, FrameReader
-from pdmtrack.writers import write_video
+from pdmtrack.io.video import FOLDER_FPS, FrameReader
+from pdmtrack.io.writers import write_video
 
 NUM_FRAMES = 12
 BACKENDS = ["pyav"] + (["decord"] if importlib.util.find_spec("decord") else [])
@@ -75,9 +75,7 @@ def test_backends_return_identical_frames(clip: Path, tmp_path: Path, source_fra
     assert FrameReader(rotated, backend="pyav").width == 480  # display rotation applied
 
 
-def _encode(
-    path: Path, frames: list[np.ndarray], codec: str = "libx264", rotation: int = 0, key_frame_every: int = 250
-) -> None:
+def _encode(path: Path, frames: list[np.ndarray], codec: str = "libx264", rotation: int = 0, key_frame_every: int = 250) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
@@ -115,9 +113,7 @@ def test_auto_falls_back_when_decord_fails_to_open(clip: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_read_and_ranges_match_sequential_decoding(
-    tmp_path: Path, source_frames: list[np.ndarray], backend: str
-) -> None:
+def test_read_and_ranges_match_sequential_decoding(tmp_path: Path, source_frames: list[np.ndarray], backend: str) -> None:
     clip = tmp_path / "short_gop.mkv"  # a key frame every 4 frames: reads seek, then decode forward
     _encode(clip, source_frames, key_frame_every=4)
     reader = FrameReader(clip, backend=backend)
@@ -247,9 +243,7 @@ def _ffv1(path: Path, width: int, height: int, pix_fmt: str, count: int = 3) -> 
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-@pytest.mark.parametrize(
-    ("width", "height", "pix_fmt"), [(853, 479, "yuv420p"), (854, 480, "yuv420p10le"), (854, 480, "yuv440p")]
-)
+@pytest.mark.parametrize(("width", "height", "pix_fmt"), [(853, 479, "yuv420p"), (854, 480, "yuv420p10le"), (854, 480, "yuv440p")])
 def test_auto_backend_decodes_like_pyav(tmp_path: Path, width: int, height: int, pix_fmt: str) -> None:
     """decord converts these (8-bit odd-height yuv420p, 10-bit, yuv440p) differently: auto must not use it."""
     path = tmp_path / f"{pix_fmt}.mkv"

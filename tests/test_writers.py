@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.masks import DAVIS_PALETTE, decode_rle, read_mask
-from pdmtrack.video import FrameReader
-from pdmtrack.writers import (
+from pdmtrack.io.masks import DAVIS_PALETTE, decode_rle, read_mask
+from pdmtrack.io.video import FrameReader
+from pdmtrack.io.writers import (
     MaskPngWriter,
     OverlayWriter,
     RleJsonWriter,
@@ -74,7 +74,7 @@ def test_rle_json_round_trip(tmp_path: Path, davis_mini: Path) -> None:
     assert (data["height"], data["width"], data["object_ids"]) == (30, 44, [1, 2, 5])
     assert [f["name"] for f in data["frames"]] == ["00000", "00001"]
     assert set(data["frames"][1]["objects"]) == {"1", "5"}  # object 2 is absent there: omitted
-    for (name, labels), record in zip(frames, data["frames"]):
+    for (_, labels), record in zip(frames, data["frames"]):
         rebuilt = np.zeros_like(labels)
         for object_id, rle in record["objects"].items():
             rebuilt[decode_rle(rle)] = int(object_id)

@@ -1,7 +1,7 @@
 """Write a tiny random-weight diffusers pipeline folder, usable as ``pdmtrack ... --model PATH``.
 
-    python tools/make_tiny_model.py ./tiny-sdxl                 # SDXL-shaped (two text encoders)
-    python tools/make_tiny_model.py ./tiny-sd --family sd --seed 3
+python tools/make_tiny_model.py ./tiny-sdxl                 # SDXL-shaped (two text encoders)
+python tools/make_tiny_model.py ./tiny-sd --family sd --seed 3
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pdmtrack.tiny.diffusion import build_tiny_pipeline
+from pdmtrack.testing.diffusion import build_tiny_pipeline
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pdmtrack.burst.reading import (
-    sequence_frame_paths,
     load_annotation,
     scan_sequence,
+    sequence_frame_paths,
     sha256,
     video_name,
 )
@@ -48,9 +48,7 @@ def _annotation_file(burst_root: Path, split: str) -> Path:
     return burst_root / "annotations" / split / "all_classes.json"
 
 
-def _annotation_files(
-    burst_root: Path, splits: Iterable[str] | None, annotations: list[Path] | None
-) -> tuple[list[Path], list[str]]:
+def _annotation_files(burst_root: Path, splits: Iterable[str] | None, annotations: list[Path] | None) -> tuple[list[Path], list[str]]:
     """(annotation files to read, default splits left out because they are not there).
 
     ``splits`` None: those of train, val, test that are present (none present is an error);
@@ -100,9 +98,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> Path
     if out_dir.exists() and not overwrite:
         raise InputError(out_dir, "output folder exists (pass --overwrite to replace it)")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
-        raise InputError(
-            out_dir, "exists and was not written by build-permis (no manifest.json); refusing to replace it"
-        )
+        raise InputError(out_dir, "exists and was not written by build-permis (no manifest.json); refusing to replace it")
     ensure_writable_folder(out_dir.parent)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
 
@@ -240,9 +236,7 @@ def _keep(
     selection = select(scan)
     frame_paths = sequence_frame_paths(burst_root / "frames" / split / dataset / seq_name, sequence)
     name = video_name(split, sequence)
-    record, instances = write_video(
-        tree, name, split, sequence, frame_paths, selection, scan.track_categories, categories
-    )
+    record, instances = write_video(tree, name, split, sequence, frame_paths, selection, scan.track_categories, categories)
     summary.kept += 1
     summary.instances_in_chosen_frames += instances
     category = record["category"] or str(selection.category_id)

@@ -21,9 +21,7 @@ MALFORMED = "malformed annotation (bad RLE or fields)"
 TOO_FEW_FRAMES = f"fewer than {FRAMES_PER_VIDEO} distant multi-instance frames"
 FRAMES_MISSING = "frames missing, unreadable or of the wrong size"
 DUPLICATE = "duplicate entry (same split and id, or same frames folder, as an earlier one)"
-DROP_REASONS = (
-    DUPLICATE, UNSAFE_NAME, DROPPED_SOURCE, NO_SHARED_CATEGORY, MALFORMED, TOO_FEW_FRAMES, FRAMES_MISSING
-)
+DROP_REASONS = (DUPLICATE, UNSAFE_NAME, DROPPED_SOURCE, NO_SHARED_CATEGORY, MALFORMED, TOO_FEW_FRAMES, FRAMES_MISSING)
 
 
 @dataclass

@@ -63,9 +63,7 @@ def read_split_file(path: Path) -> list[str]:
 class DavisDataset:
     """A DAVIS 2017 folder (JPEGImages/, Annotations/, ImageSets/2017/<split>.txt), validated."""
 
-    def __init__(
-        self, root: Path, split: str = "val", sequences: list[str] | None = None, resolution: str = "480p"
-    ) -> None:
+    def __init__(self, root: Path, split: str = "val", sequences: list[str] | None = None, resolution: str = "480p") -> None:
         self.root = Path(root)
         self.split = split
         self.resolution = resolution

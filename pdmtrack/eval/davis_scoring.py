@@ -136,8 +136,7 @@ def _read_result_frame(path: Path, shape: tuple[int, int], num_objects: int, seq
     if ids.size and int(ids.max()) > num_objects:
         raise InputError(
             path,
-            f"sequence {sequence} frame {path.stem}: object id {int(ids.max())} but the first annotation "
-            f"has {num_objects} object(s)",
+            f"sequence {sequence} frame {path.stem}: object id {int(ids.max())} but the first annotation has {num_objects} object(s)",
         )
     return ids
 
@@ -157,9 +156,7 @@ def evaluate_sequence(dataset: DavisDataset, sequence: str, sequence_results: Pa
     for start in range(0, len(scored), FRAMES_PER_CHUNK):
         indices = scored[start : start + FRAMES_PER_CHUNK]
         truth = dataset.load_annotations(sequence, indices)  # void (255) matches no object id
-        results = np.stack(
-            [_read_result_frame(sequence_results / f"{names[i]}.png", shape, num_objects, sequence) for i in indices]
-        )
+        results = np.stack([_read_result_frame(sequence_results / f"{names[i]}.png", shape, num_objects, sequence) for i in indices])
         truth_objects = truth[None] == object_ids
         result_objects = results[None] == object_ids
         window = slice(start, start + len(indices))

@@ -43,9 +43,7 @@ def _keep_mask(void_pixels: np.ndarray | None, shape: tuple[int, ...]) -> np.nda
     return ~void_pixels
 
 
-def db_eval_iou(
-    annotation: np.ndarray, segmentation: np.ndarray, void_pixels: np.ndarray | None = None
-) -> np.ndarray:
+def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray, void_pixels: np.ndarray | None = None) -> np.ndarray:
     """Region similarity J = |A and S| / |A or S| over the last two axes (1 where the union is empty).
 
     ``annotation``/``segmentation`` are (..., H, W) binary masks; the result has shape (...)

@@ -39,19 +39,19 @@ from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
-from pdmtrack.io.reports import Table, write_report
 from pdmtrack.eval.shared_features import feature_batches, precompute_features
-from pdmtrack.io.files import read_json
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.io.files import read_json
 from pdmtrack.io.images import read_rgb
 from pdmtrack.io.masks import decode_rle
-from pdmtrack.tracking.matching import mask_to_grid_bool, pdm_map
+from pdmtrack.io.reports import Table, write_report
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
 from pdmtrack.personal.scoring import QueryScorer
 from pdmtrack.personal.search import Query, rank_queries
-from pdmtrack.runs.pool import resolve_workers
 from pdmtrack.personal.segmenter import segment_from_maps
+from pdmtrack.runs.pool import resolve_workers
+from pdmtrack.tracking.matching import mask_to_grid_bool, pdm_map
 from pdmtrack.tracking.tracker import Tracker
 
 RECALL_KS = (1, 5, 10)
@@ -249,9 +249,7 @@ class PermirReport:
             "benchmark": "PerMIR",
             "gallery_size": self.gallery_size,
             "global": self.global_scores(),
-            "per_query": [
-                {"video": q.video, "ap": q.ap, **{f"R@{k}": q.recall[k] for k in RECALL_KS}} for q in self.queries
-            ],
+            "per_query": [{"video": q.video, "ap": q.ap, **{f"R@{k}": q.recall[k] for k in RECALL_KS}} for q in self.queries],
             "settings": self.settings,
         }
         return write_report(out_dir, "permir", *self.tables(), payload)
@@ -350,14 +348,10 @@ class _Gallery:
         by_grid: dict[tuple[int, int], list[int]] = {}
         for position, item in enumerate(features):
             by_grid.setdefault(item.grid, []).append(position)
-        groups = [
-            (positions, PDMFeatures.cat([features[p] for p in positions]).to(device)) for positions in by_grid.values()
-        ]
+        groups = [(positions, PDMFeatures.cat([features[p] for p in positions]).to(device)) for positions in by_grid.values()]
         return _Gallery(groups, len(features))
 
-    def scores(
-        self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, settings: TrackSettings
-    ) -> np.ndarray:
+    def scores(self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, settings: TrackSettings) -> np.ndarray:
         """PDM global score of every gallery image for one reference (``QueryScorer``)."""
         scorer = QueryScorer(reference, ref_mask, class_index, settings.match)
         for _, group in self.groups:

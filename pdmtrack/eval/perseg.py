@@ -23,12 +23,12 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import boundary_counts
-from pdmtrack.io.reports import Table, write_report
 from pdmtrack.io.images import read_rgb
-from pdmtrack.personal.segmenter import ImageSegmenter
-from pdmtrack.tracking.tracker import Tracker
+from pdmtrack.io.reports import Table, write_report
 from pdmtrack.io.video import IMAGE_SUFFIXES
 from pdmtrack.io.writers import write_palette_png
+from pdmtrack.personal.segmenter import ImageSegmenter
+from pdmtrack.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,7 @@ def evaluate_perseg(
     for item in tqdm(data, desc="PerSeg", unit="object", disable=None):
         reference_mask = read_binary_mask(item.masks[0]).astype(np.uint8)
         row = classes.index(item.class_name) if classes else None
-        segmenter = ImageSegmenter(
-            source, read_rgb(item.images[0]), reference_mask, [row], settings.match, device, refiner
-        )
+        segmenter = ImageSegmenter(source, read_rgb(item.images[0]), reference_mask, [row], settings.match, device, refiner)
         predictions, truths = [], []
         for image_path, mask_path in zip(item.images[1:], item.masks[1:]):
             image = read_rgb(image_path)

@@ -22,11 +22,11 @@ from pdmtrack.config import GlobalConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.metrics import revisited_average_precision
-from pdmtrack.io.reports import Table, write_report
 from pdmtrack.io.images import read_rgb
+from pdmtrack.io.reports import Table, write_report
+from pdmtrack.io.safe_pickle import load_plain_pickle
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
 from pdmtrack.personal.search import Query, rank_queries
-from pdmtrack.io.safe_pickle import load_plain_pickle
 from pdmtrack.tracking.tracker import Tracker
 
 DATASETS = ("roxford5k", "rparis6k")

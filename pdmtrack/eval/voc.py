@@ -21,11 +21,11 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.eval.permirs import read_rgb
-from pdmtrack.io.reports import Table, print_tables, write_csv, write_json
 from pdmtrack.eval.semseg import class_iou, confusion_matrix, mean_iou
+from pdmtrack.io.reports import Table, print_tables, write_csv, write_json
+from pdmtrack.io.writers import check_output_folder, write_palette_png
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
 from pdmtrack.ovdiff.pipeline import open_ovdiff
-from pdmtrack.io.writers import check_output_folder, write_palette_png
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -113,7 +113,9 @@ def evaluate_voc(
         image = read_rgb(root / "JPEGImages" / f"{image_id}.jpg")
         truth = read_label(root / "SegmentationClass" / f"{image_id}.png")
         if truth.shape != image.shape[:2]:
-            raise InputError(root / "SegmentationClass" / f"{image_id}.png", f"size {truth.shape} differs from its image's {image.shape[:2]}")
+            raise InputError(
+                root / "SegmentationClass" / f"{image_id}.png", f"size {truth.shape} differs from its image's {image.shape[:2]}"
+            )
         labels = run.segment(image).labels
         try:
             confusion += confusion_matrix(labels, truth, len(VOC_CLASSES))

@@ -256,8 +256,7 @@ def _check_finite(features: PDMFeatures, source: FeatureSource) -> None:
     description = getattr(source, "description", None) or {}
     raise InputError(
         description.get("model") or description.get("weights") or "--model",
-        "the model produced non-finite features (NaN/inf); its weights are damaged, or it overflows in this "
-        "--dtype (try --dtype fp32)",
+        "the model produced non-finite features (NaN/inf); its weights are damaged, or it overflows in this --dtype (try --dtype fp32)",
     )
 
 

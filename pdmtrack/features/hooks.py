@@ -81,9 +81,7 @@ def _merge_name_tokens(tensor: torch.Tensor, groups: Sequence[Sequence[int]]) ->
 class _Observer:
     """Forward hooks on attn1/attn2 and their ``to_q``/``to_k`` that fill a ``BlockCapture``."""
 
-    def __init__(
-        self, block: torch.nn.Module, capture: BlockCapture, class_tokens: Sequence[Sequence[int]], keep_qk: bool = False
-    ) -> None:
+    def __init__(self, block: torch.nn.Module, capture: BlockCapture, class_tokens: Sequence[Sequence[int]], keep_qk: bool = False) -> None:
         self.capture = capture
         self.class_tokens = class_tokens
         self.keep_qk = keep_qk

@@ -100,9 +100,7 @@ def ddim_step(z_a: torch.Tensor, eps: torch.Tensor, alpha_a: float, alpha_b: flo
     return alpha_b**0.5 * x0 + (1 - alpha_b) ** 0.5 * eps
 
 
-def invert(
-    latents: torch.Tensor, predict_noise: NoisePredictor, alphas_cumprod: torch.Tensor, config: FeatureConfig
-) -> torch.Tensor:
+def invert(latents: torch.Tensor, predict_noise: NoisePredictor, alphas_cumprod: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     """Clean latents (B, C, h, w) -> latents at ``config.feature_timestep``."""
     t_feature = config.feature_timestep
     if config.inversion == "noise":

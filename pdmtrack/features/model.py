@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 _FP16_MARK = ".fp16."
 _NOT_CACHED = (
-    "is not in the Hugging Face cache and the hub cannot be reached; "
-    "download it once or pass a local diffusers folder with --model PATH"
+    "is not in the Hugging Face cache and the hub cannot be reached; download it once or pass a local diffusers folder with --model PATH"
 )
 # Components per family; SDXL conditions its UNet on both text encoders.
 _TEXT_PARTS = {
@@ -176,7 +175,7 @@ def _hub_patterns(files: list[str], dtype: torch.dtype, repo_id: str) -> list[st
 
 
 def _pick_variant(weight_files: list[str], dtype: torch.dtype) -> str | None:
-    """"fp16" when fp16 weights exist and either fp16 is wanted or nothing else exists."""
+    """ "fp16" when fp16 weights exist and either fp16 is wanted or nothing else exists."""
     has_fp16 = any(_FP16_MARK in Path(f).name for f in weight_files)
     has_plain = any(_FP16_MARK not in Path(f).name for f in weight_files)
     return "fp16" if has_fp16 and (dtype == torch.float16 or not has_plain) else None

@@ -111,9 +111,7 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def check_output_folder(
-    out_dir: str | Path, inputs: Iterable[str | Path] = (), hint: str = "", flag: str = "-o"
-) -> Path:
+def check_output_folder(out_dir: str | Path, inputs: Iterable[str | Path] = (), hint: str = "", flag: str = "-o") -> Path:
     """``out_dir`` as a Path, checked without creating anything: a symbolic link loop, an
     existing file in its place or in place of a parent, and an overlap with one of
     ``inputs`` (the folder is, or lies inside, an input folder, or holds an input; symbolic
@@ -142,9 +140,7 @@ def check_output_folder(
     return out_dir
 
 
-def ensure_writable_folder(
-    folder: str | Path, inputs: Iterable[str | Path] = (), keep: bool = True, flag: str = "-o"
-) -> Path:
+def ensure_writable_folder(folder: str | Path, inputs: Iterable[str | Path] = (), keep: bool = True, flag: str = "-o") -> Path:
     """Prove a file can be written in ``folder`` (after :func:`check_output_folder` with
     ``inputs``): an InputError naming the folder, which asks for another ``flag``, otherwise.
     The folder (and missing parents) is created; with ``keep`` False the folders this call
@@ -196,7 +192,7 @@ def check_not_in_use(folder: str | Path) -> None:
 
 
 def _lock_owner(path: Path) -> str:
-    """"pid N" from a lock file, as far as it can be read."""
+    """ "pid N" from a lock file, as far as it can be read."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
         pid = path.read_text(encoding="ascii").strip()
         if pid.isdigit():

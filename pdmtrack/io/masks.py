@@ -271,13 +271,13 @@ def _rle_objects(data: object) -> dict[int, dict]:
         try:
             return {int(key): value for key, value in data.items()}
         except ValueError:
-            raise ValueError("expected object ids as keys, e.g. {\"1\": {\"size\": ..., \"counts\": ...}}") from None
+            raise ValueError('expected object ids as keys, e.g. {"1": {"size": ..., "counts": ...}}') from None
     if isinstance(data, list):
         rles = [item["segmentation"] if isinstance(item, dict) and "segmentation" in item else item for item in data]
         if any(isinstance(rle, list) for rle in rles):
             raise ValueError("polygon segmentations are not supported; give COCO RLE")
         return {index: rle for index, rle in enumerate(rles, start=1)}
-    raise ValueError("expected an RLE dict, a list of RLEs, {\"<id>\": rle} or COCO annotations")
+    raise ValueError('expected an RLE dict, a list of RLEs, {"<id>": rle} or COCO annotations')
 
 
 # ---------------------------------------------------------------------- checking
@@ -303,8 +303,7 @@ def fit_mask_to_frame(
     if not resize:
         raise InputError(
             source,
-            f"mask is {mask_width}x{mask_height} but {frames} {width}x{height} "
-            "(pass --resize-mask to resize it with nearest neighbour)",
+            f"mask is {mask_width}x{mask_height} but {frames} {width}x{height} (pass --resize-mask to resize it with nearest neighbour)",
         )
     labels = np.asarray(Image.fromarray(mask.labels).resize((width, height), Image.Resampling.NEAREST))
     kept = [int(v) for v in np.unique(labels) if v != 0]

@@ -20,8 +20,8 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
-from pdmtrack.io.background import prefetched
 from pdmtrack.errors import InputError
+from pdmtrack.io.background import prefetched
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -102,7 +102,7 @@ class FrameReader:
         self.fps = FOLDER_FPS
         self.rotation = 0
         self._pts_sorted = None
-        (self.width, self.height), = sizes
+        ((self.width, self.height),) = sizes
         self.frame_names = stems
 
     def _open_video(self, backend: str) -> None:
@@ -206,9 +206,7 @@ class FrameReader:
         """Each read opens and closes its own decoder, so there is nothing to release on exit."""
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         return None
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -326,9 +324,7 @@ class FrameReader:
         except av.FFmpegError as err:
             raise InputError(self.path, f"cannot decode frame {index + 1}: corrupt or truncated video ({err})") from err
         if index + 1 < end:
-            raise InputError(
-                self.path, f"decoding stopped at frame {index + 1} of {self.num_frames}: corrupt or truncated video"
-            )
+            raise InputError(self.path, f"decoding stopped at frame {index + 1} of {self.num_frames}: corrupt or truncated video")
 
     def _frame_index(self, pts: int | None) -> int:
         """Index of the frame with presentation timestamp ``pts`` (after a seek)."""

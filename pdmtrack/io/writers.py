@@ -116,9 +116,7 @@ class VideoWriter:
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is not None:
             self._abandon(exc_type, exc, tb)
             return
@@ -156,9 +154,7 @@ class OverlayWriter:
         ``time`` seconds (see :meth:`VideoWriter.write`)."""
         self._video.write(blend_labels(frame_rgb, labels, self.alpha), time)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._video.__exit__(exc_type, exc, tb)
 
 
@@ -206,9 +202,7 @@ class RleJsonWriter:
         self._file.write(separator + json.dumps({"name": name, "objects": objects}))
         self._frames_written += 1
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is None:
             self._file.write("\n]}\n")
         self._stack.__exit__(exc_type, exc, tb)

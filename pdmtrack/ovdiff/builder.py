@@ -24,13 +24,13 @@ from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.io.files import atomic_path
+from pdmtrack.io.writers import write_palette_png
 from pdmtrack.ovdiff.config import PrototypeConfig
 from pdmtrack.ovdiff.prototypes import ClassPrototypes, build_class_prototypes, feature_maps
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.split import foreground_masks, split_cells
 from pdmtrack.ovdiff.store import PrototypeStore, entry_key
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.io.writers import write_palette_png
 
 PROTOTYPES_VERSION = 1  # bump when the computation changes, so stored prototypes are rebuilt
 
@@ -117,10 +117,7 @@ class PrototypeBuilder:
         masks = foreground_masks(support.images, support.attention, config.fg_threshold, self.refiner)
         batch = resolve_batch_size(runtime.batch_size, self.device, self.extractor, support.images.shape[1:3])
         maps = torch.cat(
-            [
-                feature_maps(self.extractor(support.images[i : i + batch]), config.feature)
-                for i in range(0, len(support.images), batch)
-            ]
+            [feature_maps(self.extractor(support.images[i : i + batch]), config.feature) for i in range(0, len(support.images), batch)]
         )
         cells = split_cells(masks, tuple(maps.shape[-2:]), config.bg_max_fraction)
         if not bool(cells.foreground.any()):

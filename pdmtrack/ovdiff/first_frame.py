@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pdmtrack.tracking.models import feature_source
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.model import DiffusionParts
+from pdmtrack.io.writers import write_palette_png
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
 from pdmtrack.ovdiff.instances import split_instances
 from pdmtrack.ovdiff.pipeline import OVDiffRun, ov_segmenter, prototype_builder
 from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, RunPlan
 from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.tracking.models import feature_source
 from pdmtrack.tracking.tracker import Tracker
-from pdmtrack.io.writers import write_palette_png
 
 MIN_OBJECT_AREA = 0.002  # smallest object kept, as a fraction of the frame (0.2%: ~820 px at 854x480)
 

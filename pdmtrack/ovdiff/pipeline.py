@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pdmtrack.tracking.models import check_feature_cache, feature_source, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.model import DiffusionParts
@@ -24,6 +23,7 @@ from pdmtrack.features.types import FeatureSource
 from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
 from pdmtrack.io.images import output_stems, read_rgb
 from pdmtrack.io.masks import DAVIS_PALETTE
+from pdmtrack.io.writers import blend_labels, write_palette_png
 from pdmtrack.ovdiff.builder import BuildReport, PrototypeBuilder
 from pdmtrack.ovdiff.clip_filter import ClipFilter
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
@@ -31,7 +31,7 @@ from pdmtrack.ovdiff.prototypes import feature_maps
 from pdmtrack.ovdiff.segment import OVSegmenter, Segmentation
 from pdmtrack.ovdiff.store import PrototypeStore, check_store_folder
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.io.writers import blend_labels, write_palette_png
+from pdmtrack.tracking.models import check_feature_cache, feature_source, load_diffusion, load_refiner
 
 LEGEND = "legend.json"
 
@@ -179,4 +179,3 @@ def write_legend(path: Path, names: list[str]) -> None:
     """``legend.json``: id -> class name and its palette colour (0 is the background)."""
     entries = [{"id": i, "class": name, "color": DAVIS_PALETTE[i].tolist()} for i, name in enumerate(["background", *names])]
     atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
-

@@ -35,9 +35,7 @@ class SupportSet:
     attention: torch.Tensor
 
 
-def sample_support(
-    prompter: FeatureExtractor, count: int, size: int, steps: int, seed: int, batch_size: int | str
-) -> SupportSet:
+def sample_support(prompter: FeatureExtractor, count: int, size: int, steps: int, seed: int, batch_size: int | str) -> SupportSet:
     """``count`` support images of ``size`` x ``size`` pixels for the one class ``prompter``
     names, ``batch_size`` (or "auto") at a time."""
     if len(prompter.class_tokens) != 1:
@@ -63,9 +61,7 @@ def sample_support(
 
 
 @torch.inference_mode()
-def _sample_batch(
-    prompter: FeatureExtractor, noise: torch.Tensor, timesteps: list[int], size: int
-) -> tuple[np.ndarray, torch.Tensor]:
+def _sample_batch(prompter: FeatureExtractor, noise: torch.Tensor, timesteps: list[int], size: int) -> tuple[np.ndarray, torch.Tensor]:
     """Denoise ``noise`` along ``timesteps`` (descending); decoded images and mean attention."""
     parts = prompter.parts
     alphas = parts.alphas_cumprod

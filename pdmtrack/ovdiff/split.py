@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdmtrack.tracking.matching import mask_to_grid, mask_to_grid_bool, minmax
 from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.tracking.matching import mask_to_grid, mask_to_grid_bool, minmax
 
 
 @dataclass
@@ -29,9 +29,7 @@ class CellSplit:
     background: torch.Tensor
 
 
-def foreground_masks(
-    images: np.ndarray, attention: torch.Tensor, threshold: float, refiner: SamRefiner | None
-) -> np.ndarray:
+def foreground_masks(images: np.ndarray, attention: torch.Tensor, threshold: float, refiner: SamRefiner | None) -> np.ndarray:
     """images (N, H, W, 3) uint8, attention (N, h, w) -> (N, H, W) bool foreground masks."""
     height, width = images.shape[1:3]
     upsampled = F.interpolate(attention[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)

@@ -62,18 +62,13 @@ class AddSummary:
 
     def format(self, folder: Path) -> str:
         rate = self.added / self.seconds if self.seconds > 0 else float("inf")
-        return (
-            f"{self.added} images added ({rate:.1f} images/s), {self.skipped} already indexed; "
-            f"{self.total} images in {folder}"
-        )
+        return f"{self.added} images added ({rate:.1f} images/s), {self.skipped} already indexed; {self.total} images in {folder}"
 
 
 class GalleryIndex:
     """Global descriptors of a gallery in a FAISS index, with the images they belong to."""
 
-    def __init__(
-        self, descriptor: dict, dim: int, paths: list[str], hashes: list[str], index: object, kind: str = "hnsw"
-    ) -> None:
+    def __init__(self, descriptor: dict, dim: int, paths: list[str], hashes: list[str], index: object, kind: str = "hnsw") -> None:
         self.kind = kind
         self.descriptor = descriptor
         self.dim = dim

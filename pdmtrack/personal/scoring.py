@@ -43,9 +43,7 @@ class QueryScorer:
     features that carry no class vectors) the appearance map stands alone.
     """
 
-    def __init__(
-        self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, match: MatchConfig
-    ) -> None:
+    def __init__(self, reference: PDMFeatures, ref_mask: torch.Tensor, class_index: int | None, match: MatchConfig) -> None:
         if len(reference) != 1:
             raise ValueError(f"the reference must be one frame, got {len(reference)}")
         self.reference = reference

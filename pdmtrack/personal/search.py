@@ -20,8 +20,8 @@ from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.images import read_rgb
-from pdmtrack.tracking.matching import mask_to_grid_bool, reference_mask_from_attention
 from pdmtrack.personal.scoring import QueryScorer
+from pdmtrack.tracking.matching import mask_to_grid_bool, reference_mask_from_attention
 
 
 @dataclass
@@ -65,7 +65,11 @@ def pdm_scores(
 
 
 def rerank_head(
-    first_stage: np.ndarray, candidates: int, source: FeatureSource, scorer: QueryScorer, gallery: Sequence[Path],
+    first_stage: np.ndarray,
+    candidates: int,
+    source: FeatureSource,
+    scorer: QueryScorer,
+    gallery: Sequence[Path],
     device: torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(order, PDM scores of the re-ranked head): the first ``candidates`` of a first-stage order
@@ -89,9 +93,7 @@ def embed_gallery(descriptor: Callable[[np.ndarray], np.ndarray], gallery: Seque
     return np.stack([descriptor(read_rgb(path)) for path in tqdm(gallery, desc="global", unit="image", disable=None)])
 
 
-def global_ranking(
-    vectors: np.ndarray, descriptor: Callable[[np.ndarray], np.ndarray], query: Query
-) -> tuple[np.ndarray, np.ndarray]:
+def global_ranking(vectors: np.ndarray, descriptor: Callable[[np.ndarray], np.ndarray], query: Query) -> tuple[np.ndarray, np.ndarray]:
     """(order, similarities in that order) of the gallery ``vectors`` for the query's instance crop."""
     similarity = vectors @ descriptor(instance_crop(query))
     order = np.argsort(-similarity, kind="stable")

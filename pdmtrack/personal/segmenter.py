@@ -24,18 +24,16 @@ import torch.nn.functional as F
 from pdmtrack.config import MatchConfig
 from pdmtrack.errors import InputError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.sam.refine import SamRefiner
 from pdmtrack.tracking.matching import (
     features_appearance_map,
     mask_to_grid_bool,
     pdm_map,
     reference_mask_from_attention,
 )
-from pdmtrack.sam.refine import SamRefiner
 
 
-def segment_from_maps(
-    maps: torch.Tensor, image: np.ndarray, threshold: float, refiner: SamRefiner | None
-) -> np.ndarray:
+def segment_from_maps(maps: torch.Tensor, image: np.ndarray, threshold: float, refiner: SamRefiner | None) -> np.ndarray:
     """(K, h, w) maps in [0, 1] -> (H, W) int64 labels of ``image`` (0 background, k for map k-1)."""
     height, width = image.shape[:2]
     upsampled = F.interpolate(maps[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
@@ -102,9 +100,7 @@ class ImageSegmenter:
         if len(class_rows) not in (1, len(self.object_ids)):
             raise InputError("--cls", f"give one class name, or one per object ({len(self.object_ids)})")
         self.class_rows = list(class_rows) * (len(self.object_ids) // len(class_rows))
-        self.self_similarity = [
-            float(self._appearance(mask, self.reference)[0][mask.to(self.device)].mean()) for mask in self.ref_masks
-        ]
+        self.self_similarity = [float(self._appearance(mask, self.reference)[0][mask.to(self.device)].mean()) for mask in self.ref_masks]
 
     def _attention_mask(self, row: int | None) -> torch.Tensor:
         if row is None or self.reference.class_attention is None:

@@ -23,14 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from pdmtrack.tracking.models import check_feature_cache
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.io.files import ensure_writable_folder
 from pdmtrack.io.reports import Table, render_table, write_csv
-from pdmtrack.runs.video_folder import mask_files, plan_run
-from pdmtrack.runs.pool import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
 from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
+from pdmtrack.runs.pool import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
+from pdmtrack.runs.video_folder import mask_files, plan_run
+from pdmtrack.tracking.models import check_feature_cache
 
 JOB_FIELDS = ("video", "mask", "cls", "out")
 SUMMARY_CSV = "batch_summary.csv"
@@ -217,9 +217,7 @@ def plan_jobs(
         except InputError as err:
             planned.append(VideoResult(out, "failed", reason=str(err), attempts=0))
             continue
-        planned.append(
-            VideoJob(out, Path(video), out_root / out, masks, classes, plan.end - plan.start, png=png, overlay=overlay, rle=rle)
-        )
+        planned.append(VideoJob(out, Path(video), out_root / out, masks, classes, plan.end - plan.start, png=png, overlay=overlay, rle=rle))
     return planned, outs
 
 
@@ -265,7 +263,9 @@ def propagate_batch(
     out_root = ensure_writable_folder(out_root, inputs, keep=False)
     workers = resolve_workers(workers, ray_address)
     check_feature_cache(settings)
-    planned, outs = plan_jobs(rows, out_root, base=base, default_classes=default_classes, png=png, overlay=overlay, rle=rle, settings=settings)
+    planned, outs = plan_jobs(
+        rows, out_root, base=base, default_classes=default_classes, png=png, overlay=overlay, rle=rle, settings=settings
+    )
     outputs = {"png": png, "overlay": overlay, "rle": rle}
     same_settings_as_before(out_root / SETTINGS_RECORD, settings, {"outputs": outputs})
     todo = [item for item in planned if isinstance(item, VideoJob) and finished_frames(item.out_dir) is None]

@@ -21,6 +21,8 @@ from pdmtrack.features.types import FeatureSource
 from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
 from pdmtrack.io.images import list_images, output_stems, read_rgb
 from pdmtrack.io.masks import fit_mask_to_frame, read_mask
+from pdmtrack.io.writers import blend_labels, write_palette_png
+from pdmtrack.personal.contact_sheet import contact_sheet
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
 from pdmtrack.personal.index import GalleryIndex, descriptor_config, is_index
 from pdmtrack.personal.search import (
@@ -33,10 +35,8 @@ from pdmtrack.personal.search import (
     query_scorer,
     rerank_head,
 )
-from pdmtrack.personal.contact_sheet import contact_sheet
 from pdmtrack.personal.segmenter import ImageSegmenter
 from pdmtrack.tracking.tracker import Tracker
-from pdmtrack.io.writers import blend_labels, write_palette_png
 
 DEFAULT_INDEX_RERANK = 100
 INDEX_LISTED = 1000  # first-stage results an index gallery's ranking.csv lists (at least)
@@ -59,9 +59,7 @@ def _classes(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(name.strip() for name in names))
 
 
-def _reference_labels(
-    image: np.ndarray, mask: Path | None, resize_mask: bool, notes: list[str], role: str
-) -> np.ndarray | None:
+def _reference_labels(image: np.ndarray, mask: Path | None, resize_mask: bool, notes: list[str], role: str) -> np.ndarray | None:
     """The labels of ``mask`` fitted to ``image`` (None without a mask); ``role`` names the
     image in messages ("reference", "query")."""
     if mask is None:
@@ -235,4 +233,3 @@ def _write_ranking(path: Path, rows: list[tuple[Path, float, str]]) -> None:
     for rank, (image, score, stage) in enumerate(rows, start=1):
         writer.writerow([rank, str(image), f"{score:.6f}", stage])
     atomic_write_text(path, buffer.getvalue())
-

@@ -10,12 +10,14 @@ killed mid-video leaves nothing under the final name (its video is retried, see
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,10 +27,9 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.io.files import read_json, replace_folder
-from pdmtrack.runs.video_folder import plan_run, track_to_folder
 from pdmtrack.runs.record import RUN_RECORD
+from pdmtrack.runs.video_folder import plan_run, track_to_folder
 from pdmtrack.tracking.tracker import Tracker
-
 
 
 @dataclass(frozen=True)
@@ -228,23 +229,21 @@ def _partials(job: VideoJob) -> list[Path]:
     return list(out_dir.parent.glob(f".{out_dir.name}.partial-*")) if out_dir is not None else []
 
 
-def _run_here(
-    jobs: Sequence[Job], settings: TrackSettings, tracker: Tracker | None, progress: Progress
-) -> list[VideoResult]:
+def _run_here(jobs: Sequence[Job], settings: TrackSettings, tracker: Tracker | None, progress: Progress) -> list[VideoResult]:
     results = []
     for job in jobs:
         if tracker is None:
             tracker = Tracker(settings)
-        done = [0]
-
-        def on_frame(name: str = job.name) -> None:
-            done[0] += 1
-            progress.set(name, done[0])
+        on_frame = functools.partial(_count_frame, progress, job.name, itertools.count(1))
 
         result = job.run(tracker, on_frame)
         progress.finish(result)
         results.append(result)
     return results
+
+
+def _count_frame(progress: Progress, name: str, frames: Iterator[int]) -> None:
+    progress.set(name, next(frames))
 
 
 def default_threads() -> int:
@@ -266,4 +265,14 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-__all__ = ["Progress", "finished_frames", "resolve_workers", "same_settings_as_before", "VideoJob", "VideoResult", "parse_workers", "run_jobs", "track_job"]
+__all__ = [
+    "Progress",
+    "finished_frames",
+    "resolve_workers",
+    "same_settings_as_before",
+    "VideoJob",
+    "VideoResult",
+    "parse_workers",
+    "run_jobs",
+    "track_job",
+]

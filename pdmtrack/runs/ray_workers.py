@@ -32,9 +32,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise InputError(
-            "--workers", 'more than one worker (or --ray-address) needs Ray: pip install "pdmtrack[ray]"'
-        ) from None
+        raise InputError("--workers", 'more than one worker (or --ray-address) needs Ray: pip install "pdmtrack[ray]"') from None
     return ray
 
 

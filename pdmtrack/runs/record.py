@@ -26,8 +26,8 @@ import numpy as np
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.io.reports import json_ready
 from pdmtrack.io.files import atomic_write_text, is_safe_component, read_json
+from pdmtrack.io.reports import json_ready
 
 RUN_RECORD = "run.json"
 FORMAT = 1

@@ -29,16 +29,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pdmtrack.io.background import BackgroundCalls
-from pdmtrack.errors import InputError
-from pdmtrack.runs import record as run_record
 from pdmtrack.config import TrackSettings
+from pdmtrack.errors import InputError
+from pdmtrack.io.background import BackgroundCalls
 from pdmtrack.io.files import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
 from pdmtrack.io.masks import fit_mask_to_frame, read_mask
-from pdmtrack.tracking.objects import object_ids_in
-from pdmtrack.tracking.tracker import Tracker, VideoState, class_rows, distinct_classes
 from pdmtrack.io.video import FrameReader
 from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
+from pdmtrack.runs import record as run_record
+from pdmtrack.tracking.objects import object_ids_in
+from pdmtrack.tracking.tracker import Tracker, VideoState, class_rows, distinct_classes
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
@@ -150,9 +150,7 @@ def plan_run(
     if not fitted and direction != "forward":
         raise InputError("--direction", f"'{direction}' needs a given mask to track from")
     first, last = _output_range(fitted, start, end, direction, reader.num_frames)
-    plan = RunPlan(
-        Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite
-    )
+    plan = RunPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite)
     class_rows(plan.classes, plan.object_ids, "--cls")  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
     check_not_in_use(out_dir)
@@ -172,9 +170,7 @@ def _record(plan: RunPlan, settings: TrackSettings | None, known_masks: bool = T
     )  # fmt: skip
 
 
-def _output_range(
-    masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int
-) -> tuple[int, int]:
+def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int) -> tuple[int, int]:
     """[first, last) frames a run writes."""
     stop = num_frames if end is None else end
     low = 0 if start is None else start
@@ -238,7 +234,9 @@ def _track_and_write(
         write = stack.enter_context(_writers(plan))
         bar = stack.enter_context(
             tqdm(
-                total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame",
+                total=plan.end - plan.start,
+                desc=f"tracking {plan.video.name}",
+                unit="frame",
                 disable=None if on_frame is None else True,
             )  # fmt: skip
         )

@@ -96,7 +96,9 @@ def load_hiera_model(model_type: str, folder: Path | None, device: torch.device)
             raise InputError("--sam-checkpoint", f"{model_type} takes a transformers folder (config.json + safetensors), not {folder}")
         kind = read_json(folder / "config.json", "missing: not a transformers model folder")
         if not isinstance(kind, dict) or kind.get("model_type") != "sam2":
-            raise InputError(folder / "config.json", f"not a SAM 2 model (model_type {kind.get('model_type') if isinstance(kind, dict) else None!r})")
+            raise InputError(
+                folder / "config.json", f"not a SAM 2 model (model_type {kind.get('model_type') if isinstance(kind, dict) else None!r})"
+            )
     source = str(folder) if folder is not None else SAM2_MODELS[model_type]
     options: dict = {"use_safetensors": True, "local_files_only": folder is not None or hub_offline()}
     if device.type == "cuda":

@@ -133,11 +133,7 @@ def build_sam_model(arch: SamArchitecture) -> torch.nn.Module:
     return sam.eval()
 
 
-
-
-def load_sam(
-    config: SamConfig, device: torch.device, cache_dir: Path | None, dtype: torch.dtype = torch.float32
-) -> SamRefiner | None:
+def load_sam(config: SamConfig, device: torch.device, cache_dir: Path | None, dtype: torch.dtype = torch.float32) -> SamRefiner | None:
     """The refiner ``config`` asks for: None for ``model_type='none'``; SAM 2.1 (``sam2.1-*``)
     from the HF hub or a local folder (``config.checkpoint``); else segment-anything's SAM from
     ``config.checkpoint`` or from the official checkpoint (downloaded once into ``cache_dir``,
@@ -205,16 +201,12 @@ def download_verified(url: str, sha256: str, target: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(target) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tmp.open("wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {target.name}", disable=None
-            ) as bar:
+            with tmp.open("wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}", disable=None) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     digest.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
             if digest.hexdigest() != sha256:
-                raise InputError(
-                    "--sam", f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; {hint}"
-                )
+                raise InputError("--sam", f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; {hint}")
     except (urllib.error.URLError, OSError) as err:
         raise InputError("--sam", f"cannot download {url} ({err}); {hint}") from err

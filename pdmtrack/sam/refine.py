@@ -69,9 +69,7 @@ class SamRefiner:
         """Image embeddings of a batch of (B, H, W, 3) frames, for later ``refine`` calls."""
         return self.backend.embed(frames)
 
-    def refine(
-        self, image: np.ndarray, scores: torch.Tensor, embedding: FrameEmbedding | None = None
-    ) -> torch.Tensor:
+    def refine(self, image: np.ndarray, scores: torch.Tensor, embedding: FrameEmbedding | None = None) -> torch.Tensor:
         """image (H, W, 3) uint8 RGB, scores (1+K, H, W) fused scores in [0, 1], background
         first -> (H, W) int64 class indices (0 background, k for object k). ``embedding``:
         the frame's from ``embed`` (computed here when not given)."""

@@ -22,9 +22,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
 
     with staged_folder(path) as staging:
         tokenizer = write_tiny_tokenizer(staging / "tokenizer", pad_token="<|endoftext|>")
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": _IMAGE_SIZE}, crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}
-        )
+        image_processor = CLIPImageProcessor(size={"shortest_edge": _IMAGE_SIZE}, crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE})
         CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(staging)
         shutil.rmtree(staging / "tokenizer")
         text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,

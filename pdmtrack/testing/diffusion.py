@@ -32,11 +32,7 @@ _FAMILIES = ("sdxl", "sd")
 
 def _bytes_to_unicode() -> list[str]:
     """The byte -> printable character table of byte-level BPE (GPT-2 / CLIP)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):

@@ -54,9 +54,7 @@ def mask_to_grid(mask: np.ndarray | torch.Tensor, grid: tuple[int, int]) -> torc
     return F.adaptive_avg_pool2d(inside, grid)[0, 0]
 
 
-def mask_to_grid_bool(
-    mask: np.ndarray | torch.Tensor, grid: tuple[int, int], min_fraction: float = 0.5
-) -> torch.Tensor:
+def mask_to_grid_bool(mask: np.ndarray | torch.Tensor, grid: tuple[int, int], min_fraction: float = 0.5) -> torch.Tensor:
     """Reference tokens of a (H, W) mask on the feature grid: cells covered >= ``min_fraction``.
 
     An object too small to cover any cell that much still gets its best-covered cell(s) (all
@@ -140,9 +138,7 @@ def _topk_votes(reference: torch.Tensor, target: torch.Tensor, topk: int, euclid
     return votes
 
 
-def features_appearance_map(
-    reference: PDMFeatures, ref_mask: torch.Tensor, target: PDMFeatures, config: MatchConfig
-) -> torch.Tensor:
+def features_appearance_map(reference: PDMFeatures, ref_mask: torch.Tensor, target: PDMFeatures, config: MatchConfig) -> torch.Tensor:
     """Eq. 5 between feature records -> (B, h, w): one reference frame's masked tokens against
     the target frames. When both records keep attn1's query and key apart (``appearance_parts``)
     each part is matched separately, as the authors' code does, and the maps are averaged."""

@@ -189,7 +189,9 @@ class ContextMemory:
                 slots = slice(begin, min(run.stop, begin + chunk))
                 similarity = torch.einsum("cn,tcm->ntm", query, self.keys[slots])
                 similarity.masked_fill_(self._outside[:, None], -torch.inf)
-                weights = torch.where(similarity >= kth[:, :, None], torch.exp((similarity - top[:, :, None]) / self.config.temperature), 0.0)
+                weights = torch.where(
+                    similarity >= kth[:, :, None], torch.exp((similarity - top[:, :, None]) / self.config.temperature), 0.0
+                )
                 total += torch.einsum("ntm,tlm->ln", weights, self.labels[slots])
                 mass += weights.sum(dim=(1, 2))[None]
         return total / mass

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 from pdmtrack.config import MatchConfig, MemoryConfig
 from pdmtrack.features.types import PDMFeatures
+from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 from pdmtrack.tracking.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
 from pdmtrack.tracking.memory import ContextMemory, labels_to_grid, labels_to_grid_nearest, nearest_resize
 from pdmtrack.tracking.objects import ObjectSlots, object_ids_in
-from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 
 
 def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
@@ -112,9 +112,7 @@ class Propagator:
         self._memory: ContextMemory | None = None
         self._references: dict[int, _Reference] = {}
 
-    def add_keyframe(
-        self, features: PDMFeatures, labels: np.ndarray, class_indices: Mapping[int, int | None] | None = None
-    ) -> None:
+    def add_keyframe(self, features: PDMFeatures, labels: np.ndarray, class_indices: Mapping[int, int | None] | None = None) -> None:
         """A given mask: ``features`` of its frame (one frame), its (H, W) uint8 object ids and,
         per object id, the row of its class among ``features.class_vectors`` (absent/None:
         appearance only). Its objects take this frame as their reference."""
@@ -127,9 +125,7 @@ class Propagator:
         added: list[int] = []
         if self._memory is None:
             channels = frame_features.appearance.shape[1]
-            self._memory = ContextMemory(
-                self.memory_config, grid, channels, 1 + len(present), self.device, self.search_dtype
-            )
+            self._memory = ContextMemory(self.memory_config, grid, channels, 1 + len(present), self.device, self.search_dtype)
         else:
             kept = [i for i in self.objects.ids if i in present]
             added = [i for i in present if i not in self.objects.ids]
@@ -184,9 +180,7 @@ class Propagator:
             return torch.zeros((len(target), 0, *target.grid), device=self.device)
         return torch.stack(maps, dim=1)
 
-    def _track(
-        self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None
-    ) -> np.ndarray:
+    def _track(self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None) -> np.ndarray:
         memory = self._memory
         assert memory is not None
         grid = memory.grid

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdmtrack.io.background import prefetched
-from pdmtrack.tracking.models import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype, search_dtype
 from pdmtrack.errors import InputError
@@ -31,11 +29,13 @@ from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
+from pdmtrack.io.background import prefetched
 from pdmtrack.io.masks import require_objects
+from pdmtrack.io.video import FrameReader
+from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
+from pdmtrack.tracking.models import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
 from pdmtrack.tracking.objects import object_ids_in
 from pdmtrack.tracking.propagator import Propagator, mask_from_class_names
-from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
-from pdmtrack.io.video import FrameReader
 
 Classes = Sequence[str] | Mapping[int, str]
 STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds
@@ -141,8 +141,7 @@ def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classe
         if unknown:
             raise InputError(
                 where,
-                f"object id {unknown[0]} ('{classes[unknown[0]]}') is in no given mask "
-                f"(their ids: {', '.join(map(str, object_ids))})",
+                f"object id {unknown[0]} ('{classes[unknown[0]]}') is in no given mask (their ids: {', '.join(map(str, object_ids))})",
             )
         return {i: names.index(classes[i].strip()) if i in classes else None for i in object_ids}
     if not classes:
@@ -168,9 +167,7 @@ class Tracker:
     ``PDMFeatures`` record; then no diffusion model is loaded.
     """
 
-    def __init__(
-        self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: object
-    ) -> None:
+    def __init__(self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: object) -> None:
         if settings is not None and options:
             raise TypeError("give either settings=TrackSettings(...) or option names, not both")
         self.settings = settings if settings is not None else TrackSettings.from_options(**options)
@@ -248,9 +245,7 @@ class Tracker:
         rows, rows_of = (self._class_rows(state), self._masks_key(state)) if state.masks else ({}, ())
         low, high = (stop + 1, start + 1) if reverse else (start, stop)
         batch_size = self.batch_size(state)
-        prepared = prefetched(
-            lambda: self._featurize(state, batch_size, low, high, reverse), FEATURE_PREFETCH, "pdmtrack-features"
-        )
+        prepared = prefetched(lambda: self._featurize(state, batch_size, low, high, reverse), FEATURE_PREFETCH, "pdmtrack-features")
 
         def given(frame_idx: int) -> np.ndarray | None:  # read live: add_mask may add masks meanwhile
             return state.masks.get(frame_idx, from_classes.get(frame_idx))
