@@ -162,10 +162,10 @@ def save_mask(labels, path: Path) -> None:
 
 def load_parts(bench: Bench, model: Path, compile_unet: bool):
     from pdmtrack.config import FeatureConfig, RuntimeConfig, TrackSettings
-    from pdmtrack.tracking.models import load_diffusion
+    from pdmtrack.tracking.models import load_models
 
     runtime = RuntimeConfig(device=bench.device.type, dtype=DTYPE_NAMES[bench.dtype], compile=compile_unet)
-    return load_diffusion(TrackSettings(features=FeatureConfig(model=str(model)), runtime=runtime))
+    return load_models(TrackSettings(features=FeatureConfig(model=str(model)), runtime=runtime), sam=False).parts
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -277,7 +277,7 @@ def end_to_end_table(
     Stage shares are each stage's busy time over the wall time (stages overlap: writing and
     feature extraction run in their own threads)."""
     from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-    from pdmtrack.runs.video_folder import STAGES, plan_run, track_to_folder
+    from pdmtrack.runs.video_folder import RUN_STAGES, plan_run, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
     print(f"\nend to end: {args.frames} frames {bench.width}x{bench.height} -> PNGs + overlay.mp4 on disk, batch {args.batch_size}")
@@ -300,7 +300,7 @@ def end_to_end_table(
             tracker, load_seconds = timed(lambda: Tracker(settings), bench)
             summary = track_to_folder(tracker, plan)
             fps = summary.frames / summary.seconds
-            shares = ", ".join(f"{s} {summary.stage_seconds.get(s, 0.0) / summary.seconds:.0%}" for s in STAGES)
+            shares = ", ".join(f"{s} {summary.stage_seconds.get(s, 0.0) / summary.seconds:.0%}" for s in RUN_STAGES)
             memory = torch.cuda.max_memory_allocated(bench.device) / 2**30 if bench.device.type == "cuda" else float("nan")
             print(f"{mode:6} --sam {refiner:23} {fps:7.2f} frames/s ({1000 / fps:.1f} ms/frame), feature work at "
                   f"{feature_flops[mode] * fps / 1e12:.1f} TFLOP/s; load {load_seconds:.1f} s; peak GPU {memory:.1f} GiB; "

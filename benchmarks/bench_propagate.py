@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pdmtrack.config import FeatureConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.runs.video_folder import STAGES, plan_run, track_to_folder
+from pdmtrack.runs.video_folder import RUN_STAGES, plan_run, track_to_folder
 from pdmtrack.testing.diffusion import build_tiny_pipeline
 from pdmtrack.tracking.memory import ContextMemory
 from pdmtrack.tracking.tracker import Tracker
@@ -137,7 +137,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         stages = result["stages"]
         tracking = result["seconds"] - stages["setup"]  # wall time: writing overlaps the other stages
-        shares = ", ".join(f"{s} {100 * stages[s] / tracking:.1f}%" for s in STAGES)
+        shares = ", ".join(f"{s} {100 * stages[s] / tracking:.1f}%" for s in RUN_STAGES)
         print(
             f"{frames} frames (120x160, size {args.size}, {args.inversion}, --sam none): "
             f"{result['fps']:.2f} frames/s overall ({result['seconds']:.1f} s, setup {stages['setup']:.1f} s), "

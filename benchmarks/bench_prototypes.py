@@ -38,7 +38,7 @@ from pdmtrack.ovdiff.prototypes import ClassPrototypes
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.segment import OVSegmenter
 from pdmtrack.testing.diffusion import build_tiny_pipeline
-from pdmtrack.tracking.models import feature_source, load_diffusion
+from pdmtrack.tracking.models import Models, load_models
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -65,10 +65,10 @@ def bench_sampling(parts, settings: TrackSettings, config: PrototypeConfig, devi
         print(f"sampling, {steps} step(s): {config.num_support / seconds:.2f} support images/s ({seconds:.2f} s for {config.num_support})")
 
 
-def bench_build(parts, settings: TrackSettings, config: PrototypeConfig, store: Path, classes: int) -> None:
+def bench_build(models: Models, config: PrototypeConfig, store: Path, classes: int) -> None:
     """Build ``classes`` classes, then serve them from the store."""
     names = list(CLASSES[:classes])
-    builder = prototype_builder(parts, settings, config, None, store)
+    builder = prototype_builder(models, config, store)
     builder.prototypes(names)
     report = builder.report
     per_class = [report.class_seconds[name] for name in names]
@@ -79,25 +79,24 @@ def bench_build(parts, settings: TrackSettings, config: PrototypeConfig, store: 
         f"({100 * sampling / np.mean(per_class):.0f}%)"
     )
     tick = time.perf_counter()
-    prototype_builder(parts, settings, config, None, store).prototypes(names)
+    prototype_builder(models, config, store).prototypes(names)
     print(f"served from the store: {1000 * (time.perf_counter() - tick) / len(names):.1f} ms per class")
 
 
-def bench_segment(
-    parts, settings: TrackSettings, config: PrototypeConfig, store: Path, device: torch.device, images: int, classes: int
-) -> None:
+def bench_segment(models: Models, config: PrototypeConfig, store: Path, device: torch.device, images: int, classes: int) -> None:
     """Segmentation images/s of 480x854 frames (feature cache off) with the ``classes`` built
     classes, and with 20 classes (the built ones' prototypes repeated: the search cost does not
     depend on their values)."""
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (480, 854, 3), dtype=np.uint8) for _ in range(images)]
-    no_cache = replace(settings, runtime=replace(settings.runtime, use_cache=False))
-    builder = prototype_builder(parts, settings, config, None, store)
+    settings = models.settings
+    no_cache = replace(models, settings=replace(settings, runtime=replace(settings.runtime, use_cache=False)))
+    builder = prototype_builder(models, config, store)
     built = builder.prototypes(list(CLASSES[:classes]))
     for count in (classes, len(CLASSES)):
         prototypes = [built[i % len(built)] for i in range(count)]
         segmenter = OVSegmenter(list(CLASSES[:count]), prototypes, SegmentConfig(clip=None), None, device)
-        run = OVDiffRun(builder, segmenter, feature_source(parts, no_cache, []), config)
+        run = OVDiffRun(builder, segmenter, no_cache.pdm_source([]), config)
         run.segment(frames[0])  # warm-up
         _sync(device)
         tick = time.perf_counter()
@@ -154,10 +153,10 @@ def main() -> None:
         print(
             f"device {device}, torch threads {torch.get_num_threads()}, load average {load}, model {'tiny random SDXL' if not args.model else model}"
         )
-        parts = load_diffusion(settings)
-        bench_sampling(parts, settings, config, device)
-        bench_build(parts, settings, config, workdir / "protos", args.classes)
-        bench_segment(parts, settings, config, workdir / "protos", device, args.images, args.classes)
+        models = load_models(settings, sam=False)
+        bench_sampling(models.parts, settings, config, device)
+        bench_build(models, config, workdir / "protos", args.classes)
+        bench_segment(models, config, workdir / "protos", device, args.images, args.classes)
         bench_search(device)
 
 

@@ -304,7 +304,7 @@ def propagate(
         overwrite=overwrite,
     )
     if init == "ovdiff":
-        from pdmtrack.ovdiff.first_frame import check_ovdiff_plan, plan_with_ovdiff_objects
+        from pdmtrack.runs.video_folder import check_ovdiff_plan, plan_with_ovdiff_objects
 
         check_ovdiff_plan(plan)
     tracker = Tracker(settings)
@@ -712,7 +712,7 @@ def segment_ov(
 ) -> None:
     """Open-vocabulary segmentation (OVDiff): palette PNGs of class ids, overlays, legend.json."""
     _pdm_features_only(settings)
-    from pdmtrack.ovdiff.pipeline import segment_images
+    from pdmtrack.runs.ovdiff_folder import segment_images
 
     summary = segment_images(
         images,

@@ -21,7 +21,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.features.dift import DiftExtractor
 from pdmtrack.features.dinov2 import Dinov2Extractor, load_vit
 from pdmtrack.testing.dinov2 import build_tiny_dinov2
-from pdmtrack.tracking.models import features_for, load_diffusion
+from pdmtrack.tracking.models import load_models
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 60, 90, 3), dtype=np.uint8)
 
@@ -49,7 +49,7 @@ def test_dinov2_patch_tokens_on_the_patch_grid(tmp_path: Path, registers: int) -
 
 def test_dift_is_an_up_block_output_averaged_over_seeded_noise(tiny_sdxl: Path, tmp_path: Path) -> None:
     settings = settings_for(tiny_sdxl, tmp_path)
-    parts = load_diffusion(settings)
+    parts = load_models(settings, sam=False).parts
     one = DiftExtractor(parts, settings.features, timestep=51, up_block=1, ensemble=1)
     two = DiftExtractor(parts, settings.features, timestep=51, up_block=1, ensemble=2)
     first, averaged = one(FRAMES), two(FRAMES)
@@ -65,20 +65,24 @@ def test_dift_is_an_up_block_output_averaged_over_seeded_noise(tiny_sdxl: Path, 
 
 
 def test_factory_picks_the_source_and_caches_it(tiny_sdxl: Path, tiny_dinov2: Path, tmp_path: Path) -> None:
-    dino = features_for(settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56), [])
+    dino_settings = settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56)
+    dino = load_models(dino_settings, sam=False).feature_source([])
     assert isinstance(dino.source, Dinov2Extractor)
     computed = dino(FRAMES)
     cached = dino(FRAMES)  # a zero-channel semantic tensor survives the cache
     assert (dino.misses, dino.hits) == (2, 2) and torch.equal(computed.appearance, cached.appearance)
     assert cached.semantic.shape == computed.semantic.shape
     settings = settings_for(tiny_sdxl, tmp_path, kind="dift", dift_ensemble=1)
-    image_dift = features_for(settings, ["dog"], task="image")
-    video_dift = features_for(settings, [], task="video", parts=image_dift.source.base.parts)
+    models = load_models(settings, sam=False)
+    image_dift = models.feature_source(["dog"], task="image")
+    video_dift = models.feature_source([], task="video")
     assert (image_dift.source.config.feature_timestep, image_dift.source.up_block) == (261, 1)
     assert (video_dift.source.config.feature_timestep, video_dift.source.up_block) == (51, 2)
-    chosen = features_for(replace(settings, source=SourceConfig(kind="dift", dift_timestep=99, dift_up_block=0)), [])
+    chosen = replace(
+        models, settings=replace(settings, source=SourceConfig(kind="dift", dift_timestep=99, dift_up_block=0))
+    ).feature_source([])
     assert (chosen.source.config.feature_timestep, chosen.source.up_block) == (99, 0)
-    pdm = features_for(settings_for(tiny_sdxl, tmp_path), ["dog"], parts=image_dift.source.base.parts)
+    pdm = replace(models, settings=settings_for(tiny_sdxl, tmp_path)).feature_source(["dog"])
     assert pdm(FRAMES).class_vectors is not None
 
 

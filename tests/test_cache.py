@@ -701,8 +701,7 @@ def test_segment_ov_refuses_a_foreign_cache_dir_before_loading(tiny_sdxl, tmp_pa
     def no_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(ovdiff_run, "load_refiner", no_load)
-    monkeypatch.setattr(ovdiff_run, "load_diffusion", no_load)
+    monkeypatch.setattr(ovdiff_run, "load_models", no_load)
     home = home_like(tmp_path / "home")
     before = snapshot(home)
     image = tmp_path / "image.jpg"

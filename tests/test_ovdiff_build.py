@@ -12,11 +12,10 @@ from PIL import Image
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.features.extractor import FeatureExtractor
-from pdmtrack.features.model import DiffusionParts
 from pdmtrack.ovdiff.config import PrototypeConfig
 from pdmtrack.ovdiff.pipeline import prototype_builder
 from pdmtrack.ovdiff.sampling import sample_support
-from pdmtrack.tracking.models import load_diffusion, load_refiner
+from pdmtrack.tracking.models import Models, load_models
 
 SMALL = PrototypeConfig(num_support=2, steps=1, support_size=64, parts=4, kmeans_iters=5)
 
@@ -26,13 +25,13 @@ def _settings(model: Path, cache: Path, **options: object) -> TrackSettings:
 
 
 @pytest.fixture(scope="module")
-def sdxl_parts(tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[DiffusionParts, TrackSettings]:
-    settings = _settings(tiny_sdxl, tmp_path_factory.mktemp("cache"))
-    return load_diffusion(settings), settings
+def sdxl_models(tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return load_models(_settings(tiny_sdxl, tmp_path_factory.mktemp("cache")))
 
 
-def test_sampling_is_deterministic_and_batch_independent(sdxl_parts) -> None:
-    parts, settings = sdxl_parts
+def test_sampling_is_deterministic_and_batch_independent(sdxl_models) -> None:
+    models = sdxl_models
+    parts, settings = models.parts, models.settings
     prompter = FeatureExtractor(parts, replace(settings.features, prompt_template="a good photo of a {cls}"), ["dog"])
     one = sample_support(prompter, 2, 64, 2, seed=5, batch_size=1)
     three = sample_support(prompter, 2, 64, 2, seed=5, batch_size=2)
@@ -43,10 +42,10 @@ def test_sampling_is_deterministic_and_batch_independent(sdxl_parts) -> None:
     assert not np.array_equal(other.images[0], one.images[0])
 
 
-def test_build_then_served_from_disk(sdxl_parts, tmp_path: Path) -> None:
-    parts, settings = sdxl_parts
+def test_build_then_served_from_disk(sdxl_models, tmp_path: Path) -> None:
+    models = sdxl_models
     support = tmp_path / "support"
-    builder = prototype_builder(parts, settings, SMALL, None, tmp_path / "protos", support)
+    builder = prototype_builder(models, SMALL, tmp_path / "protos", support)
     built = builder.prototypes(["dog", "hot dog"])
     assert builder.report.built == ["dog", "hot dog"] and builder.report.support_images == 4
     dog = built[0]
@@ -58,23 +57,24 @@ def test_build_then_served_from_disk(sdxl_parts, tmp_path: Path) -> None:
     assert Image.open(support / "dog" / "0000_mask.png").mode == "P"
     assert (support / "hot_dog").is_dir()
 
-    again = prototype_builder(parts, settings, SMALL, None, tmp_path / "protos")
+    again = prototype_builder(models, SMALL, tmp_path / "protos")
     loaded = again.prototypes(["dog"])
     assert again.report.loaded == ["dog"] and again.report.built == []
     assert torch.equal(loaded[0].fg_part, dog.fg_part)
-    changed = prototype_builder(parts, settings, replace(SMALL, num_support=1), None, tmp_path / "protos")
+    changed = prototype_builder(models, replace(SMALL, num_support=1), tmp_path / "protos")
     changed.prototypes(["dog"])
     assert changed.report.built == ["dog"]  # another setting is another entry
-    rebuilt = prototype_builder(parts, settings, SMALL, None, tmp_path / "protos")
+    rebuilt = prototype_builder(models, SMALL, tmp_path / "protos")
     rebuilt.prototypes(["dog"], rebuild=True)
     assert rebuilt.report.built == ["dog"]
 
 
-def test_sam_refines_the_split(sdxl_parts, tiny_sam: Path, tmp_path: Path) -> None:
-    parts, settings = sdxl_parts
-    settings = replace(settings, sam=replace(settings.sam, model_type="vit_b", checkpoint=tiny_sam))
-    builder = prototype_builder(parts, settings, SMALL, load_refiner(settings), tmp_path / "protos")
-    plain = prototype_builder(parts, replace(settings, sam=replace(settings.sam, model_type="none")), SMALL, None, tmp_path / "protos")
+def test_sam_refines_the_split(sdxl_models, tiny_sam: Path, tmp_path: Path) -> None:
+    models = sdxl_models
+    settings = replace(models.settings, sam=replace(models.settings.sam, model_type="vit_b", checkpoint=tiny_sam))
+    with_sam = replace(models, settings=settings, refiner=load_models(settings, features=False).refiner)
+    builder = prototype_builder(with_sam, SMALL, tmp_path / "protos")
+    plain = prototype_builder(models, SMALL, tmp_path / "protos")
     assert builder.key("dog") != plain.key("dog")  # SAM is part of the key
     assert len(builder.prototypes(["dog"])[0].foreground) >= 2
 
@@ -84,6 +84,5 @@ def test_sd_family_samples_too(tmp_path: Path) -> None:
 
     model = build_tiny_pipeline(tmp_path / "tiny-sd", family="sd")
     settings = _settings(model, tmp_path / "cache")
-    parts = load_diffusion(settings)
-    builder = prototype_builder(parts, settings, replace(SMALL, num_support=1), None, tmp_path / "protos")
+    builder = prototype_builder(load_models(settings), replace(SMALL, num_support=1), tmp_path / "protos")
     assert len(builder.prototypes(["cat"])[0].fg_instance) >= 1

@@ -19,7 +19,7 @@ from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettin
 from pdmtrack.errors import InputError
 from pdmtrack.io.masks import decode_rle
 from pdmtrack.io.video import FrameReader
-from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, STAGES, plan_run, track_to_folder
+from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, RUN_STAGES, plan_run, track_to_folder
 from pdmtrack.testing.diffusion import build_tiny_pipeline
 from pdmtrack.testing.sam import build_tiny_sam
 from pdmtrack.tracking.tracker import Tracker
@@ -81,7 +81,7 @@ def test_masks_for_every_frame_with_sam(models, clip, tmp_path: Path) -> None:
     names = [f"frame_{t:02d}.png" for t in range(FRAMES)]
     assert sorted(p.name for p in out.glob("*.png")) == names
     assert summary.frames == FRAMES and summary.out_dir == out
-    assert set(summary.stage_seconds) == set(STAGES) and summary.stage_seconds["refinement"] > 0
+    assert set(summary.stage_seconds) == set(RUN_STAGES) and summary.stage_seconds["refinement"] > 0
     np.testing.assert_array_equal(read_png(out / names[0]), labels)
     for name in names:
         predicted = read_png(out / name)

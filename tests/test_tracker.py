@@ -120,10 +120,10 @@ def test_a_mask_at_the_last_frame_tracked_in_reverse_reaches_frame_zero(swan) ->
     session = tracker()
     state = session.init_state(folder)
     session.add_mask(state, FRAMES - 1, truth[-1])
-    results = list(session.propagate(state, reverse=True))
+    results = list(session.propagate(state, direction="backward"))
     assert [frame for frame, _ in results] == list(range(FRAMES - 1, -1, -1))
     assert iou(results[-1][1] == 1, truth[0] == 1) > 0.7
-    partial = [frame for frame, _ in session.propagate(state, start=FRAMES - 1, end=3, reverse=True)]
+    partial = [frame for frame, _ in session.propagate(state, start=FRAMES - 1, end=3, direction="backward")]
     assert partial == list(range(FRAMES - 1, 3, -1))  # end is exclusive going backwards too
 
 
@@ -182,7 +182,7 @@ def test_cli_and_api_give_identical_masks_with_corrections_both_ways(
     state = session.init_state(folder)
     session.add_mask(state, 2, truth[2])
     session.add_mask(state, 6, truth[6])
-    backward = dict(session.propagate(state, reverse=True))
+    backward = dict(session.propagate(state, direction="backward"))
     forward = dict(session.propagate(state))
     expected = {0: backward[0], 1: backward[1], 2: truth[2], 3: forward[3], 4: forward[4], 5: backward[5]}
     expected |= {6: truth[6], 7: forward[7]}

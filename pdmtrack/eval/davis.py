@@ -17,7 +17,9 @@ from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
 from pdmtrack.io.files import ensure_writable_folder, read_json
 from pdmtrack.io.writers import write_palette_png
-from pdmtrack.runs.pool import VideoJob, resolve_workers, run_jobs, same_settings_as_before
+from pdmtrack.runs.jobs import VideoJob
+from pdmtrack.runs.pool import resolve_workers, run_jobs
+from pdmtrack.runs.record import same_settings_as_before
 from pdmtrack.tracking.tracker import Tracker
 
 

@@ -24,7 +24,8 @@ from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.io.images import read_rgb
-from pdmtrack.runs.pool import VideoResult, run_jobs
+from pdmtrack.runs.jobs import VideoResult
+from pdmtrack.runs.pool import run_jobs
 from pdmtrack.tracking.tracker import Tracker
 
 _BATCHES_PER_JOB = 16

@@ -17,12 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device, resolve_dtype
 from pdmtrack.errors import InputError
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
-from pdmtrack.features.model import DiffusionParts
 from pdmtrack.io.files import atomic_path
 from pdmtrack.io.writers import write_palette_png
 from pdmtrack.ovdiff.config import PrototypeConfig
@@ -30,7 +27,7 @@ from pdmtrack.ovdiff.prototypes import ClassPrototypes, build_class_prototypes, 
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.split import foreground_masks, split_cells
 from pdmtrack.ovdiff.store import PrototypeStore, entry_key
-from pdmtrack.sam.refine import SamRefiner
+from pdmtrack.tracking.models import Models
 
 PROTOTYPES_VERSION = 1  # bump when the computation changes, so stored prototypes are rebuilt
 
@@ -49,26 +46,18 @@ class BuildReport:
 class PrototypeBuilder:
     """Builds (or loads) class prototypes with loaded diffusion parts and an optional SAM."""
 
-    def __init__(
-        self,
-        parts: DiffusionParts,
-        settings: TrackSettings,
-        config: PrototypeConfig,
-        store: PrototypeStore,
-        refiner: SamRefiner | None = None,
-        support_dir: Path | None = None,
-    ) -> None:
-        if store.model != parts.fingerprint:
-            raise ValueError("the store belongs to another model than the parts")
+    def __init__(self, models: Models, config: PrototypeConfig, store: PrototypeStore, support_dir: Path | None = None) -> None:
+        parts = models.parts
+        if parts is None or store.model != parts.fingerprint:
+            raise ValueError("the store belongs to another model than the loaded one")
         self.parts = parts
-        self.settings = settings
+        self.settings = models.settings
         self.config = config
         self.store = store
-        self.refiner = refiner
+        self.refiner = models.refiner
         self.support_dir = support_dir
-        self.device = resolve_device(settings.runtime.device)
-        self.dtype = resolve_dtype(settings.runtime.dtype, self.device)
-        self.extractor = FeatureExtractor(parts, settings.features, (), self.device, self.dtype)
+        self.device, self.dtype = models.device, models.dtype
+        self.extractor = FeatureExtractor(parts, self.settings.features, (), self.device, self.dtype)
         self.report = BuildReport()
 
     def key(self, name: str) -> str:

@@ -28,7 +28,9 @@ from pdmtrack.errors import InputError
 from pdmtrack.io.files import ensure_writable_folder
 from pdmtrack.io.reports import Table, render_table, write_csv
 from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
-from pdmtrack.runs.pool import VideoJob, VideoResult, finished_frames, resolve_workers, run_jobs, same_settings_as_before
+from pdmtrack.runs.jobs import VideoJob, VideoResult, finished_frames
+from pdmtrack.runs.pool import resolve_workers, run_jobs
+from pdmtrack.runs.record import same_settings_as_before
 from pdmtrack.runs.video_folder import mask_files, plan_run
 from pdmtrack.tracking.models import check_feature_cache
 

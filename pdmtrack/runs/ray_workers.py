@@ -4,7 +4,7 @@ machine or cluster without GPUs), each holding a :class:`~pdmtrack.Tracker`.
 The driver hands each idle actor the largest video left. An actor that dies (killed, out
 of memory, its node lost) loses only its current video: the video goes back to the queue
 (at most ``max_retries`` more attempts, then it is reported failed with the reason) and a
-new actor takes the dead one's place. Videos are written by ``scale.track_job`` into a
+new actor takes the dead one's place. Videos are written by ``jobs.track_job`` into a
 staging folder renamed into place when complete, so a retry never leaves a mixture.
 Actors report their frames to a small progress actor that the driver reads for its one bar.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.runs.pool import Job, Progress, VideoResult, cpu_count, default_threads, one_line, visible_gpus
+from pdmtrack.runs.jobs import Job, Progress, VideoResult, cpu_count, default_threads, one_line, visible_gpus
 
 _POLL_SECONDS = 0.5  # how often the driver refreshes the bar
 _REPORT_SECONDS = 0.5  # how often an actor reports its frames

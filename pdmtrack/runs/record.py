@@ -27,7 +27,7 @@ import numpy as np
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.io.files import atomic_write_text, is_safe_component, read_json
-from pdmtrack.io.reports import json_ready
+from pdmtrack.io.reports import json_ready, write_json
 
 RUN_RECORD = "run.json"
 FORMAT = 1
@@ -47,7 +47,7 @@ def describe(
     settings: TrackSettings | None,
 ) -> dict:
     """The record's identity part: everything that shapes the outputs (JSON-ready)."""
-    shaping = None if settings is None else {k: v for k, v in settings.to_dict().items() if k != "runtime"}
+    shaping = None if settings is None else shaping_settings(settings)
     record = {
         "format": FORMAT,
         "video": str(Path(video).resolve()),
@@ -60,6 +60,11 @@ def describe(
         "files": list(files),
     }
     return json.loads(json.dumps(json_ready(record)))
+
+
+def shaping_settings(settings: TrackSettings) -> dict:
+    """The settings that shape results: all but the runtime ones (device, cache, batch size)."""
+    return {k: v for k, v in settings.to_dict().items() if k != "runtime"}
 
 
 def check_reuse(out_dir: Path, record: dict, overwrite: bool) -> None:
@@ -144,3 +149,20 @@ def _now() -> str:
 
 def _text(record: dict) -> str:
     return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def same_settings_as_before(record: Path, settings: TrackSettings, extra: dict) -> None:
+    """Resume only what was made the same way: the settings that shape results (all but the
+    runtime ones) and ``extra`` are recorded in ``record`` on the first run; a later run with
+    others is refused instead of mixing results of two configurations."""
+    current = json.loads(json.dumps(json_ready({**shaping_settings(settings), **extra})))
+    if record.is_file():
+        previous = read_json(record)
+        if not isinstance(previous, dict):
+            raise InputError(record, "not a tracking-settings record (a JSON object); remove it or use a new -o")
+        if previous != current:
+            changed = sorted(key for key in current if previous.get(key) != current[key])
+            problem = f"results here were tracked with other settings ({', '.join(changed)}); use a new -o or remove it"
+            raise InputError(record.parent, problem)
+        return
+    write_json(record, current)

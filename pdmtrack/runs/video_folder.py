@@ -3,48 +3,50 @@
 ``plan_run`` checks every input (video, masks, class names, frame range, output folder)
 before any model is loaded; ``track_to_folder`` runs a plan with a loaded ``Tracker`` and
 feeds the PNG, overlay and RLE writers in frame order. The CLI, ``eval davis`` and the
-benchmarks all go through these two.
-
-Directions: ``forward`` tracks from the first given mask to the end; ``backward`` from the
-last given mask down to the range's first frame; ``both`` does both, and a frame between two
-given masks takes the prediction of the nearer one (the error of label propagation grows
-with the distance to its reference; ties go forward). Backward results are kept as PNGs in
-a hidden scratch folder until they are written in frame order, so memory stays flat.
+benchmarks all go through these two. The tracking decisions (directions, the two-way
+merge) are the Tracker's; a backward run's results, which come last frame first, are
+written in frame order once the pass is done (``two_way.in_frame_order``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.background import BackgroundCalls
 from pdmtrack.io.files import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
 from pdmtrack.io.masks import fit_mask_to_frame, read_mask
 from pdmtrack.io.video import FrameReader
 from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
+from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
+from pdmtrack.ovdiff.first_frame import ovdiff_objects
 from pdmtrack.runs import record as run_record
 from pdmtrack.tracking.objects import object_ids_in
-from pdmtrack.tracking.tracker import Tracker, VideoState, class_rows, distinct_classes
+from pdmtrack.tracking.tracker import (
+    DIRECTIONS,
+    TRACKING_STAGES,
+    Tracker,
+    VideoState,
+    check_frame,
+    check_has_mask,
+    check_stop,
+    class_rows,
+    distinct_classes,
+)
+from pdmtrack.tracking.two_way import in_frame_order
 
-Direction = Literal["forward", "backward", "both"]
-DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
 # TrackSummary.stage_seconds: busy seconds per stage. Writing runs in its own thread (overlapped
 # with tracking); "writing_wait" is what it cost the tracking loop (a full queue, the final drain).
-STAGES = ("decode", "features", "matching", "refinement", "writing", "writing_wait")
+RUN_STAGES = (*TRACKING_STAGES, "writing", "writing_wait")
 WRITE_QUEUE = 16  # frames the tracking loop may run ahead of the writer thread
 FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the mask comes from the class names
 _FRAME_SPEC = re.compile(r"^(\d+):(.+)$")
@@ -84,6 +86,7 @@ class RunPlan:
     rle: bool = False
     notes: list[str] = field(default_factory=list)
     overwrite: bool = False  # replace another run's outputs in out_dir (see run_record)
+    initialised: bool = False  # the start frame's mask came from an initialiser (OVDiff), not the user
 
     @property
     def object_ids(self) -> list[int]:
@@ -101,7 +104,7 @@ def mask_files(specs: Sequence[str | Path], default_frame: int) -> dict[int, Pat
         match = _FRAME_SPEC.match(str(spec))
         frame, path = (int(match[1]), Path(match[2])) if match and not Path(spec).exists() else (default_frame, Path(spec))
         if frame in files:
-            raise InputError("--mask", f"two masks for frame {frame} ({files[frame]}, {path})")
+            raise ParameterError("masks", f"two masks for frame {frame} ({files[frame]}, {path})")
         files[frame] = path
     return files
 
@@ -132,12 +135,12 @@ def plan_run(
     out_dir = check_output_folder(out_dir, [video])
     check_output_folder(out_dir, (masks or {}).values(), _MASK_INSIDE_HINT)
     if any(not name.strip() for name in classes):
-        raise InputError("--cls", "a class name is empty")
+        raise ParameterError("classes", "a class name is empty")
     if direction not in DIRECTIONS:
-        raise InputError("--direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
+        raise ParameterError("direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
     reader = FrameReader(video, backend)
-    if start is not None and not 0 <= start < reader.num_frames:
-        raise InputError("--start", f"{start} is outside the video's frames 0..{reader.num_frames - 1}")
+    if start is not None:
+        check_frame("start", start, reader.num_frames)
     fitted, notes = {}, []
     for frame, path in sorted((masks or {}).items()):
         if not 0 <= frame < reader.num_frames:
@@ -146,12 +149,12 @@ def plan_run(
         fitted[frame] = mask.labels
         notes += [mask.note] if mask.note else []
     if not fitted and not distinct_classes(classes):
-        raise InputError("--mask", "give a first-frame mask (--mask FILE), a class name (--cls NAME) or both")
+        raise ParameterError("masks", "give a first-frame mask, a class name or both")
     if not fitted and direction != "forward":
-        raise InputError("--direction", f"'{direction}' needs a given mask to track from")
+        raise ParameterError("direction", f"'{direction}' needs a given mask to track from")
     first, last = _output_range(fitted, start, end, direction, reader.num_frames)
     plan = RunPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite)
-    class_rows(plan.classes, plan.object_ids, "--cls")  # checks the number of class names
+    class_rows(plan.classes, plan.object_ids)  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
     check_not_in_use(out_dir)
     # Without given masks the first-frame objects are not known yet (class names, OVDiff):
@@ -174,15 +177,14 @@ def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | No
     """[first, last) frames a run writes."""
     stop = num_frames if end is None else end
     low = 0 if start is None else start
-    if not low < stop <= num_frames:
-        raise InputError("--end", f"{stop} must lie after --start {low} and at most {num_frames} (the frame count)")
+    check_stop(stop, low, num_frames)
     inside = [frame for frame in masks if low <= frame < stop]
     if masks and not inside:
-        raise InputError("--mask", f"no mask is given inside the frame range {low}..{stop - 1}")
+        raise ParameterError("masks", f"no mask is given inside the frame range {low}..{stop - 1}")
     if direction == "forward":
         first = low if start is not None or not masks else min(inside)
-        if masks and first not in masks:
-            raise InputError("--start", f"frame {first} has no mask (masks were given at frames {', '.join(map(str, sorted(masks)))})")
+        if masks:
+            check_has_mask(first, masks)
         return first, stop
     if direction == "backward":
         return low, max(inside) + 1
@@ -194,7 +196,7 @@ def _output_files(plan: RunPlan) -> list[Path]:
     names = plan.reader.frame_names[plan.start : plan.end]
     files = [plan.out_dir / f"{name}.png" for name in names] if plan.png else []
     files += [plan.out_dir / name for name, wanted in (("overlay.mp4", plan.overlay), ("masks.json", plan.rle)) if wanted]
-    return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks else [])
+    return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks or plan.initialised else [])
 
 
 def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
@@ -229,7 +231,7 @@ def _track_and_write(
     the writer thread's calls) once every output is complete."""
     written = 0
     with contextlib.ExitStack() as stack:
-        stream = _ordered_results(tracker, state, plan, stack)
+        stream = _ordered_results(tracker, state, plan)
         stack.callback(stream.close)  # an error stops the decode threads at once
         write = stack.enter_context(_writers(plan))
         bar = stack.enter_context(
@@ -251,59 +253,12 @@ def _track_and_write(
     return written, writer
 
 
-def _ordered_results(
-    tracker: Tracker, state: VideoState, plan: RunPlan, stack: contextlib.ExitStack
-) -> Generator[tuple[int, np.ndarray], None, None]:
+def _ordered_results(tracker: Tracker, state: VideoState, plan: RunPlan) -> Iterator[tuple[int, np.ndarray]]:
     """(frame, labels) for every frame of the plan's range, ascending, per its direction."""
-    if plan.direction == "forward":
-        return tracker.propagate(state, start=plan.start, end=plan.end)
-    keyframes = sorted(frame for frame in plan.masks if plan.start <= frame < plan.end)
-    # named like fsutil's temporaries (owner's pid): a killed run's scratch is removed by the next
-    scratch = Path(tempfile.mkdtemp(prefix=f".pdmtrack-backward.{os.getpid()}-", suffix=".tmp", dir=plan.out_dir))
-    stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-    wanted = _backward_wins(keyframes, plan.start, plan.end, plan.direction)
-    for frame_idx, labels in tracker.propagate(state, start=keyframes[-1], end=plan.start - 1, reverse=True):
-        if wanted(frame_idx):
-            write_palette_png(scratch / f"{frame_idx}.png", labels)
-    if plan.direction == "backward":
-        return (_read_scratch(scratch, frame) for frame in range(plan.start, plan.end))
-    return _merge(scratch, tracker.propagate(state, start=keyframes[0], end=plan.end), plan.start, wanted)
-
-
-def _backward_wins(keyframes: list[int], start: int, end: int, direction: str) -> Callable[[int], bool]:
-    """Whether frame t takes the backward prediction: before the first given mask, or nearer
-    to the next given mask than to the previous one (``both``); every frame (``backward``)."""
-    if direction == "backward":
-        return lambda frame: True
-
-    def wins(frame: int) -> bool:
-        if frame in keyframes or frame > keyframes[-1]:
-            return False
-        if frame < keyframes[0]:
-            return True
-        previous = max(k for k in keyframes if k < frame)
-        following = min(k for k in keyframes if k > frame)
-        return following - frame < frame - previous
-
-    return wins
-
-
-def _read_scratch(scratch: Path, frame: int) -> tuple[int, np.ndarray]:
-    with Image.open(scratch / f"{frame}.png") as image:
-        return frame, np.asarray(image)
-
-
-def _merge(
-    scratch: Path, forward: Iterator[tuple[int, np.ndarray]], start: int, backward_wins: Callable[[int], bool]
-) -> Generator[tuple[int, np.ndarray], None, None]:
-    """Frames before the first mask from the backward pass, then the forward pass with the
-    backward prediction where it is the nearer one."""
-    first = None
-    for frame_idx, labels in forward:
-        if first is None:
-            first = frame_idx
-            yield from (_read_scratch(scratch, frame) for frame in range(start, first))
-        yield (_read_scratch(scratch, frame_idx) if backward_wins(frame_idx) else (frame_idx, labels))
+    if plan.direction != "backward":
+        return tracker.propagate(state, start=plan.start, end=plan.end, direction=plan.direction)  # type: ignore[arg-type]
+    last_mask = max(frame for frame in plan.masks if plan.start <= frame < plan.end)
+    return in_frame_order(tracker.propagate(state, start=last_mask, end=plan.start - 1, direction="backward"))
 
 
 @contextlib.contextmanager
@@ -324,7 +279,7 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
 
         def write(frame_idx: int, labels: np.ndarray) -> None:
             name = reader.frame_names[frame_idx]
-            if not plan.masks and frame_idx == plan.start:
+            if (not plan.masks or plan.initialised) and frame_idx == plan.start:
                 write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
             if pngs is not None:
                 pngs.write(name, labels)
@@ -334,3 +289,27 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
                 rles.add(name, labels)
 
         yield write
+
+
+def check_ovdiff_plan(plan: RunPlan) -> None:
+    """ParameterError when ``plan`` cannot start from OVDiff objects (a mask is given); loads nothing."""
+    if plan.masks:
+        raise ParameterError("init", "ovdiff makes the first-frame mask from the class names; give a mask or init ovdiff, not both")
+
+
+def plan_with_ovdiff_objects(
+    tracker: Tracker,
+    plan: RunPlan,
+    prototypes: PrototypeConfig,
+    segment: SegmentConfig,
+    prototypes_dir: str | Path | None = None,
+) -> RunPlan:
+    """``plan`` (class names, no mask) with its start frame's objects found by OVDiff as the
+    given mask (written to first_frame_mask.png with the outputs), one class name per object."""
+    check_ovdiff_plan(plan)
+    objects, classes = ovdiff_objects(
+        tracker, plan.reader.read(plan.start), plan.classes, prototypes=prototypes, segment=segment, prototypes_dir=prototypes_dir
+    )
+    counts = ", ".join(f"{classes.count(name)} {name}" for name in dict.fromkeys(classes))
+    note = f"--init ovdiff: {len(classes)} object(s) in frame {plan.start} ({counts})"
+    return replace(plan, masks={plan.start: objects}, classes=classes, notes=[*plan.notes, note], initialised=True)

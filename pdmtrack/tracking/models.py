@@ -1,21 +1,23 @@
-"""Factories: the one place the tracker, the evaluators and the workers get models from.
+"""``load_models``: the one place the tracker, OVDiff, the evaluators and the workers get
+their models from, with the device and dtype resolved once.
 
-The heavy parts (diffusion weights, SAM) are loaded once per process with ``load_diffusion``
-and ``load_refiner``; ``feature_source`` is cheap (it encodes a prompt) and is built per video.
+The heavy parts (diffusion weights, the DINOv2 ViT, SAM) are loaded once per process;
+``Models.feature_source`` is cheap (it encodes a prompt) and is built per video.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device, resolve_dtype
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
 from pdmtrack.features.compile import compile_unet
-from pdmtrack.features.dift import (
-    DIFT_CORRESPONDENCE_TIMESTEP,
-    DIFT_DAVIS_TIMESTEP,
-    DiftExtractor,
-)
+from pdmtrack.features.dift import DIFT_CORRESPONDENCE_TIMESTEP, DIFT_DAVIS_TIMESTEP, DiftExtractor
 from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.hooks import resolve_block
@@ -24,41 +26,93 @@ from pdmtrack.features.types import FeatureSource
 from pdmtrack.sam.loading import default_sam_dir, load_sam
 from pdmtrack.sam.refine import SamRefiner
 
+Part = TypeVar("Part")
 
-def load_diffusion(settings: TrackSettings) -> DiffusionParts:
-    """The diffusion model's parts (UNet, VAE, text encoders) on the settings' device and dtype,
-    the UNet compiled with ``--compile``."""
+# DIFT's published (timestep, up-block) per task: correspondence on images, DAVIS propagation.
+DIFT_SETTINGS = {"image": (DIFT_CORRESPONDENCE_TIMESTEP, 1), "video": (DIFT_DAVIS_TIMESTEP, 2)}
+
+
+@dataclass(frozen=True)
+class Models:
+    """The loaded models of ``settings`` on one device and dtype: the diffusion model's parts
+    (``--features pdm`` / ``dift``) or the DINOv2 ViT (``dinov2``), and SAM (None for
+    ``--sam none``). A part not asked of ``load_models`` is None."""
+
+    settings: TrackSettings
+    device: torch.device
+    dtype: torch.dtype
+    parts: DiffusionParts | None = None
+    vit: VitParts | None = None
+    refiner: SamRefiner | None = None
+
+    def feature_source(self, classes: list[str], task: str = "video") -> CachedFeatureSource:
+        """The features ``settings.source.kind`` names (pdm, dift or dinov2) behind the feature
+        cache (unless ``--no-cache``); the PDM prompt names ``classes`` (the baselines have no
+        semantic map and ignore them). ``task`` (image or video) picks DIFT's published
+        timestep and up-block when they are not set."""
+        source = self.settings.source
+        if source.kind == "dinov2":
+            return self._cached(Dinov2Extractor(self._loaded(self.vit, "vit"), source.dinov2_size))
+        if source.kind == "pdm":
+            return self.pdm_source(classes)
+        timestep, up_block = DIFT_SETTINGS[task]
+        dift = DiftExtractor(
+            self._loaded(self.parts, "parts"),
+            self.settings.features,
+            timestep=source.dift_timestep or timestep,
+            up_block=up_block if source.dift_up_block is None else source.dift_up_block,
+            ensemble=source.dift_ensemble,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        return self._cached(dift)
+
+    def pdm_source(self, classes: list[str]) -> CachedFeatureSource:
+        """The PDM features of the diffusion model (prompt naming ``classes``), cached, whatever
+        ``settings.source.kind`` says (OVDiff's prototypes are PDM features)."""
+        extractor = FeatureExtractor(self._loaded(self.parts, "parts"), self.settings.features, classes, self.device, self.dtype)
+        return self._cached(extractor)
+
+    def _cached(self, extractor: FeatureSource) -> CachedFeatureSource:
+        """``extractor`` (with a ``fingerprint``) behind the feature cache unless ``--no-cache``."""
+        runtime = self.settings.runtime
+        cache = None
+        if runtime.use_cache:
+            description = extractor.description  # type: ignore[attr-defined]
+            fingerprint = extractor.fingerprint  # type: ignore[attr-defined]
+            cache = FeatureCache(runtime.cache_dir, fingerprint, max_gb=runtime.cache_max_gb, description=description)
+        return CachedFeatureSource(extractor, cache)
+
+    @staticmethod
+    def _loaded(part: Part | None, name: str) -> Part:
+        if part is None:
+            raise ValueError(f"the models were loaded without their {name} (load_models(..., features=False))")
+        return part
+
+
+def load_models(settings: TrackSettings, *, features: bool = True, sam: bool = True) -> Models:
+    """The models ``settings`` asks for, loaded once, on its device and dtype (resolved here,
+    once): the feature model when ``features`` (the diffusion model, compiled with
+    ``--compile``, or the DINOv2 ViT) and SAM when ``sam``. The feature cache folder and the
+    SAM checkpoint are checked first, so that a bad one fails before the big load."""
+    check_feature_cache(settings)
     device = resolve_device(settings.runtime.device)
-    parts = load_diffusion_parts(settings.features, device, resolve_dtype(settings.runtime.dtype, device))
-    if settings.runtime.compile:
-        compile_unet(parts.unet, resolve_block(parts.unet, settings.features.layer))
-    return parts
+    dtype = resolve_dtype(settings.runtime.dtype, device)
+    refiner = _load_refiner(settings, device, dtype) if sam else None
+    parts = vit = None
+    if features and settings.source.kind == "dinov2":
+        vit = load_vit(settings.source.dinov2_model, device, dtype)
+    elif features:
+        parts = load_diffusion_parts(settings.features, device, dtype)
+        if settings.runtime.compile:
+            compile_unet(parts.unet, resolve_block(parts.unet, settings.features.layer))
+    return Models(settings, device, dtype, parts, vit, refiner)
 
 
-def load_refiner(settings: TrackSettings) -> SamRefiner | None:
+def _load_refiner(settings: TrackSettings, device: torch.device, dtype: torch.dtype) -> SamRefiner | None:
     """SAM as ``settings.sam`` asks (None for ``--sam none``); checkpoints cache beside features."""
-    runtime = settings.runtime
-    sam_dir = runtime.cache_dir / "sam" if runtime.cache_dir else default_sam_dir()
-    device = resolve_device(runtime.device)
-    return load_sam(settings.sam, device, sam_dir, resolve_dtype(runtime.dtype, device))
-
-
-def feature_source(parts: DiffusionParts, settings: TrackSettings, classes: list[str]) -> CachedFeatureSource:
-    """The PDM feature extractor over ``parts`` (prompt naming ``classes``) behind the feature cache."""
-    device = resolve_device(settings.runtime.device)
-    extractor = FeatureExtractor(parts, settings.features, classes, device, resolve_dtype(settings.runtime.dtype, device))
-    return _cached(extractor, settings)
-
-
-def _cached(extractor: FeatureSource, settings: TrackSettings) -> CachedFeatureSource:
-    """``extractor`` (with a ``fingerprint``) behind the feature cache unless ``--no-cache``."""
-    runtime = settings.runtime
-    cache = None
-    if runtime.use_cache:
-        description = extractor.description  # type: ignore[attr-defined]
-        fingerprint = extractor.fingerprint  # type: ignore[attr-defined]
-        cache = FeatureCache(runtime.cache_dir, fingerprint, max_gb=runtime.cache_max_gb, description=description)
-    return CachedFeatureSource(extractor, cache)
+    cache_dir = settings.runtime.cache_dir
+    return load_sam(settings.sam, device, cache_dir / "sam" if cache_dir else default_sam_dir(), dtype)
 
 
 def check_feature_cache(settings: TrackSettings) -> None:
@@ -67,42 +121,3 @@ def check_feature_cache(settings: TrackSettings) -> None:
     runtime = settings.runtime
     if runtime.use_cache:
         CacheFolder(runtime.cache_dir, resolve_max_bytes(runtime.cache_max_gb)).check()
-
-
-# DIFT's published (timestep, up-block) per task: correspondence on images, DAVIS propagation.
-DIFT_SETTINGS = {"image": (DIFT_CORRESPONDENCE_TIMESTEP, 1), "video": (DIFT_DAVIS_TIMESTEP, 2)}
-
-
-def features_for(
-    settings: TrackSettings,
-    classes: list[str],
-    task: str = "image",
-    parts: DiffusionParts | None = None,
-    vit: VitParts | None = None,
-) -> CachedFeatureSource:
-    """The feature source ``settings.source.kind`` names (pdm, dift or dinov2), cached.
-
-    ``parts`` / ``vit``: the diffusion parts (pdm, dift) or the DINOv2 ViT (dinov2) already
-    loaded; loaded here when None. ``task`` (image or video) picks DIFT's published timestep
-    and up-block when not set. Baselines ignore ``classes``: they have no semantic map.
-    """
-    source = settings.source
-    device = resolve_device(settings.runtime.device)
-    dtype = resolve_dtype(settings.runtime.dtype, device)
-    if source.kind == "dinov2":
-        vit = vit if vit is not None else load_vit(source.dinov2_model, device, dtype)
-        return _cached(Dinov2Extractor(vit, source.dinov2_size), settings)
-    parts = parts if parts is not None else load_diffusion(settings)
-    if source.kind == "pdm":
-        return feature_source(parts, settings, classes)
-    timestep, up_block = DIFT_SETTINGS[task]
-    dift = DiftExtractor(
-        parts,
-        settings.features,
-        timestep=source.dift_timestep or timestep,
-        up_block=up_block if source.dift_up_block is None else source.dift_up_block,
-        ensemble=source.dift_ensemble,
-        device=device,
-        dtype=dtype,
-    )
-    return _cached(dift, settings)

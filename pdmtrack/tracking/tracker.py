@@ -16,29 +16,31 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.device import resolve_device, resolve_dtype, search_dtype
-from pdmtrack.errors import InputError
+from pdmtrack.device import search_dtype
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch import resolve_batch_size
-from pdmtrack.features.dift import DiftExtractor
-from pdmtrack.features.dinov2 import Dinov2Extractor, VitParts, load_vit
-from pdmtrack.features.extractor import FeatureExtractor
+from pdmtrack.features.dinov2 import VitParts
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.background import prefetched
 from pdmtrack.io.masks import require_objects
 from pdmtrack.io.video import FrameReader
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner
-from pdmtrack.tracking.models import check_feature_cache, feature_source, features_for, load_diffusion, load_refiner
+from pdmtrack.tracking.models import Models, load_models
 from pdmtrack.tracking.objects import object_ids_in
 from pdmtrack.tracking.propagator import Propagator, mask_from_class_names
+from pdmtrack.tracking.two_way import merge_two_way
 
 Classes = Sequence[str] | Mapping[int, str]
-STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds
+Direction = Literal["forward", "backward", "both"]
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+TRACKING_STAGES = ("decode", "features", "matching", "refinement")  # what VideoState.stage_seconds holds
 FEATURE_PREFETCH = 2  # feature batches computed ahead of the tracking loop
 
 
@@ -87,7 +89,7 @@ class VideoState:
         self.classes = classes
         self.source = source
         self.masks: dict[int, np.ndarray] = {}
-        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.stage_seconds: dict[str, float] = dict.fromkeys(TRACKING_STAGES, 0.0)
 
     @property
     def video(self) -> Path:
@@ -139,7 +141,7 @@ def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classe
     if isinstance(classes, Mapping):
         unknown = sorted(set(classes) - set(object_ids))
         if unknown:
-            raise InputError(
+            raise ParameterError(
                 where,
                 f"object id {unknown[0]} ('{classes[unknown[0]]}') is in no given mask (their ids: {', '.join(map(str, object_ids))})",
             )
@@ -149,7 +151,7 @@ def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classe
     if len(classes) == 1:
         return dict.fromkeys(object_ids, 0)
     if len(classes) != len(object_ids):
-        raise InputError(
+        raise ParameterError(
             where,
             f"{len(classes)} class names for {len(object_ids)} objects (ids {', '.join(map(str, object_ids))}): "
             "give one name for all objects or one per object (in id order)",
@@ -171,27 +173,35 @@ class Tracker:
         if settings is not None and options:
             raise TypeError("give either settings=TrackSettings(...) or option names, not both")
         self.settings = settings if settings is not None else TrackSettings.from_options(**options)
-        self.device = resolve_device(self.settings.runtime.device)
-        check_feature_cache(self.settings)  # the cache folder and SAM first: fail before the big load
-        self.refiner: SamRefiner | None = load_refiner(self.settings)  # first: a bad checkpoint fails fast
-        kind = self.settings.source.kind  # --features: pdm and dift need the diffusion model, dinov2 a ViT
-        self.parts: DiffusionParts | None = None
-        self.vit: VitParts | None = None
-        if features is None and kind == "dinov2":
-            self.vit = load_vit(self.settings.source.dinov2_model, self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
-        elif features is None:
-            self.parts = load_diffusion(self.settings)
+        self.models: Models = load_models(self.settings, features=features is None)
         self._custom_features = features
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+    @property
+    def parts(self) -> DiffusionParts | None:
+        """The diffusion model's parts (None with ``features="dinov2"`` or custom features)."""
+        return self.models.parts
+
+    @property
+    def vit(self) -> VitParts | None:
+        """The DINOv2 ViT of ``features="dinov2"`` (None otherwise)."""
+        return self.models.vit
+
+    @property
+    def refiner(self) -> SamRefiner | None:
+        """SAM (None with ``sam="none"``)."""
+        return self.models.refiner
 
     def feature_source(self, classes: Classes = (), task: str = "video") -> FeatureSource:
         """The features of this tracker for a prompt naming ``classes`` (cached on disk unless
-        ``--no-cache``); a custom ``features`` source is returned as it is. ``task`` (video or
-        image) picks DIFT's published timestep and up-block for ``--features dift``."""
+        ``no_cache``); a custom ``features`` source is returned as it is. ``task`` (video or
+        image) picks DIFT's published timestep and up-block for ``features="dift"``."""
         if self._custom_features is not None:
             return self._custom_features
-        if self.settings.source.kind == "pdm":
-            return feature_source(self.parts, self.settings, distinct_classes(classes))  # type: ignore[arg-type]
-        return features_for(self.settings, distinct_classes(classes), task, parts=self.parts, vit=self.vit)
+        return self.models.feature_source(distinct_classes(classes), task)
 
     def init_state(self, video: str | Path | FrameReader, classes: Classes | None = None) -> VideoState:
         """A session over ``video`` (a file, a folder of frames, or an open ``FrameReader``).
@@ -207,39 +217,68 @@ class Tracker:
         tracked ids it lacks end at it. A running ``propagate`` generator takes it when it
         reaches ``frame_idx`` (a frame it has already passed waits for the next pass)."""
         if not 0 <= frame_idx < state.num_frames:
-            raise InputError("frame_idx", f"{frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
+            raise ParameterError("frame_idx", f"{frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
         labels = np.asarray(labels)
         if labels.dtype.kind not in "buif":
-            raise InputError("mask", f"frame {frame_idx}: expected an array of object ids, got dtype {labels.dtype}")
+            raise ParameterError("labels", f"frame {frame_idx}: expected an array of object ids, got dtype {labels.dtype}")
         if labels.shape != (state.height, state.width):
             got = "x".join(map(str, labels.shape[::-1]))
-            raise InputError("mask", f"frame {frame_idx}: mask is {got}, the video is {state.width}x{state.height}")
+            raise ParameterError("labels", f"frame {frame_idx}: mask is {got}, the video is {state.width}x{state.height}")
         if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
             value = labels.flat[int(np.argmax(labels != np.round(labels)))]
-            raise InputError(
-                "mask",
+            raise ParameterError(
+                "labels",
                 f"frame {frame_idx}: a float mask must hold whole object ids, got {value} "
                 "(for probabilities, threshold first: (mask > 0.5).astype(np.uint8))",
             )
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise InputError("mask", f"frame {frame_idx}: object ids must lie in 0..255")
+            raise ParameterError("labels", f"frame {frame_idx}: object ids must lie in 0..255")
         require_objects(labels, f"mask (frame {frame_idx})")
         state.masks[int(frame_idx)] = labels.astype(np.uint8, copy=True)
 
     def propagate(
-        self, state: VideoState, start: int | None = None, end: int | None = None, reverse: bool = False
+        self, state: VideoState, start: int | None = None, end: int | None = None, direction: Direction = "forward"
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (frame index, (H, W) uint8 object ids) frame by frame from ``start`` to ``end``
-        (exclusive): ``start + 1, ...`` forwards, ``start - 1, ...`` down to frame 0 (or to
-        ``end``) with ``reverse``. ``start`` defaults to the first given mask (the last one with
-        ``reverse``); without any mask the objects come from the class names at ``start``
-        (default 0), object k being the k-th distinct name. Given masks met on the way are
-        taken as they are (corrections), also those added with ``add_mask`` while this
-        generator runs, for frames it has not yielded yet."""
-        start, stop = self._range(state, start, end, reverse)
+        """Yield (frame index, (H, W) uint8 object ids) frame by frame; the arguments are
+        checked at the call.
+
+        ``forward``: ``start, start + 1, ...`` up to ``end`` (exclusive; default the last
+        frame); ``start`` defaults to the first given mask. ``backward``: ``start, start - 1,
+        ...`` down to ``end`` (exclusive; default -1, i.e. down to frame 0); ``start``
+        defaults to the last given mask. Without any mask the objects come from the class
+        names at ``start`` (default 0; forward only), object k being the k-th distinct name.
+        ``both``: every frame of ``[start, end)`` (default the whole video) in ascending
+        order, each from the nearer given mask before or after it (see ``two_way``).
+
+        Given masks met on the way are taken as they are (corrections), also those added with
+        ``add_mask`` while this generator runs, for frames it has not yielded yet."""
+        if direction not in DIRECTIONS:
+            raise ParameterError("direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
+        if direction == "both":
+            return self._both_ways(state, start, end)
+        reverse = direction == "backward"
+        return self._one_way(state, *self._range(state, start, end, reverse), reverse)
+
+    def _both_ways(self, state: VideoState, start: int | None, end: int | None) -> Iterator[tuple[int, np.ndarray]]:
+        """``propagate(direction="both")``: a backward pass from the last given mask of the range
+        down to its start, a forward pass from its first given mask, merged in frame order."""
+        if not state.masks:
+            raise ParameterError("direction", "'both' needs a given mask to track from (add_mask)")
+        low = 0 if start is None else start
+        check_frame("start", low, state.num_frames)
+        stop = state.num_frames if end is None else end
+        check_stop(stop, low, state.num_frames)
+        keyframes = sorted(frame for frame in state.masks if low <= frame < stop)
+        if not keyframes:
+            raise ParameterError("start", f"no mask is given inside the frame range {low}..{stop - 1}")
+        backward = self._one_way(state, keyframes[-1], low - 1, reverse=True)
+        return merge_two_way(backward, lambda: self._one_way(state, keyframes[0], stop, reverse=False), keyframes, low)
+
+    def _one_way(self, state: VideoState, start: int, stop: int, reverse: bool) -> Iterator[tuple[int, np.ndarray]]:
+        """One pass from ``start`` to ``stop`` (exclusive), checked by ``_range``."""
         clock = StageClock(state.stage_seconds)
         refiner = _TimedRefiner(self.refiner, clock) if self.refiner is not None else None
-        half = search_dtype(self.device, resolve_dtype(self.settings.runtime.dtype, self.device))
+        half = search_dtype(self.device, self.models.dtype)
         propagator = Propagator(self.settings.memory, self.settings.match, self.device, refiner, half)  # type: ignore[arg-type]
         from_classes: dict[int, np.ndarray] = {}  # the first mask, from the class names when none is given
         rows, rows_of = (self._class_rows(state), self._masks_key(state)) if state.masks else ({}, ())
@@ -295,9 +334,8 @@ class Tracker:
     def batch_size(self, state: VideoState) -> int:
         """Frames per feature batch for ``state``'s video (``--batch-size auto`` resolved: from
         free GPU memory with this tracker's extractor at the video's frame size)."""
-        source = getattr(state.source, "source", None)  # the extractor behind the feature cache
-        extract = source if isinstance(source, (FeatureExtractor, DiftExtractor, Dinov2Extractor)) else None
-        return resolve_batch_size(self.settings.runtime.batch_size, self.device, extract, (state.height, state.width))
+        probe = getattr(state.source, "probe", None)  # a custom feature source may offer none
+        return resolve_batch_size(self.settings.runtime.batch_size, self.device, probe, (state.height, state.width))
 
     def _featurize(
         self, state: VideoState, batch_size: int, low: int, high: int, reverse: bool
@@ -346,7 +384,7 @@ class Tracker:
         try:
             return mask_from_class_names(frame, features, self.settings.match.tau, self.device, self.refiner)
         except ValueError as err:
-            raise InputError("--cls", f"{err}; give a mask (--mask FILE)") from None
+            raise ParameterError("classes", f"{err}; give a mask") from None
 
     @staticmethod
     def _range(state: VideoState, start: int | None, end: int | None, reverse: bool) -> tuple[int, int]:
@@ -354,16 +392,33 @@ class Tracker:
         last = state.num_frames - 1
         if start is None:
             start = (max(state.masks) if reverse else min(state.masks)) if state.masks else (last if reverse else 0)
-        if not 0 <= start <= last:
-            raise InputError("start", f"{start} is outside the video's frames 0..{last}")
-        if state.masks and start not in state.masks:
-            given = ", ".join(map(str, sorted(state.masks)))
-            raise InputError("start", f"frame {start} has no mask (masks were given at frames {given})")
-        if not state.masks and not distinct_classes(state.classes):
-            raise InputError("mask", "give a mask (add_mask), class names (init_state's classes) or both")
+        check_frame("start", start, state.num_frames)
+        if state.masks:
+            check_has_mask(start, state.masks)
+        elif not distinct_classes(state.classes):
+            raise ParameterError("masks", "give a mask (add_mask), class names (init_state's classes) or both")
         stop = (-1 if reverse else state.num_frames) if end is None else end
         if reverse and not -1 <= stop < start:
-            raise InputError("end", f"{stop} must lie before start {start} when tracking backwards")
-        if not reverse and not start < stop <= state.num_frames:
-            raise InputError("end", f"{stop} must lie after start {start} and at most {state.num_frames} (the frame count)")
+            raise ParameterError("end", f"{stop} must lie before start {start} when tracking backwards")
+        if not reverse:
+            check_stop(stop, start, state.num_frames)
         return start, stop
+
+
+def check_frame(name: str, frame: int, num_frames: int) -> None:
+    """ParameterError ``name`` unless ``frame`` is one of the video's frames."""
+    if not 0 <= frame < num_frames:
+        raise ParameterError(name, f"{frame} is outside the video's frames 0..{num_frames - 1}")
+
+
+def check_stop(stop: int, start: int, num_frames: int) -> None:
+    """ParameterError ``end`` unless a forward range from ``start`` can stop before ``stop``."""
+    if not start < stop <= num_frames:
+        raise ParameterError("end", f"{stop} must lie after start {start} and at most {num_frames} (the frame count)")
+
+
+def check_has_mask(frame: int, masks: Mapping[int, object]) -> None:
+    """ParameterError ``start`` unless a mask is given at ``frame``."""
+    if frame not in masks:
+        given = ", ".join(map(str, sorted(masks)))
+        raise ParameterError("start", f"frame {frame} has no mask (masks were given at frames {given})")
