@@ -160,7 +160,7 @@ def test_class_count_must_match_objects(tmp_path, frames_dir, first_mask, base_a
 def test_start_after_end(tmp_path, frames_dir, first_mask, base_args, capsys, monkeypatch):
     args = ["--start", "4", "--end", "2"]
     result = run_cli(["propagate", frames_dir, "--mask", first_mask, *args, *base_args], capsys, monkeypatch)
-    assert_one_line_error(result, "--start")
+    assert_one_line_error(result, "--end: 2 must lie after start 4")
 
 
 def test_missing_sam_checkpoint(tmp_path, frames_dir, first_mask, tiny_sdxl, capsys, monkeypatch):

@@ -22,6 +22,7 @@ from PIL import Image
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.io.masks import DAVIS_PALETTE, decode_rle
 from pdmtrack.io.video import FrameReader
+from pdmtrack.tracking.models import Models
 from tests.cli_runner import run_cli
 from tests.test_propagate import CELL, CellStatistics, iou
 
@@ -214,7 +215,7 @@ class PixelStatistics:
 def pixel_features(monkeypatch: pytest.MonkeyPatch) -> PixelStatistics:
     """Replace the diffusion features of every run in the test with ``PixelStatistics``."""
     source = PixelStatistics()
-    monkeypatch.setattr("pdmtrack.tracking.tracker.feature_source", lambda parts, settings, classes: source)
+    monkeypatch.setattr(Models, "pdm_source", lambda self, classes: source)
     return source
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_permis_image_with_sam_prompts_at_the_peak(permirs: Path, tmp_path: Path
     predictor = BoxBackend()
     refiner = SamRefiner(predictor, min_iou=0.5)
     tracker = Tracker(NO_SAM, features=PaletteFeatures())
-    tracker.refiner = refiner
+    tracker.models = replace(tracker.models, refiner=refiner)
     report = evaluate_permis_image(permirs, out_dir=tmp_path, tracker=tracker)
     assert len(predictor.prompts) == GALLERY  # one SAM call per target frame
     assert report.global_scores()["mIoU"] == 1.0  # the box of an exact coarse mask is the mask

@@ -20,7 +20,6 @@ from pdmtrack.tracking.matching import (
     minmax,
     pdm_map,
     reference_mask_from_attention,
-    retrieval_score,
     semantic_map,
 )
 
@@ -303,12 +302,6 @@ def test_combined_map_matches_loop() -> None:
     assert_close(combined_map(appearance, None), loop_combined(appearance.tolist(), None))
     with pytest.raises(ValueError):
         combined_map(appearance, semantic[:, :1])
-
-
-def test_retrieval_score_is_map_mean() -> None:
-    combined = random_tensor(3, 2, 3, seed=14)
-    expected = [sum(sum(row) for row in m) / 6 for m in combined.tolist()]
-    assert_close(retrieval_score(combined), expected)
 
 
 # ---- the composed map --------------------------------------------------------------------------

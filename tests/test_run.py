@@ -181,11 +181,11 @@ def test_class_name_alone_gives_the_first_mask(models, clip, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("kwargs", "where"),
     [
-        (dict(mask=None, classes=[]), "--mask"),
-        (dict(classes=["dog", "cat", "dog"]), "--cls"),
-        (dict(start=FRAMES), "--start"),
-        (dict(start=3, end=3), "--end"),
-        (dict(end=FRAMES + 1), "--end"),
+        (dict(mask=None, classes=[]), "masks"),  # the library names its own parameters
+        (dict(classes=["dog", "cat", "dog"]), "classes"),
+        (dict(start=FRAMES), "start"),
+        (dict(start=3, end=3), "end"),
+        (dict(end=FRAMES + 1), "end"),
     ],
 )
 def test_bad_input_is_refused_before_loading_models(clip, tmp_path: Path, kwargs: dict, where: str) -> None:

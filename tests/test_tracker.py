@@ -21,6 +21,7 @@ from pdmtrack.errors import InputError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.io.files import LOCK_FILE
 from pdmtrack.io.masks import DAVIS_PALETTE
+from pdmtrack.tracking.models import Models
 from tests.cli_runner import run_cli
 from tests.test_e2e import PixelStatistics
 from tests.test_eval_davis import make_davis, moving_squares
@@ -144,11 +145,11 @@ def test_bad_session_input_is_a_one_line_error(swan) -> None:
     folder, truth = swan
     session = tracker()
     state = session.init_state(folder)
-    with pytest.raises(InputError, match="^mask: give a mask"):
+    with pytest.raises(InputError, match="^masks: give a mask"):
         next(session.propagate(state))  # no mask and no class name
     with pytest.raises(InputError, match="^frame_idx: 99 is outside"):
         session.add_mask(state, 99, truth[0])
-    with pytest.raises(InputError, match="mask is 10x10"):
+    with pytest.raises(InputError, match="^labels: frame 0: mask is 10x10"):
         session.add_mask(state, 0, np.zeros((10, 10), np.uint8))
     session.add_mask(state, 2, truth[2])
     with pytest.raises(InputError, match="frame 0 has no mask"):
@@ -170,7 +171,7 @@ def test_cli_and_api_give_identical_masks_with_corrections_both_ways(
     """``propagate --mask 2:F --mask 6:F --direction both`` writes what the API's two passes give:
     frames before the first mask and nearer the next mask from the backward pass."""
     folder, truth = swan
-    monkeypatch.setattr("pdmtrack.tracking.tracker.feature_source", lambda parts, settings, classes: PixelStatistics())
+    monkeypatch.setattr(Models, "pdm_source", lambda self, classes: PixelStatistics())
     masks = {2: write_palette(tmp_path / "m2.png", truth[2]), 6: write_palette(tmp_path / "m6.png", truth[6])}
     args = ["propagate", folder, "--mask", f"2:{masks[2]}", "--mask", f"6:{masks[6]}", "--direction", "both"]
     args += ["--model", tiny_sdxl, "--size", "64", "--sam", "none", "--context", "4", "--device", "cpu", "--no-overlay"]
@@ -186,9 +187,12 @@ def test_cli_and_api_give_identical_masks_with_corrections_both_ways(
     forward = dict(session.propagate(state))
     expected = {0: backward[0], 1: backward[1], 2: truth[2], 3: forward[3], 4: forward[4], 5: backward[5]}
     expected |= {6: truth[6], 7: forward[7]}
-    for frame in range(FRAMES):
+    both = list(session.propagate(state, direction="both"))  # the API's own two-way stream
+    assert [frame for frame, _ in both] == list(range(FRAMES))
+    for frame, labels in both:
         np.testing.assert_array_equal(written[frame], expected[frame], err_msg=f"frame {frame}")
-    assert [p.name for p in (tmp_path / "out").glob(".*")] == [LOCK_FILE]  # the backward scratch folder is gone
+        np.testing.assert_array_equal(labels, written[frame], err_msg=f"frame {frame} (API both)")
+    assert [p.name for p in (tmp_path / "out").glob(".*")] == [LOCK_FILE]  # no scratch left in the output folder
 
 
 def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_path: Path, monkeypatch) -> None:

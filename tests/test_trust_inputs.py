@@ -202,9 +202,9 @@ def session(tmp_path: Path):
 def test_float_masks_must_hold_whole_ids(session) -> None:
     """A 0/0.7 float mask became an empty mask (astype(uint8) truncates 0.7 to 0)."""
     tracker, state, truth = session
-    with pytest.raises(InputError, match=r"^mask: frame 0: a float mask must hold whole object ids, got 0.7"):
+    with pytest.raises(InputError, match=r"^labels: frame 0: a float mask must hold whole object ids, got 0.7"):
         tracker.add_mask(state, 0, (truth[0] > 0) * 0.7)
-    with pytest.raises(InputError, match="^mask: frame 0: a float mask"):
+    with pytest.raises(InputError, match="^labels: frame 0: a float mask"):
         tracker.add_mask(state, 0, np.where(truth[0] > 0, np.nan, 0.0))
     assert state.masks == {}
     tracker.add_mask(state, 0, truth[0].astype(np.float32))  # whole numbers: ids

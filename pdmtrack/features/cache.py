@@ -232,6 +232,11 @@ class CachedFeatureSource:
         self.hits = 0
         self.misses = 0
 
+    def probe(self, frames: np.ndarray) -> PDMFeatures:
+        """The features of ``frames`` computed, neither read from nor written to the cache:
+        what ``--batch-size auto`` measures one frame's memory with."""
+        return self.source(frames)
+
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
         """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames, contiguous tensors."""
         stored = [] if self.cache is None else [self.cache.get(frame) for frame in frames]

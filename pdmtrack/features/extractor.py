@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,6 +81,12 @@ def token_grid(tokens: int, latent_size: tuple[int, int], block: str) -> tuple[i
     return grid
 
 
+def distinct_names(names: Iterable[str]) -> list[str]:
+    """The distinct class names, stripped, in order of first appearance: the order of the
+    prompt's class tokens and of the features' class-vector rows."""
+    return list(dict.fromkeys(name.strip() for name in names))
+
+
 class FeatureExtractor:
     """PDM feature source over a loaded checkpoint (implements ``FeatureSource``)."""
 
@@ -98,7 +104,7 @@ class FeatureExtractor:
         self.dtype = dtype or parts.unet.dtype
         check_inversion_config(config, len(parts.alphas_cumprod))
         self.block = resolve_block(parts.unet, config.layer)
-        self.class_names = list(dict.fromkeys(name.strip() for name in class_names))
+        self.class_names = distinct_names(class_names)
         if any(not name for name in self.class_names):
             raise InputError("--cls", "a class name is empty")
         self.prompt, spans = build_prompt(config.prompt_template, self.class_names)

@@ -98,7 +98,11 @@ class PDMFeatures:
 
 
 class FeatureSource(Protocol):
-    """Anything that turns a batch of frames into PDM features (extractor, cache, stand-in)."""
+    """Anything that turns a batch of frames into PDM features (extractor, cache, stand-in).
+
+    A source may also offer ``probe(frames)``: the same features without side effects (no
+    cache), which ``--batch-size auto`` runs once to measure a frame's GPU memory; a source
+    without it gets a fixed batch size on CUDA."""
 
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
         """frames: (B, H, W, 3) uint8 RGB -> PDMFeatures with B frames."""

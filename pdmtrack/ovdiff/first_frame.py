@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pdmtrack.errors import ParameterError
+from pdmtrack.features.extractor import distinct_names
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
 from pdmtrack.ovdiff.instances import split_instances
 from pdmtrack.ovdiff.pipeline import OVDiffRun, ov_segmenter, prototype_builder
@@ -43,7 +44,7 @@ def ovdiff_objects(
     """
     if tracker.parts is None:
         raise ParameterError("init", "ovdiff needs the diffusion model (the tracker was given custom features or DINOv2)")
-    names = check_classes(list(dict.fromkeys(name.strip() for name in names)), "classes")
+    names = check_classes(distinct_names(names), "classes")
     prototypes = prototypes or PrototypeConfig()
     builder = prototype_builder(tracker.models, prototypes, prototypes_dir)
     run = OVDiffRun(builder, ov_segmenter(builder, names, segment or SegmentConfig()), tracker.models.pdm_source([]), prototypes)

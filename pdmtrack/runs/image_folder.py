@@ -17,6 +17,7 @@ import numpy as np
 from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
+from pdmtrack.features.extractor import distinct_names
 from pdmtrack.features.types import FeatureSource
 from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
 from pdmtrack.io.images import list_images, output_stems, read_rgb
@@ -54,11 +55,6 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _classes(names: Sequence[str]) -> list[str]:
-    """Distinct class names in order (the feature source's class-vector rows)."""
-    return list(dict.fromkeys(name.strip() for name in names))
-
-
 def _reference_labels(image: np.ndarray, mask: Path | None, resize_mask: bool, notes: list[str], role: str) -> np.ndarray | None:
     """The labels of ``mask`` fitted to ``image`` (None without a mask); ``role`` names the
     image in messages ("reference", "query")."""
@@ -91,7 +87,7 @@ def segment_to_folder(
     stems = output_stems(images)
     start = time.perf_counter()
     notes: list[str] = []
-    names = _classes(classes)
+    names = distinct_names(classes)
     ref_image = read_rgb(reference)
     labels = _reference_labels(ref_image, mask, resize_mask, notes, "reference")
     tracker = Tracker(settings)
@@ -171,7 +167,7 @@ def retrieve_to_folder(
     out_dir = ensure_writable_folder(out_dir, [query_image, gallery, *([mask] if mask else [])], keep=False)
     start = time.perf_counter()
     notes: list[str] = []
-    names = _classes(classes)
+    names = distinct_names(classes)
     if len(names) > 1:
         raise InputError("--cls", "a retrieval query is one instance: give one class name")
     image = read_rgb(query_image)

@@ -62,12 +62,7 @@ def segment_images(
         if not Path(path).is_file():
             raise InputError(path, "image not found")
     stems = output_stems(images)
-    inputs = {Path(path).resolve() for path in images}
-    for stem in stems:
-        for output in (Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}_overlay.jpg"):
-            if output.resolve() in inputs:
-                raise InputError(out_dir, f"writing {output.name} there would overwrite an input; choose another -o")
-    out_dir = ensure_writable_folder(out_dir)
+    out_dir = ensure_writable_folder(out_dir, images)
     run = open_ovdiff(names, settings, prototypes, segment, prototypes_dir, support_dir)
     tick = time.perf_counter()
     write_legend(out_dir / LEGEND, names)

@@ -171,11 +171,6 @@ def combined_map(appearance: torch.Tensor, semantic: torch.Tensor | None) -> tor
     return (minmax(appearance) + minmax(semantic)) / 2
 
 
-def retrieval_score(combined: torch.Tensor) -> torch.Tensor:
-    """Retrieval score of each frame: the mean of its combined map, (B, h, w) -> (B,)."""
-    return combined.float().mean(dim=(-2, -1))
-
-
 def pdm_map(
     reference: PDMFeatures,
     ref_mask_grid: torch.Tensor,

@@ -26,6 +26,7 @@ from pdmtrack.device import search_dtype
 from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch import resolve_batch_size
 from pdmtrack.features.dinov2 import VitParts
+from pdmtrack.features.extractor import distinct_names
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.background import prefetched
@@ -129,7 +130,7 @@ class VideoState:
 def distinct_classes(classes: Classes) -> list[str]:
     """The distinct class names in order of first appearance (the feature source's prompt order)."""
     names = classes.values() if isinstance(classes, Mapping) else classes
-    return list(dict.fromkeys(name.strip() for name in names))
+    return distinct_names(names)
 
 
 def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classes") -> dict[int, int | None]:
