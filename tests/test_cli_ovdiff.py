@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pdmtrack.ovdiff.config import PrototypeConfig
 from pdmtrack.ovdiff.store import MANIFEST
 from tests.cli_runner import assert_one_line_error, run_cli
 
@@ -152,6 +153,18 @@ def test_propagate_init_ovdiff(three_frames, ov_run, tmp_path, capsys, monkeypat
     assert np.array_equal(np.asarray(Image.open(out / "00000.png")), objects)  # frame 0 is the OVDiff mask
     assert sorted(p.name for p in out.glob("0000[0-9].png")) == ["00000.png", "00001.png", "00002.png"]
     assert "3 frames" in result.out
+    # the same objects through the API: an initialiser's mask for add_mask
+    from pdmtrack import Tracker
+    from pdmtrack.io.video import FrameReader
+    from pdmtrack.ovdiff.first_frame import ovdiff_objects
+
+    options = dict(zip(ov_run[0::2], ov_run[1::2]))
+    tracker = Tracker(model=options["--model"], size=64, inversion="noise", sam="none", device="cpu", cache_dir=options["--cache-dir"])
+    config = PrototypeConfig(num_support=1, support_size=64, parts=4)
+    api_objects, classes = ovdiff_objects(
+        tracker, FrameReader(three_frames).read(0), ["swan"], prototypes=config, prototypes_dir=tmp_path / "protos"
+    )
+    assert np.array_equal(api_objects, objects) and classes == ["swan"] * int(objects.max())
 
 
 def test_propagate_init_flag_errors(three_frames, ov_run, davis_mini, tmp_path, capsys, monkeypatch) -> None:
