@@ -1,6 +1,6 @@
 """An independent, deliberately plain re-derivation of the DAVIS 2017 protocol for the tests.
 
-Written from the protocol text (../shared/DESIGN.md section 6 and the davis2017-evaluation
+Written from the protocol text (the DAVIS 2017 paper and the davis2017-evaluation
 README), not from pdmtrack.eval: one frame and one object at a time, boundaries from padded
 neighbour comparisons, "within the disk" as a Euclidean distance transform (SciPy) instead of
 a morphological dilation, and the decay bins from the rounding rule written out.

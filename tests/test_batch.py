@@ -8,7 +8,7 @@ import torch
 
 from pdmtrack.config import RuntimeConfig, TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.features.batch import CPU_BATCH, MAX_AUTO_BATCH, resolve_batch_size
+from pdmtrack.features.batch_size import CPU_BATCH, MAX_AUTO_BATCH, resolve_batch_size
 
 
 def test_auto_is_the_default_and_four_frames_on_the_cpu() -> None:

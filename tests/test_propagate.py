@@ -118,7 +118,7 @@ def track_clip(
     results = [first_labels]
     for begin in range(1, len(frames), batch):
         chunk = frames[begin : begin + batch]
-        results.extend(propagator.run(chunk, source(chunk)))
+        results.extend(propagator.track(chunk, source(chunk)))
     return np.stack(results)
 
 
@@ -328,7 +328,7 @@ def test_refined_labels_are_what_memory_remembers() -> None:
         config = MemoryConfig(context=2, global_first_frame=False)
         propagator = Propagator(config, MatchConfig(), torch.device("cpu"), refiner)  # type: ignore[arg-type]
         propagator.add_keyframe(source(frames[:1]), truth[0], {1: 0, 2: 0})
-        predicted = list(propagator.run(frames[1:], source(frames[1:])))
+        predicted = list(propagator.track(frames[1:], source(frames[1:])))
         areas[name] = [int((labels == 2).sum()) for labels in predicted]
     assert areas["coarse"][0] > 0.9 * SIDE * SIDE and areas["refined"][0] == 0
     # frame 2 sees frame 1 (object 2 erased) in its memory: much less of object 2 survives

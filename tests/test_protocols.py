@@ -82,7 +82,7 @@ def test_the_feature_seam_takes_any_source(davis_mini: Path) -> None:
     settings = tracker.settings
     propagator = Propagator(settings.memory, settings.match, torch.device("cpu"))
     propagator.add_keyframe(source(images[:1]), first)
-    by_hand = list(propagator.run(images[1:], source(images[1:])))
+    by_hand = list(propagator.track(images[1:], source(images[1:])))
     for mine, expected in zip(through_tracker, by_hand):
         np.testing.assert_array_equal(mine, expected)
     assert all(labels.any() for labels in by_hand)

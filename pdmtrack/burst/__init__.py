@@ -1,4 +1,4 @@
-"""BURST reader and the PerMIR / PerMIS benchmark builder (DESIGN section 7).
+"""BURST reader and the PerMIR / PerMIS benchmark builder (the paper's personalised benchmarks).
 
 Selection rule (the paper's and the authors' builder): a video qualifies when at least two
 of its tracks share a category. For each track of such a category, count the annotated

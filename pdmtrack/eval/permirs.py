@@ -40,7 +40,7 @@ from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
 from pdmtrack.eval.shared_features import feature_batches, precompute_features
-from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.files import read_json
 from pdmtrack.io.images import read_rgb

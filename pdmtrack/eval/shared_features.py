@@ -20,7 +20,7 @@ from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.errors import InputError
 from pdmtrack.eval.davis_dataset import image_size
-from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.io.images import read_rgb

@@ -1,4 +1,5 @@
-"""Clean latent -> noisy latent at the feature timestep, as DESIGN.md section 3 describes.
+"""Clean latent -> noisy latent at the feature timestep, the step before the UNet pass whose
+attention the PDM features are read from.
 
 Modes (``FeatureConfig.inversion``):
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.io.files import atomic_path
 from pdmtrack.io.writers import write_palette_png

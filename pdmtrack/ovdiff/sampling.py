@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.hooks import capture_block
 from pdmtrack.features.inversion import ddim_step, trailing_timesteps

@@ -1,7 +1,7 @@
-"""The Propagator: given masks in, one label map per frame out (DESIGN section 4).
+"""The Propagator: given masks in, one label map per frame out.
 
 Give it a mask with its frame's features (``add_keyframe``: the first mask, a correction or
-new objects), then feed frames one at a time (``step``) or a batch at a time (``run``), each
+new objects), then feed frames one at a time (``step``) or a batch at a time (``track``), each
 with its PDM features from any feature source; it never touches the diffusion model, never
 writes files and never times itself. Per frame:
 
@@ -147,12 +147,12 @@ class Propagator:
 
     def step(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
         """Labels (H, W) uint8 (object ids, 0 background) of the next frame (H, W, 3) uint8."""
-        return next(self.run(frame[None], features))
+        return next(self.track(frame[None], features))
 
-    def run(self, frames: np.ndarray, features: PDMFeatures) -> Iterator[np.ndarray]:
+    def track(self, frames: np.ndarray, features: PDMFeatures) -> Iterator[np.ndarray]:
         """Labels of each of a batch of consecutive frames (B, H, W, 3), in tracking order."""
         if self._memory is None:
-            raise RuntimeError("Propagator.add_keyframe must be called before step/run")
+            raise RuntimeError("Propagator.add_keyframe must be called before step/track")
         if len(features) != len(frames):
             raise ValueError(f"{len(frames)} frames but features of {len(features)}")
         target = features.to(self.device, torch.float32)

@@ -24,7 +24,7 @@ import torch
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import search_dtype
 from pdmtrack.errors import ParameterError
-from pdmtrack.features.batch import resolve_batch_size
+from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.dinov2 import VitParts
 from pdmtrack.features.extractor import distinct_names
 from pdmtrack.features.model import DiffusionParts
@@ -310,12 +310,12 @@ class Tracker:
                         position += 1
                         continue
                     # track up to the next given mask of the batch, until add_mask gives one on the way
-                    run = list(range(position, len(indices)))
-                    run = run[: next((k for k, p in enumerate(run) if given(indices[p]) is not None), len(run))]
-                    tracked = self._track_run(propagator, indices, frames, features, run, clock)
-                    for position in run:
+                    span = list(range(position, len(indices)))
+                    span = span[: next((k for k, p in enumerate(span) if given(indices[p]) is not None), len(span))]
+                    tracked = self._track_span(propagator, indices, frames, features, span, clock)
+                    for position in span:
                         yield next(tracked)
-                        if any(given(indices[p]) is not None for p in run if p > position):
+                        if any(given(indices[p]) is not None for p in span if p > position):
                             break
                     tracked.close()
                     position += 1
@@ -363,20 +363,20 @@ class Tracker:
         finally:
             batches.close()
 
-    def _track_run(
+    def _track_span(
         self,
         propagator: Propagator,
         indices: list[int],
         frames: np.ndarray,
         features: PDMFeatures,
-        run: list[int],
+        span: list[int],
         clock: StageClock,
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Track the batch positions ``run`` (consecutive, no given mask among them)."""
-        if not run:
+        """Track the batch positions ``span`` (consecutive, no given mask among them)."""
+        if not span:
             return
-        results = propagator.run(frames[run[0] : run[-1] + 1], features.select(slice(run[0], run[-1] + 1)))
-        for position in run:
+        results = propagator.track(frames[span[0] : span[-1] + 1], features.select(slice(span[0], span[-1] + 1)))
+        for position in span:
             with clock("matching"):
                 labels = next(results)
             yield indices[position], labels
