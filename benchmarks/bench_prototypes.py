@@ -33,7 +33,7 @@ from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
-from pdmtrack.ovdiff.pipeline import OVDiffRun, prototype_builder
+from pdmtrack.ovdiff.pipeline import OVDiffPipeline, prototype_builder
 from pdmtrack.ovdiff.prototypes import ClassPrototypes
 from pdmtrack.ovdiff.sampling import sample_support
 from pdmtrack.ovdiff.segment import OVSegmenter
@@ -96,7 +96,7 @@ def bench_segment(models: Models, config: PrototypeConfig, store: Path, device: 
     for count in (classes, len(CLASSES)):
         prototypes = [built[i % len(built)] for i in range(count)]
         segmenter = OVSegmenter(list(CLASSES[:count]), prototypes, SegmentConfig(clip=None), None, device)
-        run = OVDiffRun(builder, segmenter, no_cache.pdm_source([]), config)
+        run = OVDiffPipeline(builder, segmenter, no_cache.pdm_source([]), config)
         run.segment(frames[0])  # warm-up
         _sync(device)
         tick = time.perf_counter()

@@ -18,7 +18,7 @@ from pdmtrack.errors import ParameterError
 from pdmtrack.features.extractor import distinct_names
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
 from pdmtrack.ovdiff.instances import split_instances
-from pdmtrack.ovdiff.pipeline import OVDiffRun, ov_segmenter, prototype_builder
+from pdmtrack.ovdiff.pipeline import OVDiffPipeline, ov_segmenter, prototype_builder
 from pdmtrack.tracking.tracker import Tracker
 
 MIN_OBJECT_AREA = 0.002  # smallest object kept, as a fraction of the frame (0.2%: ~820 px at 854x480)
@@ -47,7 +47,7 @@ def ovdiff_objects(
     names = check_classes(distinct_names(names), "classes")
     prototypes = prototypes or PrototypeConfig()
     builder = prototype_builder(tracker.models, prototypes, prototypes_dir)
-    run = OVDiffRun(builder, ov_segmenter(builder, names, segment or SegmentConfig()), tracker.models.pdm_source([]), prototypes)
+    run = OVDiffPipeline(builder, ov_segmenter(builder, names, segment or SegmentConfig()), tracker.models.pdm_source([]), prototypes)
     objects, classes = split_instances(run.segment(frame).labels, names, min_area)
     if not classes:
         raise ParameterError("init", f"OVDiff found no {' / '.join(names)} in the first frame; give a mask")

@@ -71,7 +71,7 @@ def build_prototypes(
 
 
 @dataclass
-class OVDiffRun:
+class OVDiffPipeline:
     """Everything segmenting needs, built once: the builder, the segmenter, the feature source."""
 
     builder: PrototypeBuilder
@@ -92,11 +92,11 @@ def open_ovdiff(
     segment: SegmentConfig,
     prototypes_dir: Path | None = None,
     support_dir: Path | None = None,
-) -> OVDiffRun:
+) -> OVDiffPipeline:
     """Load SAM and the diffusion model once, then prototypes (stored or built) of ``names``."""
     names = check_classes(names)
     check_feature_cache(settings)  # before the prototype folders, SAM and the big load
     _check_folders(prototypes_dir, support_dir, "--prototypes")
     models = load_models(settings)
     builder = prototype_builder(models, prototypes, prototypes_dir, support_dir)
-    return OVDiffRun(builder, ov_segmenter(builder, names, segment), models.pdm_source([]), prototypes)
+    return OVDiffPipeline(builder, ov_segmenter(builder, names, segment), models.pdm_source([]), prototypes)
