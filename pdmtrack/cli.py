@@ -7,27 +7,24 @@ as one line on stderr and exits with code 2.
 import functools
 import inspect
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import typer
 
 from pdmtrack.config import (
-    DEFAULT_MODEL,
-    FeatureConfig,
     GlobalConfig,
-    MatchConfig,
-    MemoryConfig,
-    RuntimeConfig,
-    SamConfig,
-    SourceConfig,
+    OptionField,
     TrackSettings,
     check_choice,
     check_finite,
+    config_from_options,
+    options_of,
 )
 from pdmtrack.errors import InputError, ParameterError
-from pdmtrack.ovdiff.config import DEFAULT_STUFF, PrototypeConfig, SegmentConfig
+from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
 
 app = typer.Typer(
     name="pdmtrack",
@@ -44,104 +41,40 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-_F, _M, _Y, _S, _R = FeatureConfig(), MatchConfig(), MemoryConfig(), SamConfig(), RuntimeConfig()
-_SRC, _GD = SourceConfig(), GlobalConfig()
 
-# Options shared by every command that runs the tracker: name -> (annotation, default).
-# They are declared once here and added to each such command by `with_track_options`.
-TRACK_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "model": (Annotated[str, typer.Option(help="HF hub id or local diffusers folder.")], DEFAULT_MODEL),
-    "revision": (Annotated[str | None, typer.Option(help="Hub revision of --model.")], None),
-    "layer": (
-        Annotated[str | None, typer.Option(help="Transformer block to hook (default: last of the last attention up-block).")],
-        None,
-    ),
-    "size": (Annotated[int, typer.Option(help="Short side of the model input in pixels.")], _F.size),
-    "square": (Annotated[bool, typer.Option("--square", help="Squash frames to size x size (the paper).")], False),
-    "inversion": (Annotated[str, typer.Option(help="aidi | ddim | ddim-reconstruct | noise.")], _F.inversion),
-    "timestep": (Annotated[int, typer.Option(help="Feature timestep.")], _F.feature_timestep),
-    "fixed_point_iters": (Annotated[int, typer.Option(help="AIDI fixed-point iterations.")], _F.fixed_point_iters),
-    "tau": (Annotated[float, typer.Option(help="Threshold of the class-name reference mask.")], _M.tau),
-    "appearance_agg": (Annotated[str, typer.Option(help="mean | topk-vote | euclidean-vote.")], _M.appearance_agg),
-    "vote_topk": (Annotated[int, typer.Option(help="Tokens each reference token votes for with --appearance-agg *-vote.")], _M.vote_topk),
-    "instance_weight": (
-        Annotated[float, typer.Option(help="Weight of the PDM instance prior fused with propagation (0 = off).")],
-        _M.instance_weight,
-    ),
-    "context": (Annotated[int, typer.Option(help="Context frames kept in memory (n).")], _Y.context),
-    "context_topk": (Annotated[int, typer.Option(help="Context entries kept per target cell (label propagation).")], _Y.context_topk),
-    "radius": (Annotated[int, typer.Option(help="Window radius in cells (for a 30-cell short side).")], _Y.radius),
-    "temperature": (Annotated[float, typer.Option(help="Affinity temperature.")], _Y.temperature),
-    "max_keyframes": (
-        Annotated[int, typer.Option(help="Given masks (corrections) kept as permanent references besides the first.")],
-        _Y.max_keyframes,
-    ),
-    "sam": (
-        Annotated[
-            str,
-            typer.Option(
-                help="SAM refinement: vit_b | vit_l | vit_h | sam2.1-hiera-tiny | "
-                "sam2.1-hiera-small | sam2.1-hiera-base-plus | sam2.1-hiera-large | none."
-            ),
-        ],
-        _S.model_type,
-    ),
-    "sam_checkpoint": (
-        Annotated[Path | None, typer.Option(help="Local SAM checkpoint: a file (vit_*) or a transformers folder (sam2.1-*).")],
-        None,
-    ),
-    "device": (Annotated[str, typer.Option(help="auto | cuda | cpu.")], _R.device),
-    "dtype": (Annotated[str, typer.Option(help="auto | fp16 | bf16 | fp32.")], _R.dtype),
-    "batch_size": (
-        Annotated[str, typer.Option(help="Frames per feature batch, or auto (from free GPU memory on CUDA; 4 on CPU).")],
-        _R.batch_size,
-    ),
-    "cache_dir": (Annotated[Path | None, typer.Option(help="Feature cache folder.")], None),
-    "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")], False),
-    "cache_max_gb": (
-        Annotated[
-            float | None,
-            typer.Option(
-                help="Feature cache bound in GB (default: $PDMTRACK_CACHE_MAX_GB, else 20); least recently used entries go first."
-            ),
-        ],
-        None,
-    ),
-    "backend": (Annotated[str, typer.Option(help="Video decoding: auto | decord | pyav.")], _R.backend),
-    "compile": (
-        Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (compile time on the first batch of each frame size).")],
-        False,
-    ),
-    "features": (Annotated[str, typer.Option(help="Features: pdm | dift | dinov2 (the paper's baselines).")], _SRC.kind),
-    "dift_timestep": (
-        Annotated[int | None, typer.Option(help="DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")],
-        None,
-    ),
-    "dift_up_block": (
-        Annotated[int | None, typer.Option(help="DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")],
-        None,
-    ),
-    "dift_ensemble": (Annotated[int, typer.Option(help="DIFT noise draws averaged.")], _SRC.dift_ensemble),
-    "dinov2_model": (Annotated[str, typer.Option(help="DINOv2 hub id or local folder for --features dinov2.")], _SRC.dinov2_model),
-    "dinov2_size": (Annotated[int, typer.Option(help="Short side of the DINOv2 input (--features dinov2).")], _SRC.dinov2_size),
-    "protocol": (
-        Annotated[
-            str,
-            typer.Option(
-                help="pdmtrack | dift (DINO/DIFT eval_davis label propagation) | authors-code "
-                "(the authors' PDM code path); options you do not give take the protocol's values."
-            ),
-        ],
-        _Y.protocol,
-    ),
-}
+def _cli_type(option: OptionField) -> Any:
+    """The type typer parses an option's flag as: a Literal or ``int | str`` as str, a
+    ``tuple[str, ...]`` as one comma-separated str, ``X | None`` as Optional[X]."""
+    if get_origin(option.hint) is tuple:
+        return Optional[str]
+    members = get_args(option.hint) if get_origin(option.hint) in (Union, types.UnionType) else (option.hint,)
+    values = [member for member in members if member is not type(None)]
+    single = values[0] if len(values) == 1 and get_origin(values[0]) is not Literal else str
+    return Optional[single] if type(None) in members else single
 
-# Options of the global descriptor (first retrieval stage), added by `with_global_options`.
-GLOBAL_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "global_model": (Annotated[str, typer.Option(help="Global descriptor model: hub id or local folder (transformers ViT).")], _GD.model),
-    "pooling": (Annotated[str, typer.Option(help="Global pooling: gem | cls.")], _GD.pooling),
-    "global_size": (Annotated[int, typer.Option(help="Short side of the global model's input.")], _GD.size),
-}
+
+def _cli_help(option: OptionField) -> str:
+    """The field's help, with the choices of a Literal and the form of a list."""
+    if get_origin(option.hint) is Literal:
+        return f"{option.help} One of: {' | '.join(get_args(option.hint))}."
+    if get_origin(option.hint) is tuple:
+        return f"{option.help} Comma-separated; '' for none."
+    return option.help
+
+
+def option_table(config_class: type) -> dict[str, tuple[Any, Any]]:
+    """The CLI flags of a settings class's options: name -> (typer annotation, default); the flag
+    of option ``name`` is ``--<name with dashes>``, a bool option a flag that sets it."""
+    table: dict[str, tuple[Any, Any]] = {}
+    for name, option in options_of(config_class).items():
+        if not option.cli:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if option.hint is bool:
+            flag = f"{flag}/--no-{flag[2:]}" if option.default else flag
+        default = None if get_origin(option.hint) is tuple else option.default  # a list's default: the field's
+        table[name] = (Annotated[_cli_type(option), typer.Option(flag, help=_cli_help(option))], default)
+    return table
 
 
 WORKERS_OPTION = Annotated[str, typer.Option(help="Parallel workers: N, or auto (one per GPU); N > 1 or --ray-address runs them with Ray.")]
@@ -150,33 +83,40 @@ RAY_ADDRESS_OPTION = Annotated[
 ]
 
 
-def with_options(table: dict[str, tuple[Any, Any]], make: Callable[..., Any], param: str, given_only: bool = False) -> Callable:
-    """A decorator adding ``table``'s flags to a command, which receives ``make(**flags)`` as
-    ``param``; with ``given_only``, only the flags the user gave (so that ``make`` can tell
-    an option set to its default value from one left alone)."""
+CONTEXT = "cli_context"  # the parameter typer passes the click context in
+
+
+def with_options(config_class: type, make: Callable[..., Any], param: str) -> Callable:
+    """A decorator adding the flags of ``config_class``'s options to a command, which receives
+    ``make(**given)`` as ``param``: only the flags the user gave, so that ``make`` can tell an
+    option set to its default value from one left alone (comma lists split)."""
+    table = option_table(config_class)
+    lists = {name for name, option in options_of(config_class).items() if get_origin(option.hint) is tuple}
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(command).parameters.values() if p.name != param]
-        context = f"{param}_context"  # typer passes the click context to a typer.Context parameter
+        inherited = any(p.name == CONTEXT for p in own)  # an inner decorator's: typer fills one Context parameter only
         shared = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
             for name, (annotation, default) in table.items()
         ]
-        shared.append(inspect.Parameter(context, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+        if not inherited:
+            shared.append(inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> None:
-            ctx = kwargs.pop(context)
+            ctx = kwargs[CONTEXT] if inherited else kwargs.pop(CONTEXT)
             values = {name: kwargs.pop(name) for name in table}
-            if given_only:
-                values = {name: value for name, value in values.items() if _given(ctx, name)}
-            command(**kwargs, **{param: make(**values)})
+            given = {
+                name: tuple(_split_list(value) or ()) if name in lists else value for name, value in values.items() if _given(ctx, name)
+            }
+            command(**kwargs, **{param: make(**given)})
 
         wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {
             **{k: v for k, v in command.__annotations__.items() if k != param},
             **{name: annotation for name, (annotation, _) in table.items()},
-            context: typer.Context,
+            CONTEXT: typer.Context,
         }
         return wrapper
 
@@ -190,58 +130,21 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 # Add the shared tracker flags to a command, which receives them as ``settings``.
-with_track_options = with_options(TRACK_OPTIONS, TrackSettings.from_options, "settings", given_only=True)
+with_track_options = with_options(TrackSettings, TrackSettings.from_options, "settings")
 
 
 # ----------------------------------------------------------------------------- OVDiff
 prototypes_app = typer.Typer(help="OVDiff class prototypes from generated support images.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(prototypes_app, name="prototypes")
-_P, _G = PrototypeConfig(), SegmentConfig()
-
-# How prototypes are built (stored under a key of all of them): field name -> (annotation, default).
-PROTOTYPE_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "num_support": (Annotated[int, typer.Option("--support", help="Support images sampled per class.")], _P.num_support),
-    "steps": (Annotated[int, typer.Option(help="Sampling steps (1-4 for SDXL-turbo; more for SD 1.x).")], _P.steps),
-    "support_size": (Annotated[int, typer.Option(help="Side of the square support images in pixels.")], _P.support_size),
-    "support_prompt": (Annotated[str, typer.Option(help="Support prompt template ({cls} = the class name).")], _P.support_prompt),
-    "seed": (Annotated[int, typer.Option("--support-seed", help="Seed of the support images' noise.")], _P.seed),
-    "fg_threshold": (Annotated[float, typer.Option(help="Foreground: min-max class attention >= this.")], _P.fg_threshold),
-    "bg_max_fraction": (Annotated[float, typer.Option(help="Background cell: at most this much foreground.")], _P.bg_max_fraction),
-    "parts": (Annotated[int, typer.Option(help="K of the part-level k-means prototypes.")], _P.parts),
-    "kmeans_iters": (Annotated[int, typer.Option(help="k-means iterations at most.")], _P.kmeans_iters),
-    "feature": (Annotated[str, typer.Option(help="Compared features: semantic | appearance | both.")], _P.feature),
-}
-SEGMENT_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "stuff": (Annotated[str | None, typer.Option(help="Comma-separated stuff classes (default: a built-in list; '' none).")], None),
-    "stuff_threshold": (
-        Annotated[float, typer.Option(help="Drop background prototypes this similar to a stuff class.")],
-        _G.stuff_threshold,
-    ),
-    "clip": (Annotated[str, typer.Option(help="CLIP for category pre-filtering (hub id or folder; none = off).")], _G.clip),
-    "clip_min_classes": (Annotated[int, typer.Option(help="Pre-filter only with at least this many classes.")], _G.clip_min_classes),
-    "clip_min_prob": (Annotated[float, typer.Option(help="Keep classes whose CLIP probability reaches this.")], _G.clip_min_prob),
-}
-
-
-def _segment_config(stuff: str | None, clip: str, **values: Any) -> SegmentConfig:
-    """SegmentConfig from its flags: ``--stuff`` a comma list (None: default), ``--clip none`` off."""
-    stuff_names = DEFAULT_STUFF if stuff is None else tuple(_split_list(stuff) or ())
-    return SegmentConfig(stuff=stuff_names, clip=None if clip.lower() == "none" else clip, **values)
-
-
-with_prototype_options = with_options(PROTOTYPE_OPTIONS, PrototypeConfig, "prototype_config")
-with_segment_options = with_options(SEGMENT_OPTIONS, _segment_config, "segment_config")
+with_prototype_options = with_options(PrototypeConfig, functools.partial(config_from_options, PrototypeConfig), "prototype_config")
+with_segment_options = with_options(SegmentConfig, functools.partial(config_from_options, SegmentConfig), "segment_config")
 PrototypesDir = Annotated[Path | None, typer.Option("--prototypes", help="Prototype folder (default: one per model in the user cache).")]
 SupportDir = Annotated[Path | None, typer.Option(help="Also write the support images and their masks here (classes built in this run).")]
 Classes = Annotated[str, typer.Option(help="Comma-separated class names (ids 1.. in this order).")]
 
 
-def _global_config(global_model: str, pooling: str, global_size: int) -> GlobalConfig:
-    return GlobalConfig(model=global_model, pooling=pooling, size=global_size)  # type: ignore[arg-type]
-
-
 # Add the global descriptor's flags to a command, which receives them as ``global_config``.
-with_global_options = with_options(GLOBAL_OPTIONS, _global_config, "global_config")
+with_global_options = with_options(GlobalConfig, functools.partial(config_from_options, GlobalConfig), "global_config")
 
 
 @app.command()

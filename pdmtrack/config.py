@@ -1,20 +1,28 @@
 """Every tunable of pdmtrack, grouped by the stage that uses it.
 
-Defaults follow ../shared/DESIGN.md (sections 3 and 4); each field says where its default
-comes from. The CLI builds these from its flags; the library never reads flags itself.
+Defaults follow ../shared/DESIGN.md (sections 3 and 4). Each field is an :func:`option`: it
+carries its help and its flat option name, the keyword of ``Tracker(...)`` and
+``TrackSettings.from_options(...)`` and, with dashes, the CLI's flag (``feature_timestep``:
+``timestep``, ``--timestep``). Every field is checked against its type when a settings object
+is made; a bad value is a :class:`ParameterError` naming the option.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import os
 import string
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Inversion = Literal["aidi", "ddim", "ddim-reconstruct", "noise"]
 AppearanceAgg = Literal["mean", "topk-vote", "euclidean-vote"]
@@ -27,60 +35,174 @@ Pooling = Literal["gem", "cls"]
 Protocol = Literal["pdmtrack", "dift", "authors-code"]
 
 
-def check_choice(flag: str, value: object, allowed: tuple) -> None:
-    """InputError naming ``flag`` unless ``value`` is one of ``allowed``."""
+def check_choice(name: str, value: object, allowed: tuple) -> None:
+    """ParameterError naming ``name`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise InputError(flag, f"unknown value '{value}' (choose from {', '.join(map(str, allowed))})")
+        raise ParameterError(name, f"unknown value '{value}' (choose from {', '.join(map(str, allowed))})")
 
 
-def check_at_least(flag: str, value: float, least: float) -> None:
-    """InputError naming ``flag`` unless ``value >= least``."""
+def check_at_least(name: str, value: float, least: float) -> None:
+    """ParameterError naming ``name`` unless ``value >= least``."""
     if value < least:
-        raise InputError(flag, f"must be at least {least}, got {value}")
+        raise ParameterError(name, f"must be at least {least}, got {value}")
 
 
-def check_finite(flag: str, value: float) -> None:
-    """InputError naming ``flag`` when ``value`` is NaN or infinite."""
+def check_finite(name: str, value: float) -> None:
+    """ParameterError naming ``name`` when ``value`` is NaN or infinite."""
     if not math.isfinite(value):
-        raise InputError(flag, f"must be a finite number, got {value}")
+        raise ParameterError(name, f"must be a finite number, got {value}")
 
 
-# Settings fields whose CLI flag has another name (the flag is --<name> with dashes otherwise).
-FLAG_NAMES = {
-    "feature_timestep": "timestep",
-    "model_type": "sam",
-    "checkpoint": "sam_checkpoint",
-    "min_iou": "sam_min_iou",
-    "kind": "features",
-}
+def option(default: object, help: str, name: str | None = None, *, cli: bool = True, path: bool = False, negated: bool = False) -> Any:
+    """A settings field with its ``help`` and its flat option ``name`` (default: the field's name).
+
+    ``cli``: the CLI has a flag for it; ``path``: a ``str`` field that may name a local path
+    (a ``Path`` is taken, stored as its string); ``negated``: the option is the field's
+    negation (``no_cache`` sets ``use_cache``)."""
+    metadata = {"help": help, "name": name, "cli": cli, "path": path, "negated": negated}
+    return field(default=default, metadata=metadata)
 
 
-def check_finite_fields(config: object, flag_names: Mapping[str, str] = FLAG_NAMES) -> None:
-    """``check_finite`` on every number field of the dataclass ``config`` (flags from ``flag_names``);
-    every settings class calls it first in ``__post_init__``, so no NaN or inf gets through."""
-    for item in fields(config):  # type: ignore[arg-type]
-        value = getattr(config, item.name)
-        if isinstance(value, numbers.Real):
-            check_finite("--" + flag_names.get(item.name, item.name).replace("_", "-"), value)
+@dataclass(frozen=True)
+class OptionField:
+    """One settings field seen as a flat option."""
+
+    name: str  # the flat option name: the library keyword; the CLI flag is --<name with dashes>
+    field: str  # the settings field it sets
+    group: str  # the TrackSettings group holding the field ("" for a settings class of its own)
+    hint: Any  # the field's type
+    default: object  # the option's default (the field's, negated for a negated option)
+    help: str
+    cli: bool  # the CLI has a flag for it
+    path: bool  # a str field that may name a local path
+    negated: bool  # the option is the negation of the (bool) field
+
+    @property
+    def accepted(self) -> Any:
+        """The type a caller may give: the field's type, with str for a Path and Path for a path string."""
+        members = get_args(self.hint) if _is_union(self.hint) else (self.hint,)
+        extra = (str,) if Path in members else (Path,) if self.path else ()
+        return Union[(*members, *extra)]  # one member: that type itself
+
+    def to_field(self, value: object) -> object:
+        """The field's value for the option's ``value``."""
+        if not self.negated:
+            return value
+        return not _checked(self.name, bool, value, path=False)
 
 
-# Largest --size (short side in pixels): twice the 1024 pixels SDXL was trained at (SD 1.x: 512);
+def _is_union(hint: object) -> bool:
+    return get_origin(hint) in (Union, types.UnionType)
+
+
+@functools.cache
+def options_of(config_class: type) -> dict[str, OptionField]:
+    """Flat option name -> its field, for a settings class (TrackSettings: over all its groups)."""
+    hints = get_type_hints(config_class)
+    table: dict[str, OptionField] = {}
+    for item in fields(config_class):
+        if is_dataclass(hints[item.name]):  # a group of TrackSettings
+            table.update({name: replace(found, group=item.name) for name, found in options_of(hints[item.name]).items()})
+            continue
+        meta = item.metadata
+        name = meta["name"] or item.name
+        default = not item.default if meta["negated"] else item.default
+        table[name] = OptionField(name, item.name, "", hints[item.name], default, meta["help"], meta["cli"], meta["path"], meta["negated"])
+    return table
+
+
+def check_fields(config: object) -> None:
+    """Check every field of the settings dataclass ``config`` against its type (ParameterError
+    naming its option): a Literal field holds one of its values, a number is finite and no bool;
+    a str for a Path field becomes a Path, a Path for a path string its string, a list a tuple.
+    Every settings class calls it first in ``__post_init__``."""
+    for found in options_of(type(config)).values():
+        value = getattr(config, found.field)
+        checked = _checked(found.name, found.hint, value, found.path)
+        if checked is not value:
+            object.__setattr__(config, found.field, checked)
+
+
+_MISMATCH = object()
+
+
+def _checked(name: str, hint: Any, value: object, path: bool) -> object:
+    """``value`` as a field of type ``hint`` holds it; ParameterError naming ``name`` otherwise."""
+    converted = _converted(hint, value, path)
+    if converted is _MISMATCH:
+        if get_origin(hint) is Literal:
+            check_choice(name, value, get_args(hint))
+        raise ParameterError(name, f"expected {_describe(hint, path)}, got {value!r}")
+    if isinstance(converted, numbers.Real) and not isinstance(converted, bool):
+        check_finite(name, converted)
+    return converted
+
+
+def _converted(hint: Any, value: object, path: bool) -> object:
+    """``value`` as a field of type ``hint`` holds it, or _MISMATCH."""
+    if get_origin(hint) is Literal:
+        return value if value in get_args(hint) else _MISMATCH
+    if _is_union(hint):
+        matches = (_converted(member, value, path) for member in get_args(hint))
+        return next((match for match in matches if match is not _MISMATCH), _MISMATCH)
+    if get_origin(hint) is tuple:  # tuple[str, ...]
+        fits = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        return tuple(value) if fits else _MISMATCH  # type: ignore[arg-type]
+    if hint is type(None):
+        return value if value is None else _MISMATCH
+    if hint is bool:
+        return value if isinstance(value, bool) else _MISMATCH
+    if hint in (int, float):
+        kind = numbers.Integral if hint is int else numbers.Real
+        return value if isinstance(value, kind) and not isinstance(value, bool) else _MISMATCH
+    if hint is str:
+        return os.fspath(value) if path and isinstance(value, os.PathLike) else value if isinstance(value, str) else _MISMATCH
+    if hint is Path:
+        return Path(value) if isinstance(value, (str, os.PathLike)) else _MISMATCH
+    raise TypeError(f"settings fields of type {hint} are not checked")
+
+
+def _describe(hint: Any, path: bool) -> str:
+    """What a field of type ``hint`` takes, for an error message."""
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    if _is_union(hint):
+        return " or ".join(_describe(member, path) for member in get_args(hint))
+    if get_origin(hint) is tuple:
+        return "a list of strings"
+    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string or Path" if path else "a string"}
+    return names.get(hint) or {Path: "a path (str or Path)", type(None): "None"}[hint]
+
+
+Config = TypeVar("Config")
+
+
+def config_from_options(config_class: type[Config], **options: object) -> Config:
+    """A settings object (not TrackSettings) from flat option names; the others keep their defaults."""
+    table = options_of(config_class)
+    unknown = sorted(set(options) - set(table))
+    if unknown:
+        raise TypeError(f"unknown {config_class.__name__} option(s) {', '.join(unknown)}; known: {', '.join(table)}")
+    return config_class(**{table[name].field: table[name].to_field(value) for name, value in options.items()})
+
+
+# Largest size (short side in pixels): twice the 1024 pixels SDXL was trained at (SD 1.x: 512);
 # inputs far beyond the training resolution give no better features and exhaust memory.
 MAX_SIZE = 2048
 
 
-def split_prompt_template(flag: str, template: str) -> tuple[str, str]:
-    """The text before and after the one ``{cls}`` of ``template``; InputError naming ``flag``
+def split_prompt_template(name: str, template: str) -> tuple[str, str]:
+    """The text before and after the one ``{cls}`` of ``template``; ParameterError naming ``name``
     for any other field (``{bad}``, ``{}``, ``{cls.x}``), a second ``{cls}`` or a lone brace."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise InputError(flag, f"'{template}' is not a valid template ({err}); write {{{{ or }}}} for a literal brace") from None
-    fields_given = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+        raise ParameterError(name, f"'{template}' is not a valid template ({err}); write {{{{ or }}}} for a literal brace") from None
+    fields_given = [(field_name, spec, conversion) for _, field_name, spec, conversion in parsed if field_name is not None]
     if fields_given != [("cls", "", None)]:
         problem = f"'{template}' must contain '{{cls}}' exactly once and no other {{...}} field (write {{{{ or }}}} for a literal brace)"
-        raise InputError(flag, problem)
-    at = next(i for i, (_, name, _, _) in enumerate(parsed) if name is not None)
+        raise ParameterError(name, problem)
+    at = next(i for i, (_, field_name, _, _) in enumerate(parsed) if field_name is not None)
     return "".join(piece[0] for piece in parsed[: at + 1]), "".join(piece[0] for piece in parsed[at + 1 :])
 
 
@@ -92,160 +214,227 @@ DEFAULT_DINOV2 = "facebook/dinov2-base"
 class FeatureConfig:
     """How PDM features are computed (the feature cache keys on all of it)."""
 
-    model: str = DEFAULT_MODEL  # HF hub id or local diffusers folder
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    layer: str | None = None  # transformer block to hook; None = last block of last attn up-block
-    size: int = 512  # short side in pixels; long side rounded to a multiple of 64
-    square: bool = False  # squash to size x size, as the paper does
-    inversion: Inversion = "aidi"  # aidi (paper), ddim, ddim-reconstruct (authors' code), noise (DIFT style)
-    feature_timestep: int = 249  # first (least noisy) step of SDXL-turbo's 4-step trailing schedule
-    schedule_steps: int = 4  # steps of the trailing schedule the aidi inversion walks
-    fixed_point_iters: int = 2  # AIDI fixed-point iterations K per inversion step
-    ddim_steps: int = 50  # steps of the full-range DDIM schedule for --inversion ddim / ddim-reconstruct
-    prompt_template: str = "a photo of a {cls}"  # empty prompt when no class is given
-    seed: int = 0  # seeds the noise of --inversion noise
-    separate_qk: bool = False  # also keep attn1's query and key apart (appearance_parts), as the authors' code matches them
+    model: str = option(DEFAULT_MODEL, "HF hub id or local diffusers folder.", path=True)
+    revision: str | None = option(None, "Hub revision of the model (branch, tag or commit).")
+    layer: str | None = option(None, "Transformer block to hook (default: the last block of the last attention up-block).")
+    size: int = option(512, "Short side of the model input in pixels (a multiple of 64); the long side is rounded to a multiple of 64.")
+    square: bool = option(False, "Squash frames to size x size (the paper).")
+    inversion: Inversion = option(
+        "aidi",
+        "How frames are inverted to the feature timestep: aidi (the paper), ddim, ddim-reconstruct (the authors' code), noise (DIFT style).",
+    )
+    feature_timestep: int = option(
+        249, "Feature timestep (249: the first, least noisy, step of SDXL-turbo's 4-step trailing schedule).", "timestep"
+    )
+    schedule_steps: int = option(4, "Steps of the trailing schedule the aidi inversion walks.", cli=False)
+    fixed_point_iters: int = option(2, "AIDI fixed-point iterations K per inversion step.")
+    ddim_steps: int = option(50, "Steps of the full-range DDIM schedule of the ddim and ddim-reconstruct inversions.", cli=False)
+    prompt_template: str = option(
+        "a photo of a {cls}", "Prompt naming the class ({cls}); the empty prompt when no class is given.", cli=False
+    )
+    seed: int = option(0, "Seeds the noise of the noise inversion.", cli=False)
+    separate_qk: bool = option(
+        False, "Also keep attn1's query and key apart (appearance_parts), as the authors' code matches them.", cli=False
+    )
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        check_choice("--inversion", self.inversion, get_args(Inversion))
+        check_fields(self)
         if self.size < 64 or self.size % 64:
-            raise InputError("--size", f"must be a positive multiple of 64, got {self.size}")
+            raise ParameterError("size", f"must be a positive multiple of 64, got {self.size}")
         if self.size > MAX_SIZE:
-            raise InputError(
-                "--size",
+            raise ParameterError(
+                "size",
                 f"{self.size} is too large: at most {MAX_SIZE} (SDXL was trained at 1024 pixels, SD 1.x at 512; "
                 "far larger inputs give no better features and exhaust memory)",
             )
-        check_at_least("--timestep", self.feature_timestep, 0)
-        check_at_least("--fixed-point-iters", self.fixed_point_iters, 0)
+        check_at_least("timestep", self.feature_timestep, 0)
+        check_at_least("fixed_point_iters", self.fixed_point_iters, 0)
 
 
 @dataclass(frozen=True)
 class MatchConfig:
     """PDM maps (paper Eq. 3-7) and their fusion with label propagation."""
 
-    tau: float = 0.5  # threshold of the min-max cross-attention map (reference from class name)
-    appearance_agg: AppearanceAgg = "mean"  # pooling over reference tokens
-    vote_topk: int = 100  # tokens each reference token votes for with the *-vote aggregations (authors' code)
-    min_fraction: float = 0.5  # mask cover making a grid cell a reference token (else best cell)
-    segment_threshold: float = 0.5  # PerMIS-image without SAM: mask = upsampled combined map >= this
-    instance_weight: float = 0.5  # weight of the PDM instance prior when fused with propagation
+    tau: float = option(0.5, "Threshold of the min-max normalised cross-attention map that makes the reference mask from a class name.")
+    appearance_agg: AppearanceAgg = option("mean", "Pooling of the appearance match over the reference tokens.")
+    vote_topk: int = option(100, "Tokens each reference token votes for with the *-vote appearance pooling (the authors' code).")
+    min_fraction: float = option(0.5, "Mask cover making a grid cell a reference token (else the best cell).", cli=False)
+    segment_threshold: float = option(0.5, "PerMIS-image without SAM: the mask is the upsampled combined map >= this.", cli=False)
+    instance_weight: float = option(0.5, "Weight of the PDM instance prior fused with propagation (0 = off).")
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        check_choice("--appearance-agg", self.appearance_agg, get_args(AppearanceAgg))
+        check_fields(self)
         if not 0.0 <= self.tau <= 1.0:
-            raise InputError("--tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {self.tau}")
-        check_at_least("--vote-topk", self.vote_topk, 1)
+            raise ParameterError("tau", f"must lie in [0, 1] (it thresholds a min-max normalised map), got {self.tau}")
+        check_at_least("vote_topk", self.vote_topk, 1)
         if not 0.0 <= self.instance_weight <= 1.0:
-            raise InputError("--instance-weight", f"must lie in [0, 1], got {self.instance_weight}")
+            raise ParameterError("instance_weight", f"must lie in [0, 1], got {self.instance_weight}")
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
     """Label propagation (DINO/DIFT protocol); defaults are DIFT's best SD setting."""
 
-    context: int = 28  # n: last frames kept besides the first frame
-    context_topk: int = 15  # context entries kept per target cell
-    radius: int = 15  # window radius in cells, for a 30-cell short side, scaled with the grid (dift/authors-code: cells, as is)
-    temperature: float = 0.2  # affinity = exp(cos / temperature)
-    global_first_frame: bool = True  # first frame matched without the window (re-entry anywhere); False = DINO/DIFT exact
-    max_keyframes: int = 8  # given masks kept as permanent references besides the first (oldest given out first)
-    protocol: Protocol = "pdmtrack"  # dift / authors-code: DINO's and DIFT's eval_davis label propagation step for step
+    context: int = option(28, "Context frames kept in memory besides the first frame (n).")
+    context_topk: int = option(15, "Context entries kept per target cell (label propagation).")
+    radius: int = option(
+        15, "Window radius in cells, for a 30-cell short side and scaled with the grid (protocols dift and authors-code: cells, as is)."
+    )
+    temperature: float = option(0.2, "Affinity temperature: affinity = exp(cos / temperature).")
+    global_first_frame: bool = option(
+        True, "Match the first frame without the window (re-entry anywhere); False is DINO's and DIFT's exact step.", cli=False
+    )
+    max_keyframes: int = option(8, "Given masks (corrections) kept as permanent references besides the first (the oldest go first).")
+    protocol: Protocol = option(
+        "pdmtrack",
+        "pdmtrack, dift (DINO's and DIFT's eval_davis label propagation, step for step) or authors-code (the authors' PDM code "
+        "path); options you do not give take the protocol's values.",
+    )
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        check_choice("--protocol", self.protocol, get_args(Protocol))
-        check_at_least("--context", self.context, 0)
-        check_at_least("--context-topk", self.context_topk, 1)
-        check_at_least("--radius", self.radius, 0)
+        check_fields(self)
+        check_at_least("context", self.context, 0)
+        check_at_least("context_topk", self.context_topk, 1)
+        check_at_least("radius", self.radius, 0)
         if self.temperature <= 0:
-            raise InputError("--temperature", f"must be positive, got {self.temperature}")
-        check_at_least("--max-keyframes", self.max_keyframes, 0)
+            raise ParameterError("temperature", f"must be positive, got {self.temperature}")
+        check_at_least("max_keyframes", self.max_keyframes, 0)
 
 
 @dataclass(frozen=True)
 class SamConfig:
     """Segment Anything refinement."""
 
-    model_type: SamType = "vit_b"  # none = no refinement
-    checkpoint: Path | None = None  # local checkpoint file (vit_*) or folder (sam2.1-*); None = download
-    min_iou: float = 0.5  # keep the coarse mask when SAM's best output has a lower IoU with it
+    model_type: SamType = option("vit_b", "SAM refinement model (none: no refinement).", "sam")
+    checkpoint: Path | None = option(
+        None, "Local SAM checkpoint: a file (vit_*) or a transformers folder (sam2.1-*) (default: download).", "sam_checkpoint"
+    )
+    min_iou: float = option(0.5, "Keep the coarse mask when SAM's best output has a lower IoU with it.", "sam_min_iou", cli=False)
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        check_choice("--sam", self.model_type, get_args(SamType))
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how things run; never changes results beyond floating point."""
 
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | str = "auto"  # frames per feature batch; auto: from free GPU memory on CUDA, 4 on the CPU
-    cache_dir: Path | None = None  # None = the user's cache folder (see features.cache)
-    use_cache: bool = True
-    cache_max_gb: float | None = None  # None = $PDMTRACK_CACHE_MAX_GB, else 20 (features.cache_folder)
-    compile: bool = False  # torch.compile the UNet's blocks (features.compile); pays off on long GPU runs
-    backend: Backend = "auto"  # video decoding backend: auto, decord or pyav
+    device: str = option("auto", "auto | cuda | cpu.")
+    dtype: str = option("auto", "auto | fp16 | bf16 | fp32.")
+    batch_size: int | str = option("auto", "Frames per feature batch, or auto (from free GPU memory on CUDA; 4 on CPU).")
+    cache_dir: Path | None = option(None, "Feature cache folder (default: $PDMTRACK_CACHE_DIR, else the user cache).")
+    use_cache: bool = option(True, "Do not read or write the feature cache.", "no_cache", negated=True)
+    cache_max_gb: float | None = option(
+        None, "Feature cache bound in GB (default: $PDMTRACK_CACHE_MAX_GB, else 20); least recently used entries go first."
+    )
+    compile: bool = option(
+        False, "torch.compile the UNet's blocks (compile time on the first batch of each frame size; pays off on long GPU runs)."
+    )
+    backend: Backend = option("auto", "Video decoding backend.")
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
+        check_fields(self)
         if self.batch_size != "auto":
             try:
                 frames = int(self.batch_size)
             except (TypeError, ValueError):
-                raise InputError("--batch-size", f"must be a positive number of frames or auto, got '{self.batch_size}'") from None
-            check_at_least("--batch-size", frames, 1)
+                raise ParameterError("batch_size", f"must be a positive number of frames or auto, got '{self.batch_size}'") from None
+            check_at_least("batch_size", frames, 1)
             object.__setattr__(self, "batch_size", frames)
         if self.cache_max_gb is not None and not self.cache_max_gb > 0:
-            raise InputError("--cache-max-gb", f"must be a positive number of GB, got {self.cache_max_gb} (--no-cache turns the cache off)")
-        check_choice("--backend", self.backend, get_args(Backend))
+            raise ParameterError("cache_max_gb", f"must be a positive number of GB, got {self.cache_max_gb} (no_cache turns the cache off)")
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     """Which features feed matching: PDM (the default) or a baseline of the paper's tables.
 
-    dift: the UNet up-block output of the same diffusion model (``--model``) at DIFT's
+    dift: the UNet up-block output of the same diffusion model (``model``) at DIFT's
     timestep; None picks DIFT's published setting for the task (images: t = 261, up-block 1;
     video propagation: t = 51, up-block 2). dinov2: the patch tokens of ``dinov2_model``.
     Both are appearance-only (no semantic map, no class vectors).
     """
 
-    kind: FeatureKind = "pdm"
-    dift_timestep: int | None = None
-    dift_up_block: int | None = None
-    dift_ensemble: int = 8  # noise draws averaged (DIFT's ensemble_size)
-    dinov2_model: str = DEFAULT_DINOV2  # hub id or local transformers folder
-    dinov2_size: int = 448  # short side; 32 patches of 14 pixels, the PDM grid at size 512
+    kind: FeatureKind = option("pdm", "Features: pdm, or a baseline of the paper's tables (dift, dinov2).", "features")
+    dift_timestep: int | None = option(None, "DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")
+    dift_up_block: int | None = option(None, "DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")
+    dift_ensemble: int = option(8, "DIFT noise draws averaged (DIFT's ensemble_size).")
+    dinov2_model: str = option(DEFAULT_DINOV2, "DINOv2 hub id or local transformers folder (features dinov2).", path=True)
+    dinov2_size: int = option(
+        448, "Short side of the DINOv2 input (features dinov2); 448 gives 32 patches of 14 pixels, the PDM grid at size 512."
+    )
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        check_choice("--features", self.kind, get_args(FeatureKind))
-        check_at_least("--dift-ensemble", self.dift_ensemble, 1)
-        check_at_least("--dinov2-size", self.dinov2_size, 14)
+        check_fields(self)
+        check_at_least("dift_ensemble", self.dift_ensemble, 1)
+        check_at_least("dinov2_size", self.dinov2_size, 14)
         if self.dift_timestep is not None and not 0 < self.dift_timestep < 1000:
-            raise InputError("--dift-timestep", f"must lie in 1..999, got {self.dift_timestep}")
+            raise ParameterError("dift_timestep", f"must lie in 1..999, got {self.dift_timestep}")
 
 
 @dataclass(frozen=True)
 class GlobalConfig:
     """Which global descriptor an index holds (recorded in its manifest)."""
 
-    model: str = DEFAULT_DINOV2  # hub id or local folder (transformers ViT)
-    pooling: Pooling = "gem"
-    size: int = 224  # short side of the input in pixels
-    gem_p: float = 3.0
+    model: str = option(DEFAULT_DINOV2, "Global descriptor model: hub id or local folder (transformers ViT).", "global_model", path=True)
+    pooling: Pooling = option("gem", "Global pooling of the patch tokens.")
+    size: int = option(224, "Short side of the global model's input in pixels.", "global_size")
+    gem_p: float = option(3.0, "Exponent of the GeM pooling.", cli=False)
 
     def __post_init__(self) -> None:
-        check_finite_fields(self, {"model": "global_model", "size": "global_size"})
-        check_choice("--pooling", self.pooling, get_args(Pooling))
-        check_at_least("--global-size", self.size, 14)
+        check_fields(self)
+        check_at_least("global_size", self.size, 14)
         if self.gem_p <= 0:
-            raise InputError("gem_p", f"must be positive, got {self.gem_p}")
+            raise ParameterError("gem_p", f"must be positive, got {self.gem_p}")
+
+
+class TrackOptions(TypedDict, total=False):
+    """Every flat tracker option with the type it takes: ``Tracker(**options)``,
+    ``TrackSettings.from_options(**options)``; the help of each is its settings field's."""
+
+    model: str | Path
+    revision: str | None
+    layer: str | None
+    size: int
+    square: bool
+    inversion: Inversion
+    timestep: int
+    schedule_steps: int
+    fixed_point_iters: int
+    ddim_steps: int
+    prompt_template: str
+    seed: int
+    separate_qk: bool
+    tau: float
+    appearance_agg: AppearanceAgg
+    vote_topk: int
+    min_fraction: float
+    segment_threshold: float
+    instance_weight: float
+    context: int
+    context_topk: int
+    radius: int
+    temperature: float
+    global_first_frame: bool
+    max_keyframes: int
+    protocol: Protocol
+    sam: SamType
+    sam_checkpoint: str | Path | None
+    sam_min_iou: float
+    device: str
+    dtype: str
+    batch_size: int | str
+    cache_dir: str | Path | None
+    no_cache: bool
+    cache_max_gb: float | None
+    compile: bool
+    backend: Backend
+    features: FeatureKind
+    dift_timestep: int | None
+    dift_up_block: int | None
+    dift_ensemble: int
+    dinov2_model: str | Path
+    dinov2_size: int
 
 
 @dataclass(frozen=True)
@@ -270,39 +459,28 @@ class TrackSettings:
         return clean(asdict(self))  # type: ignore[return-value]
 
     @classmethod
-    def from_options(cls, **options: object) -> TrackSettings:
-        """Settings from the CLI's flat option names (``model=..., sam="none", context=7``);
-        every option not given keeps its default. Unknown names are a ``TypeError``."""
+    def from_options(cls, **options: Unpack[TrackOptions]) -> TrackSettings:
+        """Settings from flat option names (``model=..., sam="none", context=7``); every option
+        not given keeps its default, or the preset value of the ``protocol`` given. Unknown
+        names are a ``TypeError``; a bad value a ParameterError naming the option."""
         unknown = sorted(set(options) - set(OPTION_FIELDS))
         if unknown:
             raise TypeError(f"unknown tracker option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FIELDS)}")
         protocol = options.get("protocol", "pdmtrack")
-        check_choice("--protocol", protocol, get_args(Protocol))
-        defaults = cls()
-        for name, value in PROTOCOL_PRESETS[protocol].items():  # type: ignore[index]
-            options.setdefault(name, value)  # an option the caller gave wins, even at its default value
-        if "no_cache" in options:
-            options["use_cache"] = not options.pop("no_cache")
+        check_choice("protocol", protocol, get_args(Protocol))
+        given = {**PROTOCOL_PRESETS[protocol], **options}  # an option the caller gave wins, even at its default value
         groups: dict[str, dict[str, object]] = {}
-        for name, value in options.items():
-            group, attribute = OPTION_FIELDS[name]
-            groups.setdefault(group, {})[attribute] = value
+        for name, value in given.items():
+            found = OPTION_FIELDS[name]
+            groups.setdefault(found.group, {})[found.field] = found.to_field(value)
+        defaults = cls()
         return cls(**{f.name: replace(getattr(defaults, f.name), **groups.get(f.name, {})) for f in fields(cls)})
 
 
-def _option_fields() -> dict[str, tuple[str, str]]:
-    """Flat option name (the CLI flag without dashes) -> (settings group, field)."""
-    table: dict[str, tuple[str, str]] = {}
-    for group in fields(TrackSettings):
-        for item in fields(group.default_factory):  # type: ignore[misc]
-            table[FLAG_NAMES.get(item.name, item.name)] = (group.name, item.name)
-    table["no_cache"] = ("runtime", "use_cache")  # the CLI's --no-cache is the negation of use_cache
-    return table
+# Flat tracker option name -> its settings field (and group).
+OPTION_FIELDS = options_of(TrackSettings)
 
-
-OPTION_FIELDS = _option_fields()
-
-# What each --protocol sets, by flat option name. An option the caller does not give takes the
+# What each protocol sets, by flat option name. An option the caller does not give takes the
 # protocol's value; an option given keeps it, whatever its value (so `--protocol dift --context 7
 # --context-topk 5 --radius 12 --temperature 0.1` is DINO's setting, and `--protocol dift --sam
 # vit_b` keeps SAM).

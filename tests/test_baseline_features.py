@@ -87,9 +87,9 @@ def test_factory_picks_the_source_and_caches_it(tiny_sdxl: Path, tiny_dinov2: Pa
 
 
 def test_flag_validation() -> None:
-    with pytest.raises(InputError, match="--features"):
+    with pytest.raises(InputError, match="^features: "):
         SourceConfig(kind="clip")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="--dift-timestep"):
+    with pytest.raises(InputError, match="^dift_timestep: "):
         SourceConfig(dift_timestep=1000)
     with pytest.raises(InputError, match="--dinov2-model"):
         load_vit("./no/such/folder", torch.device("cpu"), torch.float32)

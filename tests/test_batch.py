@@ -20,7 +20,7 @@ def test_auto_is_the_default_and_four_frames_on_the_cpu() -> None:
 def test_numbers_from_the_command_line_and_bad_values() -> None:
     assert TrackSettings.from_options(batch_size="6").runtime.batch_size == 6
     for bad in ("many", "0", 0, "-2"):
-        with pytest.raises(InputError, match="--batch-size"):
+        with pytest.raises(InputError, match="^batch_size: "):
             RuntimeConfig(batch_size=bad)
 
 

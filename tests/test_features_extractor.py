@@ -81,7 +81,7 @@ def test_input_size_keeps_aspect(parts: DiffusionParts, height: int, width: int)
 
 
 def test_size_must_be_a_multiple_of_64(parts: DiffusionParts) -> None:
-    with pytest.raises(InputError, match="--size"):
+    with pytest.raises(InputError, match="^size: "):
         FeatureExtractor(parts, replace(CONFIG, size=100))
 
 

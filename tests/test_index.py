@@ -91,7 +91,7 @@ def test_index_errors(tiny_dinov2: Path, tmp_path: Path) -> None:
     manifest.write_text(json.dumps(record))
     with pytest.raises(InputError, match="holds 2 vectors"):
         GalleryIndex.load(tmp_path / "index")
-    with pytest.raises(InputError, match="--pooling"):
+    with pytest.raises(InputError, match="^pooling: "):
         GlobalConfig(pooling="max")  # type: ignore[arg-type]
 
 

@@ -203,13 +203,13 @@ def test_class_list_checks(names: list[str], fragment: str) -> None:
 
 
 def test_config_checks() -> None:
-    with pytest.raises(InputError, match="--support-size"):
+    with pytest.raises(InputError, match="^support_size: "):
         PrototypeConfig(support_size=100)
-    with pytest.raises(InputError, match="--support-prompt"):
+    with pytest.raises(InputError, match="^support_prompt: "):
         PrototypeConfig(support_prompt="a photo")
-    with pytest.raises(InputError, match="--feature"):
+    with pytest.raises(InputError, match="^feature: "):
         PrototypeConfig(feature="dino")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="--fg-threshold"):
+    with pytest.raises(InputError, match="^fg_threshold: "):
         PrototypeConfig(fg_threshold=0.0)
 
 

@@ -103,7 +103,7 @@ def test_protocol_presets_and_overrides() -> None:
     assert authors.features.separate_qk and authors.match.appearance_agg == "euclidean-vote"
     assert authors.memory.protocol == "authors-code" and authors.match.vote_topk == 100
     assert TrackSettings.from_options() == TrackSettings()
-    with pytest.raises(InputError, match="--protocol"):
+    with pytest.raises(InputError, match="^protocol: "):
         TrackSettings.from_options(protocol="dino")
 
 

@@ -138,7 +138,7 @@ def test_load_sam_none_and_bad_inputs(tmp_path: Path) -> None:
     assert load_sam(SamConfig(model_type="none"), torch.device("cpu"), tmp_path) is None
     with pytest.raises(InputError, match="--sam-checkpoint"):
         load_sam(SamConfig(checkpoint=tmp_path / "missing.pth"), torch.device("cpu"), tmp_path)
-    with pytest.raises(InputError, match="--sam: unknown value 'vit_x'"):
+    with pytest.raises(InputError, match="^sam: unknown value 'vit_x'"):
         load_sam(SamConfig(model_type="vit_x"), torch.device("cpu"), tmp_path)  # type: ignore[arg-type]
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
