@@ -19,7 +19,6 @@ from pdmtrack.config import (
     OptionField,
     TrackSettings,
     check_choice,
-    check_finite,
     config_from_options,
     options_of,
 )
@@ -153,13 +152,16 @@ with_global_options = with_options(GlobalConfig, functools.partial(config_from_o
 @with_segment_options
 def propagate(
     video: Annotated[Path, typer.Argument(help="Video file (mp4/mov/avi/mkv/webm) or folder of frames.")],
-    mask: Annotated[
+    masks: Annotated[
         list[str] | None,
         typer.Option(
-            help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON."
+            "--mask",
+            help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON.",
         ),
     ] = None,
-    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")] = None,
+    classes: Annotated[
+        list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default: ./pdmtrack_out/<video name>).")] = None,
     start: Annotated[int | None, typer.Option(help="First frame written (default: the first mask's frame; 0 for backward/both).")] = None,
     end: Annotated[int | None, typer.Option(help="Stop before this frame (default: the last).")] = None,
@@ -189,12 +191,12 @@ def propagate(
     from pdmtrack.runs.video_folder import mask_files, plan_run, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
-    check_choice("--init", init, ("attention", "ovdiff"))
+    check_choice("init", init, ("attention", "ovdiff"))
     plan = plan_run(
         video,
         out if out is not None else Path("pdmtrack_out") / video.stem,
-        masks=mask_files(mask or [], start or 0),
-        classes=list(cls or []),
+        masks=mask_files(masks or [], start or 0),
+        classes=list(classes or []),
         start=start,
         end=end,
         direction=direction,
@@ -228,7 +230,9 @@ def propagate(
 def eval_davis(
     root: Annotated[Path, typer.Option(help="DAVIS 2017 root (JPEGImages/, Annotations/, ImageSets/).")],
     split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
-    results: Annotated[Path | None, typer.Option(help="Evaluate this results folder (<seq>/<frame>.png) instead of tracking.")] = None,
+    results_dir: Annotated[
+        Path | None, typer.Option("--results", help="Evaluate this results folder (<seq>/<frame>.png) instead of tracking.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Where results/ and the reports go.")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma-separated subset of sequences.")] = None,
     class_map: Annotated[Path | None, typer.Option(help='JSON {"<seq>": "class name"} for --cls per sequence.')] = None,
@@ -240,13 +244,13 @@ def eval_davis(
     from pdmtrack.eval.davis import evaluate_davis
     from pdmtrack.runs.pool import parse_workers
 
-    if results is None and out is None:
+    if results_dir is None and out is None:
         raise InputError("pdmtrack eval davis", "give --results DIR to evaluate, or -o OUT to track and evaluate")
-    names = _subset("--sequences", sequences, "sequence", "the whole split")
+    names = _subset("sequences", sequences, "sequence", "the whole split")
     evaluate_davis(
         root,
         split,
-        results_dir=results,
+        results_dir=results_dir,
         out_dir=out,
         sequences=names,
         class_map=class_map,
@@ -262,7 +266,7 @@ def eval_permis(
     root: Annotated[Path, typer.Option(help="PerMIRS folder written by build-permis.")],
     task: Annotated[str, typer.Option(help="video | image")] = "video",
     out: Annotated[Path, typer.Option("-o", "--out", help="Where results and reports go.")] = Path("pdmtrack_eval/permis"),
-    results: Annotated[Path | None, typer.Option(help="(video) evaluate this results folder instead of tracking.")] = None,
+    results_dir: Annotated[Path | None, typer.Option("--results", help="(video) evaluate this results folder instead of tracking.")] = None,
     workers: WORKERS_OPTION = "1",
     ray_address: RAY_ADDRESS_OPTION = None,
     settings: TrackSettings = TrackSettings(),
@@ -272,14 +276,14 @@ def eval_permis(
     from pdmtrack.runs.pool import parse_workers
 
     parallel = {"workers": parse_workers(workers), "ray_address": ray_address}
-    if results is not None and task != "video":
-        raise InputError("--results", "only --task video evaluates an existing results folder")
+    if results_dir is not None and task != "video":
+        raise ParameterError("results_dir", "only --task video evaluates an existing results folder")
     if task == "video":
-        evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results, **parallel)
+        evaluate_permis_video(root, out_dir=out, settings=settings, results_dir=results_dir, **parallel)
     elif task == "image":
         evaluate_permis_image(root, out_dir=out, settings=settings, **parallel)
     else:
-        raise InputError("--task", f"unknown task '{task}' (choose from video, image)")
+        raise ParameterError("task", f"unknown task '{task}' (choose from video, image)")
 
 
 RERANK_HELP = "Rank with the global descriptor first and re-rank its N best with PDM (0: the global ranking alone)."
@@ -301,9 +305,8 @@ def eval_permir(
     from pdmtrack.eval.permirs import evaluate_permir
     from pdmtrack.runs.pool import parse_workers
 
-    _check_rerank(rerank)
     evaluate_permir(
-        root, out_dir=out, settings=settings, descriptor=_descriptor(rerank, global_config, settings), rerank=rerank,
+        root, out_dir=out, settings=settings, rerank=rerank, global_config=global_config,
         workers=parse_workers(workers), ray_address=ray_address,
     )  # fmt: skip
 
@@ -322,7 +325,7 @@ def eval_perseg(
     """PerSeg: personalised segmentation (mIoU, bIoU as PerSAM aggregates them)."""
     from pdmtrack.eval.perseg import evaluate_perseg
 
-    chosen = _subset("--objects", objects, "object", "every object")
+    chosen = _subset("objects", objects, "object", "every object")
     evaluate_perseg(root, out_dir=out, settings=settings, names_as_classes=names_as_classes, objects=chosen)
 
 
@@ -340,29 +343,13 @@ def eval_roxford(
     """Revisited Oxford / Paris: mAP Medium and Hard (official easy/hard/junk protocol)."""
     from pdmtrack.eval.revisited import evaluate_revisited
 
-    _check_rerank(rerank)
-    descriptor = _descriptor(rerank, global_config, settings)
-    evaluate_revisited(root, dataset, out_dir=out, settings=settings, descriptor=descriptor, rerank=rerank)
+    evaluate_revisited(root, dataset, out_dir=out, settings=settings, rerank=rerank, global_config=global_config)
 
 
 def _pdm_features_only(settings: TrackSettings) -> None:
     """OVDiff's prototypes are PDM features: the baselines' ``--features`` do not apply."""
     if settings.source.kind != "pdm":
-        raise InputError("--features", f"OVDiff commands use PDM features only, not '{settings.source.kind}'")
-
-
-def _check_rerank(rerank: int | None) -> None:
-    if rerank is not None and rerank < 0:
-        raise InputError("--rerank", f"must be at least 0, got {rerank}")
-
-
-def _descriptor(rerank: int | None, config: GlobalConfig, settings: TrackSettings) -> Any:
-    """The global descriptor a two-stage ranking needs (None without --rerank)."""
-    if rerank is None:
-        return None
-    from pdmtrack.personal.global_descriptor import GlobalDescriptor
-
-    return GlobalDescriptor(config, settings.runtime.device, settings.runtime.dtype)
+        raise ParameterError("features", f"OVDiff commands use PDM features only, not '{settings.source.kind}'")
 
 
 @app.command()
@@ -371,10 +358,13 @@ def segment(
     reference: Annotated[Path, typer.Argument(help="Reference image showing the instance(s).")],
     targets: Annotated[list[Path], typer.Argument(help="Target images or folders of images.")],
     mask: Annotated[Path | None, typer.Option(help="Reference mask: palette/grey/RGB PNG or COCO RLE JSON (ids kept).")] = None,
-    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object.")] = None,
+    classes: Annotated[list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/segment"),
-    present_threshold: Annotated[
-        float, typer.Option(help="Presence score (target peak / reference self-similarity) below which an object is absent.")
+    presence_threshold: Annotated[
+        float,
+        typer.Option(
+            "--present-threshold", help="Presence score (target peak / reference self-similarity) below which an object is absent."
+        ),
     ] = 0.5,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize a mask of another size (nearest neighbour).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <target>_overlay.jpg.")] = True,
@@ -383,15 +373,14 @@ def segment(
     """Segment the reference's instance(s) in each target image (PerSAM(PDM))."""
     from pdmtrack.runs.image_folder import segment_to_folder
 
-    check_finite("--present-threshold", present_threshold)
     summary = segment_to_folder(
         reference,
         targets,
         out,
         mask=mask,
-        classes=list(cls or []),
+        classes=list(classes or []),
         settings=settings,
-        presence_threshold=present_threshold,
+        presence_threshold=presence_threshold,
         overlay=overlay,
         resize_mask=resize_mask,
     )
@@ -405,7 +394,7 @@ def retrieve(
     query: Annotated[Path, typer.Argument(help="Query image showing the instance.")],
     gallery: Annotated[Path, typer.Option(help="Folder of images, or an index folder from `pdmtrack index build`.")],
     mask: Annotated[Path | None, typer.Option(help="Query instance mask (all objects in it form the instance).")] = None,
-    cls: Annotated[str | None, typer.Option("--cls", help="Class name of the instance.")] = None,
+    classes: Annotated[str | None, typer.Option("--cls", help="Class name of the instance.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("pdmtrack_out/retrieve"),
     rerank: Annotated[int | None, typer.Option(help=RERANK_HELP + " An index gallery defaults to 100.")] = None,
     top: Annotated[int, typer.Option(help="Results shown on the contact sheet.")] = 8,
@@ -421,7 +410,7 @@ def retrieve(
         gallery,
         out,
         mask=mask,
-        classes=[cls] if cls else [],
+        classes=[classes] if classes else [],
         settings=settings,
         rerank=rerank,
         global_config=global_config,
@@ -451,13 +440,13 @@ def index_build(
     out: Annotated[Path, typer.Option("-o", "--out", help="Index folder to write.")],
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index.")] = False,
-    index_type: Annotated[str, typer.Option(help="hnsw (approximate, fast) | flat (exact scan).")] = "hnsw",
+    kind: Annotated[str, typer.Option("--index-type", help="hnsw (approximate, fast) | flat (exact scan).")] = "hnsw",
     global_config: GlobalConfig = GlobalConfig(),
 ) -> None:
     """Compute a global descriptor per image into a FAISS index with a manifest."""
     from pdmtrack.personal.index import build_index
 
-    summary = build_index(images, out, global_config, device=device, overwrite=overwrite, kind=index_type)
+    summary = build_index(images, out, global_config, device=device, overwrite=overwrite, kind=kind)
     typer.echo(summary.format(out))
 
 
@@ -510,11 +499,11 @@ def propagate_batch(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: one subfolder per video, and batch_summary.csv.")] = Path(
         "pdmtrack_batch"
     ),
-    videos: Annotated[Path | None, typer.Option(help="Folder mode: a folder of videos (files or frame folders).")] = None,
-    masks: Annotated[
-        Path | None, typer.Option(help="Folder mode: <video name>.png (first frame) or <video name>/<frame>.png masks.")
+    videos_dir: Annotated[Path | None, typer.Option("--videos", help="Folder mode: a folder of videos (files or frame folders).")] = None,
+    masks_dir: Annotated[
+        Path | None, typer.Option("--masks", help="Folder mode: <video name>.png (first frame) or <video name>/<frame>.png masks.")
     ] = None,
-    cls: Annotated[list[str] | None, typer.Option("--cls", help="Class name(s) for rows that give none.")] = None,
+    default_classes: Annotated[list[str] | None, typer.Option("--cls", help="Class name(s) for rows that give none.")] = None,
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4 per video.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE) per video.")] = False,
@@ -527,15 +516,15 @@ def propagate_batch(
     from pdmtrack.runs.batch import propagate_batch as run_batch
     from pdmtrack.runs.pool import parse_workers
 
-    if (jobs is None) == (videos is None):
+    if (jobs is None) == (videos_dir is None):
         raise InputError("propagate-batch", "give a JOBS file, or --videos DIR with --masks DIR (not both)")
-    if videos is not None and masks is None and not cls:
-        raise InputError("--masks", "folder mode needs --masks DIR (or --cls NAME to track by class name)")
-    rows = read_jobs(jobs) if jobs is not None else folder_rows(videos, masks)  # type: ignore[arg-type]
+    if videos_dir is not None and masks_dir is None and not default_classes:
+        raise ParameterError("masks_dir", "folder mode needs --masks DIR (or --cls NAME to track by class name)")
+    rows = read_jobs(jobs) if jobs is not None else folder_rows(videos_dir, masks_dir)  # type: ignore[arg-type]
     base = jobs.resolve().parent if jobs is not None else Path(".")
     outcome = run_batch(
-        rows, out, settings, base=base, default_classes=list(cls or []), png=png, overlay=overlay, rle=rle,
-        workers=parse_workers(workers), ray_address=ray_address, inputs=[p for p in (jobs, videos, masks) if p is not None],
+        rows, out, settings, base=base, default_classes=list(default_classes or []), png=png, overlay=overlay, rle=rle,
+        workers=parse_workers(workers), ray_address=ray_address, inputs=[p for p in (jobs, videos_dir, masks_dir) if p is not None],
     )  # fmt: skip
     typer.echo(outcome.format())
     if outcome.failed:
@@ -562,13 +551,13 @@ def cache_info(
 def cache_clear(
     cache_dir: CACHE_DIR_OPTION = None,
     model: Annotated[str | None, typer.Option(help="Only entries written with this --model (hub id or local folder).")] = None,
-    older_than: Annotated[float | None, typer.Option(help="Only entries not used for this many days.")] = None,
+    older_than_days: Annotated[float | None, typer.Option("--older-than", help="Only entries not used for this many days.")] = None,
 ) -> None:
     """Delete feature cache entries (all of them without --model / --older-than)."""
     from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
 
     folder = CacheFolder(cache_dir, resolve_max_bytes(None))
-    removed, freed = folder.clear(model, older_than)
+    removed, freed = folder.clear(model, older_than_days)
     typer.echo(f"removed {removed} entries ({freed / 1e9:.3f} GB) from {folder.root}")
 
 
@@ -673,21 +662,28 @@ def _split_list(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _subset(flag: str, text: str | None, what: str, default: str) -> list[str] | None:
-    """The names of a comma-separated subset flag (None when not given); naming none is an error."""
+def _subset(parameter: str, text: str | None, what: str, default: str) -> list[str] | None:
+    """The names of the comma-separated subset ``parameter`` (None when not given); naming none is an error."""
     names = _split_list(text)
     if names == []:
-        raise InputError(flag, f"the list '{text}' names no {what}; give comma-separated names, or leave it out for {default}")
+        raise ParameterError(parameter, f"the list '{text}' names no {what}; give comma-separated names, or leave it out for {default}")
     return names
 
 
-# Library parameters set by a flag of another name.
-_FLAGS = {"classes": "--cls", "masks": "--mask"}
-
-
-def _flag(parameter: str) -> str:
-    """The flag that sets the library parameter ``parameter``."""
-    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+def _flag(parameter: str, words: list[str]) -> str:
+    """The flag of the command that ``words`` (the command line) invoke which sets the library
+    parameter ``parameter``: the option of that name (``classes`` -> ``--cls``), an argument's
+    metavar; else ``--<parameter with dashes>``."""
+    command = typer.main.get_command(app)
+    for word in words:
+        subcommands = getattr(command, "commands", {})
+        if word not in subcommands:
+            break
+        command = subcommands[word]
+    for param in command.params:
+        if param.name == parameter:
+            return max(param.opts, key=len) if param.param_type_name == "option" else param.human_readable_name
+    return "--" + parameter.replace("_", "-")
 
 
 def main() -> None:
@@ -695,7 +691,7 @@ def main() -> None:
     try:
         app()
     except ParameterError as err:
-        print(f"pdmtrack: error: {_flag(err.parameter)}: {err.problem}", file=sys.stderr)
+        print(f"pdmtrack: error: {_flag(err.parameter, sys.argv[1:])}: {err.problem}", file=sys.stderr)
         sys.exit(2)
     except InputError as err:
         print(f"pdmtrack: error: {err}", file=sys.stderr)
