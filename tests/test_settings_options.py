@@ -99,3 +99,22 @@ def test_the_tracker_takes_paths_as_strings(tmp_path: Path, tiny_sam: Path) -> N
 def test_the_cli_shows_the_flag_of_the_parameter(args: list[str], flag: str, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run_cli(args, capsys, monkeypatch), f"pdmtrack: error: {flag}")
+
+
+@pytest.mark.parametrize(
+    ("parameter", "command", "flag"),
+    [
+        ("classes", ["propagate"], "--cls"),
+        ("classes", ["segment-ov"], "--classes"),
+        ("masks", ["propagate"], "--mask"),
+        ("kind", ["index", "build"], "--index-type"),
+        ("results_dir", ["eval", "davis"], "--results"),
+        ("support", ["prototypes", "build"], "--support"),
+        ("video", ["propagate"], "VIDEO"),
+        ("frame_idx", ["propagate"], "--frame-idx"),  # no such option: the name with dashes
+    ],
+)
+def test_the_flag_of_a_parameter_is_the_invoked_commands(parameter: str, command: list[str], flag: str) -> None:
+    from pdmtrack.cli import _flag
+
+    assert _flag(parameter, [*command, "--size", "64"]) == flag

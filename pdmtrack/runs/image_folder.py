@@ -85,10 +85,10 @@ def segment_to_folder(
 ) -> RunSummary:
     """Segment the reference's instances in every target; write ``<stem>.png`` (palette),
     ``<stem>_overlay.jpg`` and ``scores.json`` into ``out_dir``."""
-    if mask is None and not classes:
-        raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
     if presence_threshold is not None:
         check_finite("presence_threshold", presence_threshold)
+    if mask is None and not classes:
+        raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
     out_dir = ensure_writable_folder(out_dir, [reference, *targets, *([mask] if mask else [])], keep=False)
     images = list_images(targets, "target images")
     stems = output_stems(images)
