@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -16,11 +16,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device", f"'{name}' asked for, but no CUDA GPU is available")
+        raise ParameterError("device", f"'{name}' asked for, but no CUDA GPU is available")
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise InputError("--device", f"unknown device '{name}' (use auto, cuda or cpu)") from err
+        raise ParameterError("device", f"unknown device '{name}' (use auto, cuda or cpu)") from err
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -28,7 +28,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in _DTYPES:
-        raise InputError("--dtype", f"unknown dtype '{name}' (use auto, fp16, bf16 or fp32)")
+        raise ParameterError("dtype", f"unknown dtype '{name}' (use auto, fp16, bf16 or fp32)")
     return _DTYPES[name]
 
 

@@ -60,7 +60,7 @@ def test_dift_is_an_up_block_output_averaged_over_seeded_noise(tiny_sdxl: Path, 
     assert one.fingerprint != two.fingerprint
     late = DiftExtractor(parts, settings.features, timestep=261, up_block=1, ensemble=1)
     assert late.fingerprint != one.fingerprint and not torch.equal(late(FRAMES).appearance, first.appearance)
-    with pytest.raises(InputError, match="--dift-up-block"):
+    with pytest.raises(InputError, match="^dift_up_block: "):
         DiftExtractor(parts, settings.features, up_block=len(parts.unet.up_blocks))
 
 
@@ -91,10 +91,10 @@ def test_flag_validation() -> None:
         SourceConfig(kind="clip")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="^dift_timestep: "):
         SourceConfig(dift_timestep=1000)
-    with pytest.raises(InputError, match="--dinov2-model"):
+    with pytest.raises(InputError, match="^dinov2_model: "):
         load_vit("./no/such/folder", torch.device("cpu"), torch.float32)
-    with pytest.raises(InputError, match="--global-model"):
-        load_vit("nobody/no-such-model-offline", torch.device("cpu"), torch.float32, "--global-model")
+    with pytest.raises(InputError, match="^global_model: "):
+        load_vit("nobody/no-such-model-offline", torch.device("cpu"), torch.float32, "global_model")
 
 
 def test_tracker_loads_what_the_features_need(tiny_sdxl: Path, tiny_dinov2: Path, tmp_path: Path) -> None:

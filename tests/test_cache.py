@@ -285,7 +285,7 @@ def test_bound_resolution(monkeypatch) -> None:
     monkeypatch.setenv(folder_module.MAX_GB_ENV, "lots")
     with pytest.raises(InputError, match="PDMTRACK_CACHE_MAX_GB"):
         resolve_max_bytes(None)
-    with pytest.raises(InputError, match="--cache-max-gb"):
+    with pytest.raises(InputError, match="^cache_max_gb: "):
         resolve_max_bytes(0)
 
 

@@ -152,7 +152,7 @@ def test_wrong_layer_lists_the_valid_blocks(sdxl_parts: DiffusionParts) -> None:
     with pytest.raises(InputError) as err:
         resolve_block(sdxl_parts.unet, "up_blocks.9.attentions.0")
     message = str(err.value)
-    assert message.startswith("--layer: 'up_blocks.9.attentions.0'") and "\n" not in message
+    assert message.startswith("layer: 'up_blocks.9.attentions.0'") and "\n" not in message
     assert message.endswith("valid blocks: " + ", ".join(valid))
     assert resolve_block(sdxl_parts.unet, valid[0]) == valid[0]
     assert resolve_block(sdxl_parts.unet, None) == default_block(sdxl_parts.unet)

@@ -120,11 +120,11 @@ def test_noise_mode_is_ddpm_add_noise_with_seeded_noise() -> None:
 
 
 def test_bad_settings_are_input_errors() -> None:
-    with pytest.raises(InputError, match="--timestep"):
+    with pytest.raises(InputError, match="^timestep: "):
         check_inversion_config(FeatureConfig(feature_timestep=1000), 1000)
-    with pytest.raises(InputError, match="--fixed-point-iters"):
+    with pytest.raises(InputError, match="^fixed_point_iters: "):
         check_inversion_config(FeatureConfig(fixed_point_iters=-1), 1000)
-    with pytest.raises(InputError, match="--inversion"):
+    with pytest.raises(InputError, match="^inversion: "):
         check_inversion_config(FeatureConfig(inversion="sde"), 1000)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="--timestep"):  # not a step of the leading schedule
+    with pytest.raises(InputError, match="^timestep: "):  # not a step of the leading schedule
         check_inversion_config(FeatureConfig(inversion="ddim-reconstruct", feature_timestep=249), 1000)

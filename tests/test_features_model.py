@@ -81,7 +81,7 @@ def test_folder_missing_a_component_names_it(tiny_sdxl: Path, tmp_path: Path) ->
 
 
 def test_missing_folder_path_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="--model: folder .* does not exist"):
+    with pytest.raises(InputError, match="^model: folder .* does not exist"):
         load_diffusion_parts(FeatureConfig(model=str(tmp_path / "nope")), CPU, torch.float32)
 
 
@@ -89,7 +89,7 @@ def test_offline_model_not_in_cache_is_one_line(empty_hf_home: Path) -> None:
     with pytest.raises(InputError) as err:
         load_diffusion_parts(FeatureConfig(model="stabilityai/sdxl-turbo"), CPU, torch.float32)
     message = str(err.value)
-    assert message.startswith("--model: 'stabilityai/sdxl-turbo' is not in the Hugging Face cache")
+    assert message.startswith("model: 'stabilityai/sdxl-turbo' is not in the Hugging Face cache")
     assert "--model PATH" in message and "\n" not in message
     assert not any((empty_hf_home / "hub").glob("models--*/snapshots/*/*"))  # nothing fetched
 

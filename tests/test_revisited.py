@@ -118,7 +118,7 @@ def test_rerank_wiring(tmp_path: Path) -> None:
 
 
 def test_reader_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="--dataset"):
+    with pytest.raises(InputError, match="^dataset: "):
         load_revisited(tmp_path, "oxford105k")
     with pytest.raises(InputError, match="ground truth not found"):
         load_revisited(tmp_path, "rparis6k")

@@ -136,7 +136,7 @@ def test_tiny_sam_round_trip(tmp_path: Path) -> None:
 
 def test_load_sam_none_and_bad_inputs(tmp_path: Path) -> None:
     assert load_sam(SamConfig(model_type="none"), torch.device("cpu"), tmp_path) is None
-    with pytest.raises(InputError, match="--sam-checkpoint"):
+    with pytest.raises(InputError, match="^sam_checkpoint: "):
         load_sam(SamConfig(checkpoint=tmp_path / "missing.pth"), torch.device("cpu"), tmp_path)
     with pytest.raises(InputError, match="^sam: unknown value 'vit_x'"):
         load_sam(SamConfig(model_type="vit_x"), torch.device("cpu"), tmp_path)  # type: ignore[arg-type]
@@ -275,7 +275,7 @@ def test_sam2_backend_round_trip_and_batches(tiny_sam2: Path) -> None:
 
 def test_sam2_bad_inputs(tiny_sam2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    with pytest.raises(InputError, match="--sam-checkpoint: sam2.1-hiera-small takes a transformers folder"):
+    with pytest.raises(InputError, match="^sam_checkpoint: sam2.1-hiera-small takes a transformers folder"):
         load_sam(SamConfig(model_type="sam2.1-hiera-small", checkpoint=tiny_sam2 / "config.json"), cpu, None)
     with pytest.raises(InputError, match="not a transformers model folder"):
         load_sam(SamConfig(model_type="sam2.1-hiera-small", checkpoint=tmp_path), cpu, None)
@@ -285,5 +285,5 @@ def test_sam2_bad_inputs(tiny_sam2: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    with pytest.raises(InputError, match="--sam: cannot load 'facebook/sam2.1-hiera-large'"):
+    with pytest.raises(InputError, match="^sam: cannot load 'facebook/sam2.1-hiera-large'"):
         load_sam(SamConfig(model_type="sam2.1-hiera-large"), cpu, None)

@@ -39,9 +39,9 @@ def test_segmenter_keeps_object_ids_and_judges_presence() -> None:
 
 def test_segmenter_errors() -> None:
     image = box_image(32, 32, [("red", 0, 0, 16, 16)])
-    with pytest.raises(InputError, match="--mask"):
+    with pytest.raises(InputError, match="^mask: "):
         ImageSegmenter(ColourSource(), image, np.zeros((32, 32), np.uint8), [None], MatchConfig(), CPU)
-    with pytest.raises(InputError, match="--cls"):
+    with pytest.raises(InputError, match="^classes: "):
         ImageSegmenter(ColourSource(), image, None, [None], MatchConfig(), CPU)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 
 from pdmtrack import Tracker
@@ -62,14 +63,13 @@ def test_a_16_bit_mask_keeps_its_ids(tmp_path: Path) -> None:
 # --- 2. NaN and inf for every float option --------------------------------------------------
 def _float_flags(command: str) -> list[str]:
     """The float options of ``pdmtrack COMMAND``, read from its signature as typer does."""
-    callback = next(c.callback for c in app.registered_commands if c.callback.__name__ == command.replace("-", "_"))
-    flags = []
-    for param in inspect.signature(callback).parameters.values():
-        kind, *extras = typing.get_args(param.annotation) or (param.annotation,)
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    floats = set()
+    for param in inspect.signature(click_command.callback).parameters.values():
+        kind, *_ = typing.get_args(param.annotation) or (param.annotation,)
         if float in (kind, *typing.get_args(kind)):
-            declared = [d for e in extras for d in getattr(e, "param_decls", ()) or () if d.startswith("--")]
-            flags.append(declared[0] if declared else "--" + param.name.replace("_", "-"))
-    return flags
+            floats.add(param.name)
+    return [max(param.opts, key=len) for param in click_command.params if param.name in floats]
 
 
 def test_the_float_option_lists_are_the_expected_ones() -> None:

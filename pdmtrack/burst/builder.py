@@ -35,7 +35,7 @@ from pdmtrack.burst.records import (
 )
 from pdmtrack.burst.selection import select
 from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_video
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import (
     atomic_write_text,
     check_output_folder,
@@ -65,10 +65,10 @@ def _annotation_files(burst_root: Path, splits: Iterable[str] | None, annotation
         files = [_annotation_file(burst_root, split) for split in present]
     else:
         if not splits:
-            raise InputError("--splits", "names no split")
+            raise ParameterError("splits", "names no split")
         for split in splits:
             if not is_safe_component(split):
-                raise InputError("--splits", f"'{split}' is not a split name")
+                raise ParameterError("splits", f"'{split}' is not a split name")
         files = [_annotation_file(burst_root, split) for split in splits]
     for path in files:
         if not path.is_file():
@@ -115,11 +115,11 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 
 
 def build_permirs(
-    burst_root: Path,
-    out_dir: Path,
+    burst_root: str | Path,
+    out_dir: str | Path,
     *,
     splits: Iterable[str] | None = None,
-    annotations: list[Path] | None = None,
+    annotations: list[str | Path] | None = None,
     drop_sources: Iterable[str] = DEFAULT_DROPPED_SOURCES,
     overwrite: bool = False,
 ) -> BuildSummary:

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.davis_dataset import VOID_ID, DavisDataset
 from pdmtrack.eval.davis_scoring import DavisReport, TrackingRecord, evaluate_results
 from pdmtrack.io.files import ensure_writable_folder, read_json
@@ -23,7 +23,7 @@ from pdmtrack.runs.record import same_settings_as_before
 from pdmtrack.tracking.tracker import Tracker
 
 
-def load_class_map(path: Path | None) -> dict[str, str]:
+def load_class_map(path: str | Path | None) -> dict[str, str]:
     """A JSON object {"<sequence>": "<class name>"} (empty when ``path`` is None)."""
     if path is None:
         return {}
@@ -100,13 +100,13 @@ def _first_mask_without_void(annotation: Path, work_dir: Path) -> Path:
 
 
 def evaluate_davis(
-    root: Path,
+    root: str | Path,
     split: str = "val",
     *,
-    results_dir: Path | None = None,
-    out_dir: Path | None = None,
+    results_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
     sequences: list[str] | None = None,
-    class_map: Path | None = None,
+    class_map: str | Path | None = None,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     track_fn: Callable | None = None,
@@ -124,7 +124,7 @@ def evaluate_davis(
     tracked again.
     """
     if results_dir is None and out_dir is None:
-        raise InputError("--results/-o", "give a results folder to evaluate or an output folder to track into")
+        raise ParameterError("results_dir", "give a results folder to evaluate or an output folder (out_dir) to track into")
     dataset = DavisDataset(Path(root), split, sequences)
     if out_dir is not None:  # before any model loads
         ensure_writable_folder(out_dir)

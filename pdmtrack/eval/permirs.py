@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pdmtrack.burst import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT
 from pdmtrack.config import GlobalConfig, TrackSettings
 from pdmtrack.device import resolve_device
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.eval.davis_scoring import DavisReport
 from pdmtrack.eval.metrics import average_precision, boundary_iou, mask_iou, recall_at_k
@@ -48,7 +48,7 @@ from pdmtrack.io.masks import decode_rle
 from pdmtrack.io.reports import Table, write_report
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
 from pdmtrack.personal.scoring import QueryScorer
-from pdmtrack.personal.search import Query, rank_queries
+from pdmtrack.personal.search import Query, check_rerank, rank_queries
 from pdmtrack.personal.segmenter import segment_from_maps
 from pdmtrack.runs.pool import resolve_workers
 from pdmtrack.tracking.matching import mask_to_grid_bool, pdm_map
@@ -77,7 +77,7 @@ def _read_json(path: Path) -> dict:
     return read_json(path, "not found (is this a folder built by `pdmtrack build-permis`?)")  # type: ignore[return-value]
 
 
-def load_benchmark(root: Path) -> list[BenchmarkVideo]:
+def load_benchmark(root: str | Path) -> list[BenchmarkVideo]:
     """The videos listed in ``root/manifest.json`` with their chosen frames and track masks."""
     root = Path(root)
     if not root.is_dir():
@@ -257,11 +257,11 @@ class PermirReport:
 
 # --------------------------------------------------------------------------- PerMIS-video
 def evaluate_permis_video(
-    root: Path,
+    root: str | Path,
     *,
-    out_dir: Path | None,
+    out_dir: str | Path | None,
     settings: TrackSettings | None = None,
-    results_dir: Path | None = None,
+    results_dir: str | Path | None = None,
     tracker: Tracker | None = None,
     track_fn: Callable | None = None,
     sequences: list[str] | None = None,
@@ -292,9 +292,9 @@ def evaluate_permis_video(
 
 # --------------------------------------------------------------------------- PerMIS-image
 def evaluate_permis_image(
-    root: Path,
+    root: str | Path,
     *,
-    out_dir: Path,
+    out_dir: str | Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     workers: int | str = 1,
@@ -362,28 +362,30 @@ class _Gallery:
 
 
 def evaluate_permir(
-    root: Path,
+    root: str | Path,
     *,
-    out_dir: Path,
+    out_dir: str | Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     descriptor: Callable[[np.ndarray], np.ndarray] | None = None,
     rerank: int | None = None,
+    global_config: GlobalConfig | None = None,
     workers: int | str = 1,
     ray_address: str | None = None,
 ) -> PermirReport:
     """Rank the whole gallery for every query by the PDM global score; mAP and Recall@1/5/10,
     with ``tracker``'s features (loaded from ``settings`` when none is given).
 
-    With ``rerank`` N a global descriptor (DINOv2 GeM by default) ranks the gallery by the
-    query's instance crop and PDM re-ranks its N best (0: the global ranking alone, the
-    paper's "DINOv2" row). Writes ``permir_{global,details}.csv`` and ``permir_report.json``.
+    With ``rerank`` N a global descriptor (``descriptor``, else ``global_config``'s, DINOv2 GeM
+    by default) ranks the gallery by the query's instance crop and PDM re-ranks its N best (0:
+    the global ranking alone, the paper's "DINOv2" row). Writes ``permir_{global,details}.csv`` and ``permir_report.json``.
     ``workers`` may compute the PDM features first (see :func:`_prepare`; not with ``rerank``).
     """
+    check_rerank(rerank)
     if rerank is not None:
         if workers != 1 or ray_address is not None:
-            raise InputError("--workers", "--rerank runs in one process; drop --workers/--ray-address")
-        return _evaluate_permir_two_stage(root, out_dir, settings, tracker, descriptor, rerank)
+            raise ParameterError("workers", "--rerank runs in one process; drop --workers/--ray-address")
+        return _evaluate_permir_two_stage(root, out_dir, settings, tracker, descriptor, global_config, rerank)
     videos, tracker, source, classes = _prepare(root, settings, tracker, _permir_groups, workers, ray_address)
     settings, device = tracker.settings, tracker.device
     batch = resolve_batch_size(settings.runtime.batch_size, device)
@@ -417,10 +419,12 @@ def _evaluate_permir_two_stage(
     settings: TrackSettings | None,
     tracker: Tracker | None,
     descriptor: Callable[[np.ndarray], np.ndarray] | None,
+    global_config: GlobalConfig | None,
     rerank: int,
 ) -> PermirReport:
-    """PerMIR with a global first stage and PDM re-ranking of its ``rerank`` best (the
-    tracker, loaded from ``settings`` when none is given, only when something is re-ranked)."""
+    """PerMIR with a global first stage (``descriptor``, else ``global_config``'s) and PDM
+    re-ranking of its ``rerank`` best (the tracker, loaded from ``settings`` when none is
+    given, only when something is re-ranked)."""
     videos = load_benchmark(Path(root))
     classes = benchmark_classes(videos)
     source = None
@@ -429,7 +433,7 @@ def _evaluate_permir_two_stage(
         source = tracker.feature_source(classes, task="image")
     settings = tracker.settings if tracker is not None else settings or TrackSettings()
     if descriptor is None:
-        descriptor = GlobalDescriptor(GlobalConfig(), settings.runtime.device, settings.runtime.dtype)
+        descriptor = GlobalDescriptor(global_config or GlobalConfig(), settings.runtime.device, settings.runtime.dtype)
     queries = [Query(read_rgb(v.frames[0]), v.mask(0), classes.index(v.category)) for v in videos]
     gallery_paths = [path for video in videos for path in video.frames[1:]]
     orders = rank_queries(

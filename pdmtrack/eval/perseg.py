@@ -56,7 +56,7 @@ def read_binary_mask(path: Path) -> np.ndarray:
         raise InputError(path, f"cannot read the mask ({err})") from err
 
 
-def load_perseg(root: Path, objects: list[str] | None = None) -> list[PersegObject]:
+def load_perseg(root: str | Path, objects: list[str] | None = None) -> list[PersegObject]:
     """The objects under ``root`` (all, or those named), each with >= 2 image/mask pairs."""
     root = Path(root)
     image_root, mask_root = root / "Images", root / "Annotations"
@@ -145,9 +145,9 @@ class PersegReport:
 
 
 def evaluate_perseg(
-    root: Path,
+    root: str | Path,
     *,
-    out_dir: Path,
+    out_dir: str | Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     names_as_classes: bool = False,

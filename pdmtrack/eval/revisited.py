@@ -20,13 +20,13 @@ import numpy as np
 
 from pdmtrack.config import GlobalConfig, TrackSettings
 from pdmtrack.device import resolve_device
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.metrics import revisited_average_precision
 from pdmtrack.io.images import read_rgb
 from pdmtrack.io.reports import Table, write_report
 from pdmtrack.io.safe_pickle import load_plain_pickle
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
-from pdmtrack.personal.search import Query, rank_queries
+from pdmtrack.personal.search import Query, check_rerank, rank_queries
 from pdmtrack.tracking.tracker import Tracker
 
 DATASETS = ("roxford5k", "rparis6k")
@@ -75,10 +75,10 @@ def _indices(value: object) -> np.ndarray:
     return np.asarray(value, dtype=np.int64).ravel()
 
 
-def load_revisited(root: Path, dataset: str) -> RevisitedDataset:
+def load_revisited(root: str | Path, dataset: str) -> RevisitedDataset:
     """Read ``gnd_<dataset>.pkl`` under ``root`` (or ``root/<dataset>``) safely."""
     if dataset not in DATASETS:
-        raise InputError("--dataset", f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+        raise ParameterError("dataset", f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
     root = Path(root)
     folder = root / dataset if (root / dataset).is_dir() else root
     gnd_file = folder / f"gnd_{dataset}.pkl"
@@ -151,23 +151,25 @@ def score_rankings(dataset: RevisitedDataset, rankings: list[np.ndarray], settin
 
 
 def evaluate_revisited(
-    root: Path,
+    root: str | Path,
     dataset: str,
     *,
-    out_dir: Path,
+    out_dir: str | Path,
     settings: TrackSettings | None = None,
     tracker: Tracker | None = None,
     descriptor: GlobalDescriptor | None = None,
     rerank: int | None = None,
+    global_config: GlobalConfig | None = None,
 ) -> RevisitedReport:
     """Rank the gallery for every query crop and score it (mAP Medium / Hard).
 
-    ``rerank=None``: PDM (or the ``--features`` baseline) over the whole gallery; otherwise a
-    global descriptor (DINOv2 GeM by default) ranks and PDM re-ranks its first ``rerank``
+    ``rerank=None``: PDM (or the ``features`` baseline) over the whole gallery; otherwise a
+    global descriptor (``descriptor``, else ``global_config``'s, DINOv2 GeM by default) ranks and PDM re-ranks its first ``rerank``
     (0: the global ranking alone, no diffusion model loaded). The features come from
     ``tracker`` (loaded from ``settings`` when none is given). The query mask is the whole
     crop. Writes ``<dataset>_{global,details}.csv`` and ``<dataset>_report.json``.
     """
+    check_rerank(rerank)
     data = load_revisited(root, dataset)
     source = None
     if rerank != 0:
@@ -175,7 +177,7 @@ def evaluate_revisited(
         source = tracker.feature_source([], task="image")
     settings = tracker.settings if tracker is not None else settings or TrackSettings()
     if descriptor is None and rerank is not None:
-        descriptor = GlobalDescriptor(GlobalConfig(), settings.runtime.device, settings.runtime.dtype)
+        descriptor = GlobalDescriptor(global_config or GlobalConfig(), settings.runtime.device, settings.runtime.dtype)
     queries = []
     for query in data.queries:
         crop = query.crop(read_rgb(query.path))

@@ -18,7 +18,7 @@ import numpy as np
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.device import resolve_device
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.davis_dataset import image_size
 from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.cache import CachedFeatureSource, FeatureCache
@@ -67,8 +67,8 @@ class _NotCached:
     """The feature source behind the cache-only reader: a miss means an evicted entry."""
 
     def __call__(self, frames: np.ndarray) -> PDMFeatures:
-        raise InputError(
-            "--cache-max-gb",
+        raise ParameterError(
+            "cache_max_gb",
             f"features of {len(frames)} images left the feature cache before the evaluation read them; "
             "raise --cache-max-gb or run with --workers 1",
         )
@@ -85,9 +85,9 @@ def precompute_features(
     """Compute the features of every group's images (each group batched as
     ``extract_features`` does) on the workers; a source reading them from the cache."""
     if settings.source.kind != "pdm":
-        raise InputError("--workers", f"more than one worker computes PDM features only, not '{settings.source.kind}'")
+        raise ParameterError("workers", f"more than one worker computes PDM features only, not '{settings.source.kind}'")
     if not settings.runtime.use_cache:
-        raise InputError("--workers", "more than one worker hands features over through the feature cache: drop --no-cache")
+        raise ParameterError("workers", "more than one worker hands features over through the feature cache: drop --no-cache")
     size = resolve_batch_size(settings.runtime.batch_size, resolve_device(settings.runtime.device))  # as the scoring will
     batches = [tuple(group[i] for i in positions) for group in groups for positions in feature_batches(group, size)]
     chunks = [batches[start : start + _BATCHES_PER_JOB] for start in range(0, len(batches), _BATCHES_PER_JOB)]

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.permirs import read_rgb
 from pdmtrack.eval.semseg import class_iou, confusion_matrix, mean_iou
 from pdmtrack.io.reports import Table, print_tables, write_csv, write_json
@@ -34,11 +34,11 @@ VOC_CLASSES = (
 PROMPT_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 
 
-def read_split(root: Path, split: str) -> list[str]:
+def read_split(root: str | Path, split: str) -> list[str]:
     """Image ids of ``ImageSets/Segmentation/<split>.txt``."""
     path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
-        raise InputError("--root", f"{path} not found (give the VOC2012 folder of VOCdevkit and a split it has)")
+        raise ParameterError("root", f"{path} not found (give the VOC2012 folder of VOCdevkit and a split it has)")
     ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not ids:
         raise InputError(path, "the split lists no image")
@@ -84,21 +84,21 @@ class VocReport:
 
 
 def evaluate_voc(
-    root: Path,
+    root: str | Path,
     split: str,
-    out_dir: Path,
+    out_dir: str | Path,
     *,
     settings: TrackSettings,
     prototypes: PrototypeConfig,
     segment: SegmentConfig,
-    prototypes_dir: Path | None = None,
+    prototypes_dir: str | Path | None = None,
     limit: int | None = None,
     save_predictions: bool = False,
 ) -> VocReport:
     """Segment the split (its first ``limit`` images) and score it; reports go to ``out_dir``."""
     out_dir = check_output_folder(out_dir)
     if limit is not None and limit < 1:
-        raise InputError("--limit", f"must be at least 1, got {limit}")
+        raise ParameterError("limit", f"must be at least 1, got {limit}")
     root = Path(root)
     ids = read_split(root, split)[:limit]
     for image_id in ids:

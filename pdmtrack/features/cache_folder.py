@@ -44,7 +44,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import atomic_write_text, file_mode, process_runs, user_cache_dir
 
 DEFAULT_MAX_GB = 20.0  # DAVIS 2017 val at SDXL/512 is about 9 GB; small next to a laptop's disk
@@ -96,18 +96,18 @@ def group_name(fingerprint: str) -> str:
 def resolve_max_bytes(max_gb: float | None) -> int:
     """The bound in bytes: ``max_gb`` (``--cache-max-gb``), else $PDMTRACK_CACHE_MAX_GB, else
     ``DEFAULT_MAX_GB``. GB are 10^9 bytes."""
-    where = "--cache-max-gb"
+    from_environment = max_gb is None
     if max_gb is None:
         text = os.environ.get(MAX_GB_ENV, "").strip()
         if not text:
             return int(DEFAULT_MAX_GB * _GB)
-        where = MAX_GB_ENV
         try:
             max_gb = float(text)
         except ValueError:
-            raise InputError(where, f"'{text}' is not a number of GB") from None
+            raise InputError(MAX_GB_ENV, f"'{text}' is not a number of GB") from None
     if not (math.isfinite(max_gb) and max_gb > 0):
-        raise InputError(where, f"must be a positive number of GB, got {max_gb} (--no-cache turns the cache off)")
+        problem = f"must be a positive number of GB, got {max_gb} (--no-cache turns the cache off)"
+        raise InputError(MAX_GB_ENV, problem) if from_environment else ParameterError("cache_max_gb", problem)
     return max(1, int(max_gb * _GB))
 
 
@@ -177,7 +177,7 @@ class CacheReport:
 class CacheFolder:
     """A feature-cache folder with a size bound of ``max_bytes`` (see the module doc)."""
 
-    def __init__(self, root: Path | None, max_bytes: int) -> None:
+    def __init__(self, root: str | Path | None, max_bytes: int) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = max_bytes
         self._claimed = False
@@ -372,7 +372,7 @@ class CacheFolder:
         temporaries; returns (entries, bytes) removed. InputError when the folder is not a
         feature cache or cannot be written."""
         if older_than_days is not None and not older_than_days >= 0:
-            raise InputError("--older-than", f"must be a number of days >= 0, got {older_than_days}")
+            raise ParameterError("older_than_days", f"must be a number of days >= 0, got {older_than_days}")
         if self._inspect() == "empty":
             return 0, 0
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400

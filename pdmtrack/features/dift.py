@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pdmtrack.config import FeatureConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.features.inversion import invert
 from pdmtrack.features.model import DiffusionParts
@@ -48,9 +48,9 @@ class DiftExtractor:
     ) -> None:
         blocks = len(parts.unet.up_blocks)
         if not 0 <= up_block < blocks:
-            raise InputError("--dift-up-block", f"must lie in 0..{blocks - 1} for this UNet, got {up_block}")
+            raise ParameterError("dift_up_block", f"must lie in 0..{blocks - 1} for this UNet, got {up_block}")
         if ensemble < 1:
-            raise InputError("--dift-ensemble", f"must be at least 1, got {ensemble}")
+            raise ParameterError("dift_ensemble", f"must be at least 1, got {ensemble}")
         self.config = replace(config, inversion="noise", feature_timestep=timestep)
         self.base = FeatureExtractor(parts, self.config, (), device, dtype)  # empty prompt, checks t
         self.up_block = up_block

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.model import folder_hash
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.io.files import hub_offline, read_json
@@ -44,40 +44,42 @@ class VitParts:
     dtype: torch.dtype
 
 
-def _resolve(name: str, flag: str) -> tuple[Path, str]:
-    """(local folder, fingerprint) of a hub id or a folder."""
+def _resolve(name: str, parameter: str) -> tuple[Path, str]:
+    """(local folder, fingerprint) of a hub id or a folder, given as ``parameter``."""
     local = Path(name).expanduser()
     if local.is_dir():
         return local, f"local:{folder_hash(local)}"
     if name.startswith((".", "/", "~")) or local.is_file():
-        raise InputError(flag, f"'{name}' is not a model folder")
+        raise ParameterError(parameter, f"'{name}' is not a model folder")
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(name, allow_patterns=_HUB_FILES, local_files_only=hub_offline()))
     except Exception as err:  # noqa: BLE001 - not found, offline and not cached, no network
         problem = f"'{name}' is neither a local folder nor a model in the HF cache or on the hub ({type(err).__name__})"
-        raise InputError(flag, problem + "; pass a local folder") from err
+        raise ParameterError(parameter, problem + "; pass a local folder") from err
     return folder, f"hub:{name}@{folder.name}"
 
 
-def load_vit(name: str, device: torch.device, dtype: torch.dtype, flag: str = "--dinov2-model") -> VitParts:
-    """Load a transformers ViT (DINOv2 by default) from safetensors onto ``device``/``dtype``."""
+def load_vit(name: str | Path, device: torch.device, dtype: torch.dtype, parameter: str = "dinov2_model") -> VitParts:
+    """Load a transformers ViT (DINOv2 by default; a hub id or a local folder, given as ``parameter``)
+    from safetensors onto ``device``/``dtype``."""
     from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    folder, fingerprint = _resolve(name, flag)
+    name = str(name)
+    folder, fingerprint = _resolve(name, parameter)
     if not (folder / "config.json").is_file():
-        raise InputError(flag, f"'{folder}' has no config.json (save the model with save_pretrained)")
+        raise ParameterError(parameter, f"'{folder}' has no config.json (save the model with save_pretrained)")
     try:
         model = AutoModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise InputError(flag, f"cannot load '{name}' ({err})") from err
+        raise ParameterError(parameter, f"cannot load '{name}' ({err})") from err
     config = model.config
     patch = getattr(config, "patch_size", None)
     if not isinstance(patch, int):
-        raise InputError(flag, f"'{name}' is not a ViT with a patch_size")
+        raise ParameterError(parameter, f"'{name}' is not a ViT with a patch_size")
     processor = folder / "preprocessor_config.json"
     settings = read_json(processor) if processor.is_file() else {}
     mean = settings.get("image_mean", _IMAGENET_MEAN)  # type: ignore[union-attr]
@@ -120,7 +122,7 @@ class Dinov2Extractor:
 
     def __init__(self, parts: VitParts, size: int) -> None:
         if size < parts.patch:
-            raise InputError("--dinov2-size", f"must be at least the patch size {parts.patch}, got {size}")
+            raise ParameterError("dinov2_size", f"must be at least the patch size {parts.patch}, got {size}")
         self.parts = parts
         self.size = size
         payload = {"source": "dinov2", "weights": parts.fingerprint, "size": size, "dtype": str(parts.dtype)}

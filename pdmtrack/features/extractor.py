@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.config import FeatureConfig, split_prompt_template
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.hooks import BlockCapture, capture_block, resolve_block
 from pdmtrack.features.inversion import check_inversion_config, invert
 from pdmtrack.features.model import DiffusionParts
@@ -62,7 +62,7 @@ def name_token_positions(tokenizer, prompt: str, spans: Sequence[tuple[int, int]
         tokens = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
         if not tokens or offsets[tokens[-1]][1] < end:
             problem = f"'{prompt[start:end]}' does not fit in the prompt ({tokenizer.model_max_length} tokens)"
-            raise InputError("--cls", problem)
+            raise ParameterError("classes", problem)
         positions.append(tokens)
     return positions
 
@@ -106,11 +106,11 @@ class FeatureExtractor:
         self.block = resolve_block(parts.unet, config.layer)
         self.class_names = distinct_names(class_names)
         if any(not name for name in self.class_names):
-            raise InputError("--cls", "a class name is empty")
+            raise ParameterError("classes", "a class name is empty")
         self.prompt, spans = build_prompt(config.prompt_template, self.class_names)
         positions = [name_token_positions(tok, self.prompt, spans) for tok in parts.tokenizers]
         if any(p != positions[0] for p in positions):
-            raise InputError("--model", "its tokenizers split the prompt differently; cannot locate the class tokens")
+            raise ParameterError("model", "its tokenizers split the prompt differently; cannot locate the class tokens")
         self.class_tokens = positions[0]
         self.prompt_embeds, self.pooled_embeds = self._encode_prompt()
         self.fingerprint = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()

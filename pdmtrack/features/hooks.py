@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 
 
 def attention_blocks(unet: torch.nn.Module) -> list[str]:
@@ -41,7 +41,7 @@ def default_block(unet: torch.nn.Module) -> str:
     """The last transformer block of the last up-block that has attention (PDM's layer)."""
     up_blocks = [name for name in attention_blocks(unet) if name.startswith("up_blocks.")]
     if not up_blocks:
-        raise InputError("--model", "the UNet has no cross-attention transformer block in its up-blocks")
+        raise ParameterError("model", "the UNet has no cross-attention transformer block in its up-blocks")
     last_up = max(int(name.split(".")[1]) for name in up_blocks)
     return [name for name in up_blocks if int(name.split(".")[1]) == last_up][-1]
 
@@ -53,7 +53,7 @@ def resolve_block(unet: torch.nn.Module, name: str | None) -> str:
     valid = attention_blocks(unet)
     if name not in valid:
         problem = f"'{name}' is not a transformer block with cross-attention; valid blocks: {', '.join(valid)}"
-        raise InputError("--layer", problem)
+        raise ParameterError("layer", problem)
     return name
 
 

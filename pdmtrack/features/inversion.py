@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pdmtrack.config import FeatureConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 
 # eps = predict_noise(latents, timestep): the UNet (with its prompt) as the walk sees it.
 NoisePredictor = Callable[[torch.Tensor, int], torch.Tensor]
@@ -79,20 +79,20 @@ def unet_passes(config: FeatureConfig, num_train_timesteps: int = 1000) -> int:
 def check_inversion_config(config: FeatureConfig, num_train_timesteps: int) -> None:
     """Raise InputError for settings the inversion cannot run with."""
     if config.inversion not in ("aidi", "ddim", "ddim-reconstruct", "noise"):
-        raise InputError("--inversion", f"unknown mode '{config.inversion}' (use aidi, ddim, ddim-reconstruct or noise)")
+        raise ParameterError("inversion", f"unknown mode '{config.inversion}' (use aidi, ddim, ddim-reconstruct or noise)")
     if not 0 < config.feature_timestep < num_train_timesteps:
-        raise InputError("--timestep", f"{config.feature_timestep} is outside 1..{num_train_timesteps - 1}")
+        raise ParameterError("timestep", f"{config.feature_timestep} is outside 1..{num_train_timesteps - 1}")
     if config.fixed_point_iters < 0:
-        raise InputError("--fixed-point-iters", f"must be at least 0, got {config.fixed_point_iters}")
+        raise ParameterError("fixed_point_iters", f"must be at least 0, got {config.fixed_point_iters}")
     if config.schedule_steps < 1 or config.ddim_steps < 1:
-        raise InputError("--inversion", "the schedule needs at least one step (schedule_steps, ddim_steps)")
+        raise ParameterError("inversion", "the schedule needs at least one step (schedule_steps, ddim_steps)")
     if config.inversion == "ddim-reconstruct" and config.ddim_steps > num_train_timesteps:
-        raise InputError("--inversion", f"ddim_steps {config.ddim_steps} exceeds the {num_train_timesteps} training timesteps")
+        raise ParameterError("inversion", f"ddim_steps {config.ddim_steps} exceeds the {num_train_timesteps} training timesteps")
     if config.inversion == "ddim-reconstruct":
         schedule = leading_timesteps(num_train_timesteps, config.ddim_steps)
         if config.feature_timestep not in schedule:
             shown = f"{schedule[0]}, {schedule[1]}, ..., {schedule[-1]}" if len(schedule) > 2 else str(schedule)
-            raise InputError("--timestep", f"{config.feature_timestep} is not a step of the reconstruction ({shown})")
+            raise ParameterError("timestep", f"{config.feature_timestep} is not a step of the reconstruction ({shown})")
 
 
 def ddim_step(z_a: torch.Tensor, eps: torch.Tensor, alpha_a: float, alpha_b: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pdmtrack.config import FeatureConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import hub_offline, read_json
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,15 @@ def load_diffusion_parts(config: FeatureConfig, device: torch.device, dtype: tor
     if local.is_dir():
         return _load_folder(local, device, dtype, fingerprint=f"local:{folder_hash(local)}")
     if local.is_file():
-        raise InputError("--model", f"'{config.model}' is a file; pass a diffusers folder or a hub id")
+        raise ParameterError("model", f"'{config.model}' is a file; pass a diffusers folder or a hub id")
     if _looks_like_path(config.model):
-        raise InputError("--model", f"folder '{config.model}' does not exist")
+        raise ParameterError("model", f"folder '{config.model}' does not exist")
     folder, commit, cache_only = _resolve_hub(config.model, config.revision, dtype)
     try:
         return _load_folder(folder, device, dtype, fingerprint=f"hub:{config.model}@{commit}")
     except _MissingComponent as err:
         if cache_only:  # a partial snapshot in the cache (e.g. only the other weight variant)
-            raise InputError("--model", f"'{config.model}' {_NOT_CACHED}") from err
+            raise ParameterError("model", f"'{config.model}' {_NOT_CACHED}") from err
         raise
 
 
@@ -137,12 +137,12 @@ def _resolve_hub(repo_id: str, revision: str | None, dtype: torch.dtype) -> tupl
             return Path(folder), str(info.sha), False
         except GatedRepoError as err:
             problem = f"'{repo_id}' is gated on the hub; accept its licence and log in (hf auth login)"
-            raise InputError("--model", problem) from err
+            raise ParameterError("model", problem) from err
         except RevisionNotFoundError as err:
-            raise InputError("--revision", f"'{revision}' is not a revision of '{repo_id}'") from err
+            raise ParameterError("revision", f"'{revision}' is not a revision of '{repo_id}'") from err
         except (RepositoryNotFoundError, HFValidationError) as err:
             problem = f"'{repo_id}' is neither a local folder nor a model on the Hugging Face hub"
-            raise InputError("--model", problem) from err
+            raise ParameterError("model", problem) from err
         except Exception as err:  # noqa: BLE001 - only network trouble falls back to the cache
             if not _is_connection_error(err):
                 raise
@@ -150,7 +150,7 @@ def _resolve_hub(repo_id: str, revision: str | None, dtype: torch.dtype) -> tupl
     try:
         folder = snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - LocalEntryNotFoundError, HFValidationError, ...
-        raise InputError("--model", f"'{repo_id}' {_NOT_CACHED}") from err
+        raise ParameterError("model", f"'{repo_id}' {_NOT_CACHED}") from err
     return Path(folder), Path(folder).name, True
 
 
@@ -165,7 +165,7 @@ def _hub_patterns(files: list[str], dtype: torch.dtype, repo_id: str) -> list[st
         weights = [f for f in in_component if re.search(r"\.safetensors(\.index(\.[\w-]+)?\.json)?$", f)]
         if not weights:
             problem = f"'{repo_id}' has no safetensors weights for {component} (pdmtrack loads only safetensors)"
-            raise InputError("--model", problem)
+            raise ParameterError("model", problem)
         variant = _pick_variant(weights, dtype)
         patterns += [f for f in weights if (_FP16_MARK in Path(f).name) == (variant == "fp16")]
     return patterns

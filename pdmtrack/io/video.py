@@ -20,7 +20,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.background import prefetched
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -61,7 +61,7 @@ class FrameReader:
 
     def __init__(self, path: str | Path, backend: str = "auto") -> None:
         if backend not in BACKENDS:
-            raise InputError("--backend", f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+            raise ParameterError("backend", f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(self.path, "no such file or folder")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch_size import resolve_batch_size
 from pdmtrack.features.extractor import FeatureExtractor
 from pdmtrack.io.files import atomic_path
@@ -110,7 +110,7 @@ class PrototypeBuilder:
         )
         cells = split_cells(masks, tuple(maps.shape[-2:]), config.bg_max_fraction)
         if not bool(cells.foreground.any()):
-            raise InputError("--classes", f"'{name}': the class token's attention is flat on every support image")
+            raise ParameterError("classes", f"'{name}': the class token's attention is flat on every support image")
         prototypes = build_class_prototypes(maps, cells, config.parts, config.kmeans_iters, config.seed)
         if self.support_dir is not None:
             _write_support(self.support_dir / _folder_name(name), support.images, masks)

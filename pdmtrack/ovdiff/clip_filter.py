@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.io.files import hub_offline
 
 TEXT_TEMPLATE = "a photo of a {cls}."
@@ -30,7 +30,7 @@ class ClipFilter:
             clip = CLIPModel.from_pretrained(model, local_files_only=hub_offline(), use_safetensors=True)
         except (OSError, ValueError) as err:
             problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError("--clip", f"cannot load CLIP '{model}' ({problem}); pass a local folder or --clip none") from err
+            raise ParameterError("clip", f"cannot load CLIP '{model}' ({problem}); pass a local folder or --clip none") from err
         self.model = clip.to(device).eval().requires_grad_(False)
         self.device = device
         self.min_prob = min_prob

@@ -26,7 +26,7 @@ class GlobalDescriptor:
     def __init__(self, config: GlobalConfig, device: str = "auto", dtype: str = "auto") -> None:
         torch_device = resolve_device(device)
         self.config = config
-        self.parts: VitParts = load_vit(config.model, torch_device, resolve_dtype(dtype, torch_device), "--global-model")
+        self.parts: VitParts = load_vit(config.model, torch_device, resolve_dtype(dtype, torch_device), "global_model")
 
     @property
     def record(self) -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pdmtrack.config import GlobalConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import atomic_path, atomic_write_text, check_output_folder, ensure_writable_folder, read_json
 from pdmtrack.io.images import list_images, read_rgb
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
@@ -37,7 +37,7 @@ EF_CONSTRUCTION = 80  # candidate list while inserting
 EF_SEARCH = 256  # candidate list while searching (at least k)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     """sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -46,7 +46,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def is_index(path: Path) -> bool:
+def is_index(path: str | Path) -> bool:
     """True when ``path`` is an index folder (has a manifest)."""
     return (Path(path) / MANIFEST_FILE).is_file()
 
@@ -82,7 +82,7 @@ class GalleryIndex:
         import faiss
 
         if kind not in INDEX_KINDS:
-            raise InputError("--index-type", f"unknown value '{kind}' (choose from {', '.join(INDEX_KINDS)})")
+            raise ParameterError("kind", f"unknown value '{kind}' (choose from {', '.join(INDEX_KINDS)})")
         if kind == "flat":
             return GalleryIndex(descriptor, dim, [], [], faiss.IndexFlatIP(dim), kind)
         index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
@@ -90,7 +90,7 @@ class GalleryIndex:
         return GalleryIndex(descriptor, dim, [], [], index, kind)
 
     @staticmethod
-    def load(folder: Path) -> GalleryIndex:
+    def load(folder: str | Path) -> GalleryIndex:
         """The index in ``folder``; InputError when it is missing or inconsistent."""
         import faiss
 
@@ -174,8 +174,8 @@ def _embed_new(index: GalleryIndex, images: list[Path], descriptor: GlobalDescri
 
 
 def build_index(
-    inputs: Sequence[Path],
-    out: Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
     config: GlobalConfig,
     *,
     device: str = "auto",
@@ -198,7 +198,7 @@ def build_index(
     return AddSummary(added, skipped, len(index.paths), seconds)
 
 
-def add_to_index(folder: Path, inputs: Sequence[Path], *, device: str = "auto") -> AddSummary:
+def add_to_index(folder: str | Path, inputs: Sequence[str | Path], *, device: str = "auto") -> AddSummary:
     """Add the images of ``inputs`` not yet in the index ``folder``, with the index's descriptor."""
     index = GalleryIndex.load(folder)
     images = list_images(inputs)

@@ -16,12 +16,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pdmtrack.config import MatchConfig
-from pdmtrack.errors import InputError
+from pdmtrack.config import MatchConfig, check_at_least
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.images import read_rgb
 from pdmtrack.personal.scoring import QueryScorer
 from pdmtrack.tracking.matching import mask_to_grid_bool, reference_mask_from_attention
+
+
+def check_rerank(rerank: int | None) -> None:
+    """ParameterError unless ``rerank`` (the first-stage candidates PDM re-ranks) is None or at least 0."""
+    if rerank is not None:
+        check_at_least("rerank", rerank, 0)
 
 
 @dataclass
@@ -40,10 +46,10 @@ def query_scorer(source: FeatureSource, query: Query, match: MatchConfig, device
     if query.mask is not None:
         ref_mask = mask_to_grid_bool(query.mask, features.grid, match.min_fraction)
         if not ref_mask.any():
-            raise InputError("--mask", "the query mask is empty")
+            raise ParameterError("mask", "the query mask is empty")
     else:
         if query.class_index is None or features.class_attention is None:
-            raise InputError("--cls", "give --mask, or --cls with a feature source that has a semantic map (pdm)")
+            raise ParameterError("classes", "give --mask, or --cls with a feature source that has a semantic map (pdm)")
         ref_mask = reference_mask_from_attention(features.class_attention[0, query.class_index], match.tau)
     return QueryScorer(features, ref_mask, query.class_index, match)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.config import MatchConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.sam.refine import SamRefiner
 from pdmtrack.tracking.matching import (
@@ -94,17 +94,17 @@ class ImageSegmenter:
         else:
             self.object_ids = [int(k) for k in np.unique(ref_labels) if k != 0]
             if not self.object_ids:
-                raise InputError("--mask", "the reference mask holds no object")
+                raise ParameterError("mask", "the reference mask holds no object")
             grid = self.reference.grid
             self.ref_masks = [mask_to_grid_bool(ref_labels == k, grid, match.min_fraction) for k in self.object_ids]
         if len(class_rows) not in (1, len(self.object_ids)):
-            raise InputError("--cls", f"give one class name, or one per object ({len(self.object_ids)})")
+            raise ParameterError("classes", f"give one class name, or one per object ({len(self.object_ids)})")
         self.class_rows = list(class_rows) * (len(self.object_ids) // len(class_rows))
         self.self_similarity = [float(self._appearance(mask, self.reference)[0][mask.to(self.device)].mean()) for mask in self.ref_masks]
 
     def _attention_mask(self, row: int | None) -> torch.Tensor:
         if row is None or self.reference.class_attention is None:
-            raise InputError("--cls", "without --mask the objects come from the class names' attention (--features pdm)")
+            raise ParameterError("classes", "without --mask the objects come from the class names' attention (--features pdm)")
         return reference_mask_from_attention(self.reference.class_attention[0, row], self.match.tau)
 
     def _appearance(self, ref_mask: torch.Tensor, target: PDMFeatures) -> torch.Tensor:

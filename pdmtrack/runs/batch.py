@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import ensure_writable_folder
 from pdmtrack.io.reports import Table, render_table, write_csv
 from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
@@ -88,7 +88,7 @@ class BatchOutcome:
         return f"{render_table(self.table())}\n{len(self.results)} videos: {line}; summary in {self.summary_csv}"
 
 
-def read_jobs(path: Path) -> list[JobRow]:
+def read_jobs(path: str | Path) -> list[JobRow]:
     """Rows of a CSV (header row) or JSONL JOBS file; InputError naming the line on a problem."""
     path = Path(path)
     try:
@@ -152,12 +152,12 @@ def _field_text(where: str, key: str, value: object) -> str:
     return value.strip()
 
 
-def folder_rows(videos_dir: Path, masks_dir: Path | None) -> list[JobRow]:
+def folder_rows(videos_dir: str | Path, masks_dir: str | Path | None) -> list[JobRow]:
     """A row per video of ``videos_dir`` with its mask(s) from ``masks_dir`` (see the module
     doc; without ``masks_dir`` the rows give no mask and track the ``--cls`` names)."""
-    for flag, folder in (("--videos", videos_dir), ("--masks", masks_dir)):
+    for parameter, folder in (("videos_dir", videos_dir), ("masks_dir", masks_dir)):
         if folder is not None and not Path(folder).is_dir():
-            raise InputError(flag, f"{folder} is not a folder")
+            raise ParameterError(parameter, f"{folder} is not a folder")
     videos = sorted(p for p in Path(videos_dir).iterdir() if not p.name.startswith(".") and _is_video(p))
     if not videos:
         raise InputError(videos_dir, "no videos (video files or folders of frames) in this folder")
@@ -189,9 +189,9 @@ def _folder_masks(video: Path, masks_dir: Path) -> str:
 
 def plan_jobs(
     rows: Sequence[JobRow],
-    out_root: Path,
+    out_root: str | Path,
     *,
-    base: Path,
+    base: str | Path,
     default_classes: Sequence[str] = (),
     png: bool = True,
     overlay: bool = True,
@@ -201,6 +201,7 @@ def plan_jobs(
     """Per row, a checked job (named by its output folder, relative to ``out_root``), or a
     failed result saying what is wrong with the row; and each row's output folder.
     Duplicate output folders are an InputError."""
+    out_root, base = Path(out_root), Path(base)
     planned: list[VideoJob | VideoResult] = []
     outs: list[str] = []
     for row in rows:
@@ -246,17 +247,17 @@ def _resolve(base: Path, spec: str) -> str:
 
 def propagate_batch(
     rows: Sequence[JobRow],
-    out_root: Path,
+    out_root: str | Path,
     settings: TrackSettings,
     *,
-    base: Path,
+    base: str | Path,
     default_classes: Sequence[str] = (),
     png: bool = True,
     overlay: bool = True,
     rle: bool = False,
     workers: int | str = 1,
     ray_address: str | None = None,
-    inputs: Sequence[Path] = (),
+    inputs: Sequence[str | Path] = (),
 ) -> BatchOutcome:
     """Track every row into ``out_root/<out>``; skip rows finished by an earlier run; write
     the summary CSV. Rows that fail are reported, the others finish. ``out_root`` must lie

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings
+from pdmtrack.config import GlobalConfig, SamConfig, TrackSettings, check_finite
 from pdmtrack.device import resolve_device
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.features.extractor import distinct_names
 from pdmtrack.features.types import FeatureSource
 from pdmtrack.io.files import atomic_path, atomic_write_text, ensure_writable_folder
@@ -28,6 +28,7 @@ from pdmtrack.personal.global_descriptor import GlobalDescriptor
 from pdmtrack.personal.index import GalleryIndex, descriptor_config, is_index
 from pdmtrack.personal.search import (
     Query,
+    check_rerank,
     embed_gallery,
     gallery_features,
     global_ranking,
@@ -67,11 +68,11 @@ def _reference_labels(image: np.ndarray, mask: Path | None, resize_mask: bool, n
 
 
 def segment_to_folder(
-    reference: Path,
-    targets: Sequence[Path],
-    out_dir: Path,
+    reference: str | Path,
+    targets: Sequence[str | Path],
+    out_dir: str | Path,
     *,
-    mask: Path | None,
+    mask: str | Path | None,
     classes: Sequence[str],
     settings: TrackSettings,
     presence_threshold: float | None,
@@ -80,6 +81,8 @@ def segment_to_folder(
 ) -> RunSummary:
     """Segment the reference's instances in every target; write ``<stem>.png`` (palette),
     ``<stem>_overlay.jpg`` and ``scores.json`` into ``out_dir``."""
+    if presence_threshold is not None:
+        check_finite("presence_threshold", presence_threshold)
     if mask is None and not classes:
         raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
     out_dir = ensure_writable_folder(out_dir, [reference, *targets, *([mask] if mask else [])], keep=False)
@@ -94,7 +97,7 @@ def segment_to_folder(
     source = tracker.feature_source(names, task="image")
     object_count = len(names) if labels is None else len([k for k in np.unique(labels) if k])
     if names and len(classes) not in (1, object_count):
-        raise InputError("--cls", f"give one class name, or one per object ({object_count})")
+        raise ParameterError("classes", f"give one class name, or one per object ({object_count})")
     rows = [names.index(c.strip()) for c in classes] if names else [None]
     segmenter = ImageSegmenter(
         source,
@@ -139,11 +142,11 @@ def _write_jpeg(path: Path, image: np.ndarray) -> None:
 
 
 def retrieve_to_folder(
-    query_image: Path,
-    gallery: Path,
-    out_dir: Path,
+    query_image: str | Path,
+    gallery: str | Path,
+    out_dir: str | Path,
     *,
-    mask: Path | None,
+    mask: str | Path | None,
     classes: Sequence[str],
     settings: TrackSettings,
     rerank: int | None = None,
@@ -162,14 +165,13 @@ def retrieve_to_folder(
     """
     if mask is None and not classes:
         raise InputError("pdmtrack retrieve", "give --mask MASK, or --cls NAME")
-    if rerank is not None and rerank < 0:
-        raise InputError("--rerank", f"must be at least 0, got {rerank}")
+    check_rerank(rerank)
     out_dir = ensure_writable_folder(out_dir, [query_image, gallery, *([mask] if mask else [])], keep=False)
     start = time.perf_counter()
     notes: list[str] = []
     names = distinct_names(classes)
     if len(names) > 1:
-        raise InputError("--cls", "a retrieval query is one instance: give one class name")
+        raise ParameterError("classes", "a retrieval query is one instance: give one class name")
     image = read_rgb(query_image)
     labels = _reference_labels(image, mask, resize_mask, notes, "query")
     query = Query(image, None if labels is None else labels > 0, 0 if names else None)

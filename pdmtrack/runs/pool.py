@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import ParameterError
 from pdmtrack.runs.jobs import Job, Progress, VideoJob, VideoResult, cpu_count, default_threads, visible_gpus
 from pdmtrack.tracking.tracker import Tracker
 
@@ -26,9 +26,9 @@ def parse_workers(text: str | int) -> int | str:
     try:
         count = int(text)
     except ValueError:
-        raise InputError("--workers", f"'{text}' is not a number of workers or 'auto'") from None
+        raise ParameterError("workers", f"'{text}' is not a number of workers or 'auto'") from None
     if count < 1:
-        raise InputError("--workers", f"must be at least 1, got {count}")
+        raise ParameterError("workers", f"must be at least 1, got {count}")
     return count
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdmtrack.config import TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.runs.jobs import Job, Progress, VideoResult, cpu_count, default_threads, one_line, visible_gpus
 
 _POLL_SECONDS = 0.5  # how often the driver refreshes the bar
@@ -32,7 +32,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise InputError("--workers", 'more than one worker (or --ray-address) needs Ray: pip install "pdmtrack[ray]"') from None
+        raise ParameterError("workers", 'more than one worker (or --ray-address) needs Ray: pip install "pdmtrack[ray]"') from None
     return ray
 
 
@@ -121,7 +121,7 @@ def _start(ray, address: str | None, workers: int | str) -> bool:
         try:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise InputError("--ray-address", f"cannot join the Ray cluster at {address} ({one_line(err)})") from err
+            raise ParameterError("ray_address", f"cannot join the Ray cluster at {address} ({one_line(err)})") from err
         return True
     package_parent = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.device import autocast
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import hub_offline, read_json
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts
 from pdmtrack.sam.vit import ENCODER_BATCH
@@ -93,7 +93,7 @@ def load_hiera_model(model_type: str, folder: Path | None, device: torch.device)
     if folder is not None:
         folder = Path(folder)
         if not folder.is_dir():
-            raise InputError("--sam-checkpoint", f"{model_type} takes a transformers folder (config.json + safetensors), not {folder}")
+            raise ParameterError("sam_checkpoint", f"{model_type} takes a transformers folder (config.json + safetensors), not {folder}")
         kind = read_json(folder / "config.json", "missing: not a transformers model folder")
         if not isinstance(kind, dict) or kind.get("model_type") != "sam2":
             raise InputError(
@@ -107,5 +107,5 @@ def load_hiera_model(model_type: str, folder: Path | None, device: torch.device)
         model = Sam2Model.from_pretrained(source, **options)
     except OSError as err:
         hint = "download it once, or pass a local folder with --sam-checkpoint DIR, or --sam none"
-        raise InputError("--sam", f"cannot load '{source}' ({str(err).splitlines()[0]}); {hint}") from err
+        raise ParameterError("sam", f"cannot load '{source}' ({str(err).splitlines()[0]}); {hint}") from err
     return model.to(device).eval().requires_grad_(False)

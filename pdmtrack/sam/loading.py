@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from pdmtrack.config import SamConfig
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import atomic_path, hub_offline, user_cache_dir
 from pdmtrack.sam.hiera import SAM2_MODELS, HieraBackend, load_hiera_model
 from pdmtrack.sam.refine import SamRefiner
@@ -133,7 +133,9 @@ def build_sam_model(arch: SamArchitecture) -> torch.nn.Module:
     return sam.eval()
 
 
-def load_sam(config: SamConfig, device: torch.device, cache_dir: Path | None, dtype: torch.dtype = torch.float32) -> SamRefiner | None:
+def load_sam(
+    config: SamConfig, device: torch.device, cache_dir: str | Path | None, dtype: torch.dtype = torch.float32
+) -> SamRefiner | None:
     """The refiner ``config`` asks for: None for ``model_type='none'``; SAM 2.1 (``sam2.1-*``)
     from the HF hub or a local folder (``config.checkpoint``); else segment-anything's SAM from
     ``config.checkpoint`` or from the official checkpoint (downloaded once into ``cache_dir``,
@@ -145,17 +147,18 @@ def load_sam(config: SamConfig, device: torch.device, cache_dir: Path | None, dt
     if config.checkpoint is not None:
         path = Path(config.checkpoint)
         if not path.is_file():
-            raise InputError("--sam-checkpoint", f"no such file: {path}")
+            raise ParameterError("sam_checkpoint", f"no such file: {path}")
     else:
-        path = official_checkpoint(config.model_type, cache_dir or default_sam_dir())
+        path = official_checkpoint(config.model_type, Path(cache_dir) if cache_dir is not None else default_sam_dir())
     sam = load_sam_model(path, config.model_type, device)
     return SamRefiner(VitBackend(sam, dtype), min_iou=config.min_iou)
 
 
-def load_sam_model(path: Path, model_type: str, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+def load_sam_model(path: str | Path, model_type: str, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
     """Sam on ``device`` from a checkpoint file: safetensors (architecture from its metadata
     when present, else ``model_type``'s official one) or a ``.pth`` state dict (weights only).
     The weights are read straight onto ``device``."""
+    path = Path(path)
     arch = OFFICIAL_ARCHITECTURES[model_type]
     try:
         if path.suffix == ".safetensors":
@@ -196,7 +199,7 @@ def download_verified(url: str, sha256: str, target: Path) -> None:
     """
     hint = "pass --sam-checkpoint FILE (a local SAM checkpoint) or --sam none"
     if hub_offline():
-        raise InputError("--sam", f"offline (HF_HUB_OFFLINE is set), cannot download {url}; {hint}")
+        raise ParameterError("sam", f"offline (HF_HUB_OFFLINE is set), cannot download {url}; {hint}")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(target) as tmp:
@@ -207,6 +210,6 @@ def download_verified(url: str, sha256: str, target: Path) -> None:
                     out.write(chunk)
                     bar.update(len(chunk))
             if digest.hexdigest() != sha256:
-                raise InputError("--sam", f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; {hint}")
+                raise ParameterError("sam", f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; {hint}")
     except (urllib.error.URLError, OSError) as err:
-        raise InputError("--sam", f"cannot download {url} ({err}); {hint}") from err
+        raise ParameterError("sam", f"cannot download {url} ({err}); {hint}") from err

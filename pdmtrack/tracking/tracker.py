@@ -20,8 +20,9 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from typing_extensions import Unpack
 
-from pdmtrack.config import TrackSettings
+from pdmtrack.config import TrackOptions, TrackSettings
 from pdmtrack.device import search_dtype
 from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch_size import resolve_batch_size
@@ -170,7 +171,9 @@ class Tracker:
     ``PDMFeatures`` record; then no diffusion model is loaded.
     """
 
-    def __init__(self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: object) -> None:
+    def __init__(
+        self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: Unpack[TrackOptions]
+    ) -> None:
         if settings is not None and options:
             raise TypeError("give either settings=TrackSettings(...) or option names, not both")
         self.settings = settings if settings is not None else TrackSettings.from_options(**options)

@@ -1,0 +1,5 @@
+"""``python -m pdmtrack.cli``: the ``pdmtrack`` command."""
+
+from pdmtrack.cli import main
+
+main()
