@@ -277,7 +277,7 @@ def end_to_end_table(
     Stage shares are each stage's busy time over the wall time (stages overlap: writing and
     feature extraction run in their own threads)."""
     from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-    from pdmtrack.runs.video_folder import RUN_STAGES, plan_run, track_to_folder
+    from pdmtrack.runs.video_folder import RUN_STAGES, plan_video, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
     print(f"\nend to end: {args.frames} frames {bench.width}x{bench.height} -> PNGs + overlay.mp4 on disk, batch {args.batch_size}")
@@ -296,7 +296,7 @@ def end_to_end_table(
             )
             if bench.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(bench.device)
-            plan = plan_run(clip, bench.work / f"out-{mode}-{refiner}", masks={0: mask}, classes=["dog"])
+            plan = plan_video(clip, bench.work / f"out-{mode}-{refiner}", masks={0: mask}, classes=["dog"])
             tracker, load_seconds = timed(lambda: Tracker(settings), bench)
             summary = track_to_folder(tracker, plan)
             fps = summary.frames / summary.seconds

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pdmtrack.config import FeatureConfig, MemoryConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.runs.video_folder import RUN_STAGES, plan_run, track_to_folder
+from pdmtrack.runs.video_folder import RUN_STAGES, plan_video, track_to_folder
 from pdmtrack.testing.diffusion import build_tiny_pipeline
 from pdmtrack.tracking.memory import ContextMemory
 from pdmtrack.tracking.tracker import Tracker
@@ -77,7 +77,7 @@ def run_once(frames: int, size: int, inversion: str, workdir: Path) -> dict:
         runtime=RuntimeConfig(device="auto", batch_size=8, use_cache=False),
     )
     began = time.perf_counter()
-    plan = plan_run(clip, workdir / f"out{frames}", masks={0: mask}, classes=["dog"])
+    plan = plan_video(clip, workdir / f"out{frames}", masks={0: mask}, classes=["dog"])
     tracker = Tracker(settings)
     setup = time.perf_counter() - began
     summary = track_to_folder(tracker, plan)

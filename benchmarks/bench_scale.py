@@ -90,7 +90,7 @@ def write_long_video(path: Path, frames: int, height: int, width: int) -> None:
 
 def bench_long(work: Path, model: Path, frames: int, height: int, width: int, max_gb: float) -> None:
     from pdmtrack.features.cache_folder import CacheFolder, resolve_max_bytes
-    from pdmtrack.runs.video_folder import plan_run, track_to_folder
+    from pdmtrack.runs.video_folder import plan_video, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
     video = work / "long.mp4"
@@ -122,7 +122,7 @@ def bench_long(work: Path, model: Path, frames: int, height: int, width: int, ma
             samples[done[0]] = process.memory_info().rss / 2**20
 
     tracker = Tracker(settings_for(model, cache, max_gb, batch=8))
-    plan = plan_run(video, work / "long_out", masks={0: work / "long_mask.png"}, overlay=True, rle=True)
+    plan = plan_video(video, work / "long_out", masks={0: work / "long_mask.png"}, overlay=True, rle=True)
     watcher = threading.Thread(target=watch_cache, daemon=True)
     watcher.start()
     began = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
-from pdmtrack.runs.video_folder import plan_run, track_to_folder
+from pdmtrack.runs.video_folder import plan_video, track_to_folder
 from pdmtrack.tracking.tracker import Tracker
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 6
@@ -40,7 +40,7 @@ def run(clip, tiny_sdxl: Path, out: Path, cache: Path | None) -> list[np.ndarray
         sam=SamConfig(model_type="none"),
         runtime=RuntimeConfig(device="cpu", batch_size=4, cache_dir=cache, use_cache=cache is not None),
     )
-    track_to_folder(Tracker(settings), plan_run(frames_dir, out, masks={0: mask}, classes=["car"], overlay=False))
+    track_to_folder(Tracker(settings), plan_video(frames_dir, out, masks={0: mask}, classes=["car"], overlay=False))
     return [np.asarray(Image.open(p)) for p in sorted(out.glob("0*.png"))]
 
 

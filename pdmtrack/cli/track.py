@@ -55,11 +55,11 @@ def propagate(
     segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
     """Track the instances of given masks (or of a class name) through a video."""
-    from pdmtrack.runs.video_folder import mask_files, plan_run, track_to_folder
+    from pdmtrack.runs.video_folder import mask_files, plan_video, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
     check_choice("init", init, ("attention", "ovdiff"))
-    plan = plan_run(
+    plan = plan_video(
         video,
         out if out is not None else Path("pdmtrack_out") / video.stem,
         masks=mask_files(masks or [], start or 0),

@@ -31,7 +31,7 @@ from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
 from pdmtrack.runs.jobs import VideoJob, VideoResult, finished_frames
 from pdmtrack.runs.pool import resolve_workers, run_jobs
 from pdmtrack.runs.record import same_settings_as_before
-from pdmtrack.runs.video_folder import mask_files, plan_run
+from pdmtrack.runs.video_folder import mask_files, plan_video
 from pdmtrack.tracking.models import check_feature_cache
 
 JOB_FIELDS = ("video", "mask", "cls", "out")
@@ -213,7 +213,7 @@ def plan_jobs(
             video = _resolve(base, row.video)
             masks = mask_files([_resolve(base, spec) for spec in _split(row.mask)], 0) if row.mask else {}
             classes = tuple(_split(row.cls)) or tuple(default_classes)
-            plan = plan_run(
+            plan = plan_video(
                 video, out_root / out, masks=masks, classes=classes, png=png, overlay=overlay, rle=rle,
                 backend=settings.runtime.backend if settings else "auto", settings=settings,
             )  # fmt: skip

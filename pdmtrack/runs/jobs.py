@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pdmtrack.errors import InputError
 from pdmtrack.io.files import read_json, replace_folder
 from pdmtrack.runs.record import RUN_RECORD
-from pdmtrack.runs.video_folder import plan_run, track_to_folder
+from pdmtrack.runs.video_folder import plan_video, track_to_folder
 from pdmtrack.tracking.tracker import Tracker
 
 
@@ -78,7 +78,7 @@ def track_job(tracker: Tracker, job: VideoJob, on_frame: Callable[[], None] | No
     began = time.perf_counter()
     staging = job.out_dir.parent / f".{job.out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
-        plan = plan_run(
+        plan = plan_video(
             job.video, staging, masks=job.masks, classes=list(job.classes), png=job.png, overlay=job.overlay,
             rle=job.rle, backend=tracker.settings.runtime.backend, settings=tracker.settings,
         )  # fmt: skip

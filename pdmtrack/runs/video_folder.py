@@ -1,6 +1,6 @@
 """One video into an output folder: the writer side of ``Tracker.propagate``.
 
-``plan_run`` checks every input (video, masks, class names, frame range, output folder)
+``plan_video`` checks every input (video, masks, class names, frame range, output folder)
 before any model is loaded; ``track_to_folder`` runs a plan with a loaded ``Tracker`` and
 feeds the PNG, overlay and RLE writers in frame order. The CLI, ``eval davis`` and the
 benchmarks all go through these two. The tracking decisions (directions, the two-way
@@ -70,7 +70,7 @@ class TrackSummary:
 
 
 @dataclass
-class RunPlan:
+class VideoPlan:
     """The checked inputs of one run: masks fitted to the video, the output frame range."""
 
     video: Path
@@ -109,7 +109,7 @@ def mask_files(specs: Sequence[str | Path], default_frame: int) -> dict[int, Pat
     return files
 
 
-def plan_run(
+def plan_video(
     video: str | Path,
     out_dir: str | Path,
     *,
@@ -125,7 +125,7 @@ def plan_run(
     backend: str = "auto",
     settings: TrackSettings | None = None,
     overwrite: bool = False,
-) -> RunPlan:
+) -> VideoPlan:
     """Check a run's inputs (InputError on the first problem); loads no model.
 
     The output folder must be writable, not in use by another run, apart from the inputs
@@ -153,7 +153,7 @@ def plan_run(
     if not fitted and direction != "forward":
         raise ParameterError("direction", f"'{direction}' needs a given mask to track from")
     first, last = _output_range(fitted, start, end, direction, reader.num_frames)
-    plan = RunPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite)
+    plan = VideoPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite)
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
     check_not_in_use(out_dir)
@@ -163,7 +163,7 @@ def plan_run(
     return plan
 
 
-def _record(plan: RunPlan, settings: TrackSettings | None, known_masks: bool = True) -> dict:
+def _record(plan: VideoPlan, settings: TrackSettings | None, known_masks: bool = True) -> dict:
     """The identity of ``plan``'s run for its folder's run record."""
     return run_record.describe(
         video=plan.video, start=plan.start, end=plan.end, direction=plan.direction,
@@ -191,7 +191,7 @@ def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | No
     return low, stop
 
 
-def _output_files(plan: RunPlan) -> list[Path]:
+def _output_files(plan: VideoPlan) -> list[Path]:
     """Every file the run writes into its folder."""
     names = plan.reader.frame_names[plan.start : plan.end]
     files = [plan.out_dir / f"{name}.png" for name in names] if plan.png else []
@@ -199,7 +199,7 @@ def _output_files(plan: RunPlan) -> list[Path]:
     return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks or plan.initialised else [])
 
 
-def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
+def track_to_folder(tracker: Tracker, plan: VideoPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
     """Track ``plan`` with ``tracker`` and write its outputs; returns what was done.
     ``on_frame`` is called after each frame is written; with it, the caller shows the
     progress (a batch's one bar) and this video's own bar stays off."""
@@ -225,7 +225,7 @@ def track_to_folder(tracker: Tracker, plan: RunPlan, on_frame: Callable[[], None
 
 
 def _track_and_write(
-    tracker: Tracker, state: VideoState, plan: RunPlan, on_frame: Callable[[], None] | None
+    tracker: Tracker, state: VideoState, plan: VideoPlan, on_frame: Callable[[], None] | None
 ) -> tuple[int, BackgroundCalls]:
     """Feed every frame of ``plan`` to the writers (in their own thread); (frames written,
     the writer thread's calls) once every output is complete."""
@@ -253,7 +253,7 @@ def _track_and_write(
     return written, writer
 
 
-def _ordered_results(tracker: Tracker, state: VideoState, plan: RunPlan) -> Iterator[tuple[int, np.ndarray]]:
+def _ordered_results(tracker: Tracker, state: VideoState, plan: VideoPlan) -> Iterator[tuple[int, np.ndarray]]:
     """(frame, labels) for every frame of the plan's range, ascending, per its direction."""
     if plan.direction != "backward":
         return tracker.propagate(state, start=plan.start, end=plan.end, direction=plan.direction)  # type: ignore[arg-type]
@@ -262,7 +262,7 @@ def _ordered_results(tracker: Tracker, state: VideoState, plan: RunPlan) -> Iter
 
 
 @contextlib.contextmanager
-def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
+def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
     """A ``write(frame index, labels)`` feeding every requested output (and the class-name
     mask), frames in order; the overlay decodes its own frames (decoding is cheap next to the
     features) and shows each at its source time, counted from the plan's first frame (a
@@ -291,7 +291,7 @@ def _writers(plan: RunPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         yield write
 
 
-def check_ovdiff_plan(plan: RunPlan) -> None:
+def check_ovdiff_plan(plan: VideoPlan) -> None:
     """ParameterError when ``plan`` cannot start from OVDiff objects (a mask is given); loads nothing."""
     if plan.masks:
         raise ParameterError("init", "ovdiff makes the first-frame mask from the class names; give a mask or init ovdiff, not both")
@@ -299,11 +299,11 @@ def check_ovdiff_plan(plan: RunPlan) -> None:
 
 def plan_with_ovdiff_objects(
     tracker: Tracker,
-    plan: RunPlan,
+    plan: VideoPlan,
     prototypes: PrototypeConfig,
     segment: SegmentConfig,
     prototypes_dir: str | Path | None = None,
-) -> RunPlan:
+) -> VideoPlan:
     """``plan`` (class names, no mask) with its start frame's objects found by OVDiff as the
     given mask (written to first_frame_mask.png with the outputs), one class name per object."""
     check_ovdiff_plan(plan)

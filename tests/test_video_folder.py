@@ -1,4 +1,4 @@
-"""plan_run + track_to_folder end to end with the tiny random-weight diffusion model and tiny SAM.
+"""plan_video + track_to_folder end to end with the tiny random-weight diffusion model and tiny SAM.
 
 Random weights say nothing about quality; these tests check the contract a user relies on:
 one PNG per frame at the input's size named after the input frames, frame ``start`` equal to
@@ -19,7 +19,7 @@ from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettin
 from pdmtrack.errors import InputError
 from pdmtrack.io.masks import decode_rle
 from pdmtrack.io.video import FrameReader
-from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, RUN_STAGES, plan_run, track_to_folder
+from pdmtrack.runs.video_folder import FIRST_FRAME_MASK, RUN_STAGES, plan_video, track_to_folder
 from pdmtrack.testing.diffusion import build_tiny_pipeline
 from pdmtrack.testing.sam import build_tiny_sam
 from pdmtrack.tracking.tracker import Tracker
@@ -66,7 +66,7 @@ def settings_for(models: tuple[Path, Path], tmp_path: Path, sam: bool) -> TrackS
 
 def track_video(video: Path, out: Path, *, mask: Path | None, classes: list[str], settings: TrackSettings, **options):
     """Plan (inputs checked, nothing loaded), then load a tracker and run the plan."""
-    plan = plan_run(video, out, masks={options.get("start") or 0: mask} if mask else {}, classes=classes, **options)
+    plan = plan_video(video, out, masks={options.get("start") or 0: mask} if mask else {}, classes=classes, **options)
     return track_to_folder(Tracker(settings), plan)
 
 
