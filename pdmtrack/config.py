@@ -1,6 +1,6 @@
 """Every tunable of pdmtrack, grouped by the stage that uses it.
 
-Defaults are the paper's and DIFT's settings, as each help says. Each field is an :func:`option`: it
+Defaults follow the paper (PDM features) and DIFT's label propagation. Each field is an :func:`option`: it
 carries its help and its flat option name, the keyword of ``Tracker(...)`` and
 ``TrackSettings.from_options(...)`` and, with dashes, the CLI's flag (``feature_timestep``:
 ``timestep``, ``--timestep``). Every field is checked against its type when a settings object
