@@ -17,7 +17,7 @@ from PIL import Image
 import pdmtrack.sam.loading
 import pdmtrack.tracking.models
 from pdmtrack import Tracker, TrackSettings
-from pdmtrack.errors import InputError
+from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.eval.davis import evaluate_davis
 from pdmtrack.io.files import LOCK_FILE
 from pdmtrack.io.masks import DAVIS_PALETTE
@@ -152,8 +152,15 @@ def test_bad_session_input_is_a_one_line_error(swan) -> None:
     with pytest.raises(InputError, match="^labels: frame 0: mask is 10x10"):
         session.add_mask(state, 0, np.zeros((10, 10), np.uint8))
     session.add_mask(state, 2, truth[2])
-    with pytest.raises(InputError, match="frame 0 has no mask"):
-        next(session.propagate(state, start=0))
+    with pytest.raises(ParameterError, match="^start: frame 0 has no mask") as error:
+        session.propagate(state, start=0)  # the library names its own parameters, at the call
+    assert error.value.parameter == "start" and "--" not in str(error.value)
+    with pytest.raises(ParameterError, match="^start: 40 is outside the video's frames"):
+        session.propagate(state, start=40, direction="backward")
+    with pytest.raises(ParameterError, match="^end: 1 must lie after start 2"):
+        session.propagate(state, end=1)
+    with pytest.raises(ParameterError, match="^direction: unknown value 'sideways'"):
+        session.propagate(state, direction="sideways")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unknown tracker option"):
         Tracker(sam="none", contxt=3)
 
