@@ -378,7 +378,8 @@ def evaluate_permir(
 
     With ``rerank`` N a global descriptor (``descriptor``, else ``global_config``'s, DINOv2 GeM
     by default) ranks the gallery by the query's instance crop and PDM re-ranks its N best (0:
-    the global ranking alone, the paper's "DINOv2" row). Writes ``permir_{global,details}.csv`` and ``permir_report.json``.
+    the global ranking alone, the paper's "DINOv2" row). Writes ``permir_{global,details}.csv``
+    and ``permir_report.json``.
     ``workers`` may compute the PDM features first (see :func:`_prepare`; not with ``rerank``).
     """
     check_rerank(rerank)

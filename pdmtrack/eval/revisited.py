@@ -164,10 +164,10 @@ def evaluate_revisited(
     """Rank the gallery for every query crop and score it (mAP Medium / Hard).
 
     ``rerank=None``: PDM (or the ``features`` baseline) over the whole gallery; otherwise a
-    global descriptor (``descriptor``, else ``global_config``'s, DINOv2 GeM by default) ranks and PDM re-ranks its first ``rerank``
-    (0: the global ranking alone, no diffusion model loaded). The features come from
-    ``tracker`` (loaded from ``settings`` when none is given). The query mask is the whole
-    crop. Writes ``<dataset>_{global,details}.csv`` and ``<dataset>_report.json``.
+    global descriptor (``descriptor``, else ``global_config``'s, DINOv2 GeM by default) ranks
+    and PDM re-ranks its first ``rerank`` (0: the global ranking alone, no diffusion model
+    loaded). The features come from ``tracker`` (loaded from ``settings`` when none is given).
+    The query mask is the whole crop. Writes ``<dataset>_{global,details}.csv`` and ``<dataset>_report.json``.
     """
     check_rerank(rerank)
     data = load_revisited(root, dataset)
