@@ -190,8 +190,8 @@ def test_propagate_init_ovdiff_without_objects_is_a_one_line_error(three_frames,
     assert_one_line_error(run_cli(args, capsys, monkeypatch), "--init", "found no swan", "give a mask")
 
 
-def test_readme_offline_example_word_for_word(tiny_sdxl, tmp_path, capsys, monkeypatch) -> None:
-    """README's try-it-offline ``segment-ov`` line, with every default (--batch-size auto)."""
+def test_ovdiff_offline_example_word_for_word(tiny_sdxl, tmp_path, capsys, monkeypatch) -> None:
+    """docs/ovdiff.md's try-it-offline ``segment-ov`` line, with every default (--batch-size auto)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default prototype folder
     (tmp_path / "tiny-sdxl").symlink_to(tiny_sdxl, target_is_directory=True)

@@ -223,20 +223,31 @@ def test_eval_davis_loads_each_model_once(tiny_sdxl: Path, tiny_sam: Path, tmp_p
     assert loads == {"diffusion": 1, "sam": 1}
 
 
-def test_the_readme_python_example_runs(davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's Python API example, with the tiny model for SDXL-turbo and the first 24
-    frames of davis-mini's blackswan for DAVIS."""
+def _first_python_block(doc: Path) -> str:
+    return doc.read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/python-api.md"])
+def test_the_documented_python_examples_run(
+    doc: str, davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's short Python example and the Python API page's full one, with the tiny
+    model for SDXL-turbo and the first 24 frames of davis-mini's blackswan for DAVIS."""
     for kind, suffix in (("JPEGImages", "jpg"), ("Annotations", "png")):
         folder = tmp_path / kind / "480p" / SEQUENCE
         folder.mkdir(parents=True)
         for index in range(24):
             (folder / f"{index:05d}.{suffix}").symlink_to(davis_mini / kind / "480p" / SEQUENCE / f"{index:05d}.{suffix}")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = _first_python_block(Path(__file__).resolve().parents[1] / doc)
+    assert 'model="stabilityai/sdxl-turbo"' in code and 'sam="vit_b"' in code and '"DAVIS/' in code
     code = code.replace('model="stabilityai/sdxl-turbo"', f'model="{tiny_sdxl}", size=64, inversion="noise", no_cache=True')
     code = code.replace('sam="vit_b"', 'sam="none"').replace('"DAVIS/', f'"{tmp_path}/')
-    exec(compile(code, "README.md", "exec"), {})
-    assert "24 frames tracked; 21 tracked backwards from frame 20" in capsys.readouterr().out
+    exec(compile(code, doc, "exec"), {})
+    out = capsys.readouterr().out
+    if doc == "README.md":  # one line per frame, in order
+        assert [line.split()[0] for line in out.splitlines()] == [str(index) for index in range(24)]
+    else:
+        assert "24 frames tracked; 21 tracked backwards from frame 20" in out
 
 
 def test_features_are_computed_ahead_in_a_worker_thread(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from tests.cli_runner import assert_one_line_error, run_cli
 from tests.test_cli import H, W, base_args, first_mask, frames_dir  # noqa: F401 (fixtures)
 from tests.test_hardening import davis  # noqa: F401 (fixture)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+TRACKING_DOC = REPO / "docs" / "tracking.md"
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -28,9 +29,9 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _readme_block(marker: str) -> list[str]:
-    """The README's shell lines from the comment line holding ``marker`` to the next blank line."""
-    lines = README.read_text().splitlines()
+def _doc_block(marker: str, doc: Path = TRACKING_DOC) -> list[str]:
+    """The document's shell lines from the comment line holding ``marker`` to the next blank line."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("#") and marker in line)
     block = []
     for line in lines[first + 1 :]:
@@ -43,10 +44,10 @@ def _readme_block(marker: str) -> list[str]:
 # --- item 1: a given mask inside -o ---------------------------------------------------------
 
 
-def test_the_readme_correction_recipe_word_for_word(frames_dir, first_mask, base_args, tmp_path, capsys, monkeypatch):
+def test_the_documented_correction_recipe_word_for_word(frames_dir, first_mask, base_args, tmp_path, capsys, monkeypatch):
     """Correcting a run's output: a mask given from inside -o is refused (it would be replaced
-    by the output of its frame), saying how; the README's recipe (copy it out, edit, run
-    again with --overwrite) works and the correction is the output at its frame."""
+    by the output of its frame), saying how; the recipe of docs/tracking.md (copy it out, edit,
+    run again with --overwrite) works and the correction is the output at its frame."""
     monkeypatch.chdir(tmp_path)
     shutil.copytree(frames_dir, tmp_path / "video")
     assert run_cli(["propagate", "video", "--mask", "first.png", "-o", "out/", *base_args], capsys, monkeypatch).code == 0
@@ -56,7 +57,7 @@ def test_the_readme_correction_recipe_word_for_word(frames_dir, first_mask, base
     assert_one_line_error(inside, "out", "holds the input out/00002.png", "cp OUT/00002.png fixed.png", "--mask 2:fixed.png")
     assert (tmp_path / "out" / "00002.png").read_bytes() == before
 
-    recipe = _readme_block("correct a run's output")
+    recipe = _doc_block("correct a run's output")
     assert recipe[0] == "cp out/dog/00300.png fixed_00300.png"
     assert recipe[1].startswith("pdmtrack propagate video.mp4 --mask first.png --mask 300:fixed_00300.png -o out/dog --overwrite")
     shutil.copy(tmp_path / "out" / "00002.png", tmp_path / "fixed_00002.png")  # the recipe's cp, at frame 2
@@ -223,12 +224,12 @@ def test_a_refused_batch_creates_no_folders(frames_dir, first_mask, base_args, t
 # --- item 9: the feature cache's disk reserve --------------------------------------------
 
 
-def test_readme_states_the_disk_reserve_the_message_prints():
-    """Item 9: the README gives the reserve as the refusal message prints it."""
+def test_docs_state_the_disk_reserve_the_message_prints():
+    """Item 9: the README and docs/ give the reserve as the refusal message prints it."""
     from pdmtrack.features.cache_folder import _GB, FREE_RESERVE_BYTES
 
     printed = f"{FREE_RESERVE_BYTES / _GB:.1f} GB"
-    text = README.read_text()
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     stated = re.findall(r"leaves (\S+ GB) free|less than (\S+ GB)", text)
     assert stated and all(printed in pair for pair in stated), (printed, stated)
 
