@@ -139,3 +139,14 @@ def test_permir_and_permis_image_on_two_workers_equal_one(ray_cluster, tiny_sdxl
     ):
         folder, file = name.split("/")
         assert (tmp_path / f"{folder}-2" / file).read_text() == (tmp_path / f"{folder}-1" / file).read_text(), name
+
+
+def test_local_workers_import_this_checkout() -> None:
+    """Ray's local workers get the folder holding this process's ``pdmtrack`` first on their
+    PYTHONPATH (after the move into runs/, parents[1] was pdmtrack/ itself, and workers of a
+    second checkout imported the installed copy)."""
+    import pdmtrack
+    from pdmtrack.runs.ray_workers import package_parent
+
+    assert package_parent() == Path(pdmtrack.__file__).resolve().parents[1]
+    assert (package_parent() / "pdmtrack" / "runs" / "ray_workers.py").is_file()

@@ -123,11 +123,16 @@ def _start(ray, address: str | None, workers: int | str) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ParameterError("ray_address", f"cannot join the Ray cluster at {address} ({one_line(err)})") from err
         return True
-    package_parent = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(package_parent()), os.environ.get("PYTHONPATH", "")) if p)
     local_cpus = max(cpu_count(), workers if isinstance(workers, int) else 1)
     ray.init(num_cpus=local_cpus, num_gpus=visible_gpus(), runtime_env={"env_vars": {"PYTHONPATH": path}}, **options)
     return True
+
+
+def package_parent() -> Path:
+    """The folder holding the ``pdmtrack`` package this process runs: local workers import
+    the same checkout (first on their PYTHONPATH), not another installed copy."""
+    return Path(__file__).resolve().parents[2]
 
 
 def _worker_options(ray, workers: int | str, settings: TrackSettings) -> tuple[int, dict]:

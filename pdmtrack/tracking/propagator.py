@@ -11,7 +11,7 @@ writes files and never times itself. Per frame:
 3. fusion (``fuse``: the prior, relative to its level on the propagated object, scales each
    object's propagated mass; background is a class of its own), bilinear upsampling of the
    scores to the frame's size and a per-pixel argmax of the raw scores (DINO's and DIFT's
-   ``norm_mask`` is not adopted: README "Protocols" gives the measurement and why);
+   ``norm_mask`` is not adopted: docs/protocols.md gives the measurement and why);
 4. SAM refinement when a refiner is given;
 5. memory write: with SAM, the refined masks (as cell fractions); without, the fused soft
    prediction, as DINO's protocol keeps (a hard argmax fed back makes thin or small objects
