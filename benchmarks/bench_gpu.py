@@ -109,12 +109,7 @@ def build_sdxl_folder(bench: Bench) -> Path:
     import shutil
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from published_configs import (
-        SDXL_TEXT_ENCODER_2_CONFIG,
-        SDXL_TEXT_ENCODER_CONFIG,
-        SDXL_UNET_CONFIG,
-        SDXL_VAE_CONFIG,
-    )
+    from published_configs import SDXL_TEXT_ENCODER_2_CONFIG, SDXL_TEXT_ENCODER_CONFIG, SDXL_UNET_CONFIG, SDXL_VAE_CONFIG
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from pdmtrack.testing.diffusion import build_tiny_pipeline

@@ -107,8 +107,5 @@ def sam21_config(name: str):  # -> transformers.Sam2Config
     from transformers import Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig
 
     trunk = SAM21_HIERA[name]
-    vision = Sam2VisionConfig(
-        backbone_config=Sam2HieraDetConfig(**trunk),
-        backbone_channel_list=trunk["embed_dim_per_stage"][::-1],
-    )
+    vision = Sam2VisionConfig(backbone_config=Sam2HieraDetConfig(**trunk), backbone_channel_list=trunk["embed_dim_per_stage"][::-1])
     return Sam2Config(vision_config=vision)

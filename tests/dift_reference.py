@@ -96,8 +96,7 @@ def propagate_labels(
 
     query = unit(target.astype(np.float64))
     affinity = np.concatenate(
-        [np.where(window, np.exp(query.T @ unit(f.astype(np.float64)) / temperature), 0.0) for f in context_features],
-        axis=1,
+        [np.where(window, np.exp(query.T @ unit(f.astype(np.float64)) / temperature), 0.0) for f in context_features], axis=1
     )  # (N target cells, frames * N context cells)
     kth = -np.partition(-affinity, topk - 1, axis=1)[:, topk - 1 : topk]
     kept = np.where(affinity >= kth, affinity, 0.0)
@@ -128,12 +127,7 @@ def track_video(
     for frame_features in features[1:]:
         target = frame_features.reshape(-1, cells)
         soft = propagate_labels(
-            target,
-            [first_features] + [f for f, _ in recent],
-            [first_labels] + [s for _, s in recent],
-            window,
-            topk,
-            temperature,
+            target, [first_features] + [f for f, _ in recent], [first_labels] + [s for _, s in recent], window, topk, temperature
         )
         recent = (recent + [(target, soft)])[-context:] if context else []
         scores = normalise_channels(bilinear_upsample(soft.reshape(num_labels, *grid), stride))

@@ -17,12 +17,8 @@ from pathlib import Path
 SHELL_FENCES = ("```bash", "```sh", "```shell")
 HEREDOC = re.compile(r"^cat\s+>\s*(\S+)\s+<<\s*'?(\w+)'?\s*$")
 # Steps that need what a test machine does not have; each names its reason.
-SKIPPED_PROGRAMS = {
-    "ray": "starts or joins a Ray cluster on the user's machines (the tests run Ray locally through --workers)",
-}
-SKIPPED_FLAGS = {
-    "--ray-address": "joins a running Ray cluster started with `ray start`; --workers alone is run",
-}
+SKIPPED_PROGRAMS = {"ray": "starts or joins a Ray cluster on the user's machines (the tests run Ray locally through --workers)"}
+SKIPPED_FLAGS = {"--ray-address": "joins a running Ray cluster started with `ray start`; --workers alone is run"}
 VOC_TOO_SLOW = (
     "builds OVDiff prototypes of PASCAL VOC's 20 classes from 64 support images each (1,280 "
     "images at 512x512 with SAM): about 20 minutes on a 2-core CPU even with the tiny model; "

@@ -10,13 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pdmtrack.config import (
-    FeatureConfig,
-    RuntimeConfig,
-    SamConfig,
-    SourceConfig,
-    TrackSettings,
-)
+from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, SourceConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.dift import DiftExtractor
 from pdmtrack.features.dinov2 import Dinov2Extractor, load_vit

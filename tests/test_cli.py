@@ -220,8 +220,7 @@ def test_output_into_the_frame_folder_is_refused(tmp_path, frames_dir, first_mas
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"),
-    [("--tau", "1.5"), ("--context", "-1"), ("--radius", "-3"), ("--size", "500"), ("--fixed-point-iters", "-2")],
+    ("flag", "value"), [("--tau", "1.5"), ("--context", "-1"), ("--radius", "-3"), ("--size", "500"), ("--fixed-point-iters", "-2")]
 )
 def test_out_of_range_numbers(flag, value, frames_dir, first_mask, capsys, monkeypatch):
     result = run_cli(["propagate", frames_dir, "--mask", first_mask, flag, value], capsys, monkeypatch)

@@ -23,12 +23,7 @@ from test_burst import COLOURS, EXPECTED, write_synthetic_burst
 from pdmtrack.burst import PERMIS_VIDEO_DIR, build_permirs
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.eval.permirs import (
-    evaluate_permir,
-    evaluate_permis_image,
-    evaluate_permis_video,
-    load_benchmark,
-)
+from pdmtrack.eval.permirs import evaluate_permir, evaluate_permis_image, evaluate_permis_video, load_benchmark
 from pdmtrack.features.types import PDMFeatures
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts, SamRefiner
 from pdmtrack.tracking.tracker import Tracker

@@ -43,10 +43,7 @@ def expected_grid(parts: DiffusionParts, block: str, input_size: tuple[int, int]
 
 @pytest.mark.parametrize(
     ("family", "design_name"),
-    [
-        ("sdxl", "up_blocks.1.attentions.2.transformer_blocks.1"),
-        ("sd", "up_blocks.3.attentions.2.transformer_blocks.0"),
-    ],
+    [("sdxl", "up_blocks.1.attentions.2.transformer_blocks.1"), ("sd", "up_blocks.3.attentions.2.transformer_blocks.0")],
 )
 def test_hooked_shapes_per_family(family: str, design_name: str, request: pytest.FixtureRequest) -> None:
     parts: DiffusionParts = request.getfixturevalue(f"{family}_parts")

@@ -161,6 +161,16 @@ def test_stale_temporaries_of_killed_runs_are_removed(tiny_sdxl, tmp_path, capsy
         assert all(path.exists() for path in kept)
 
 
+def _square_propagate(clip: Path, tmp_path: Path, model: Path) -> list:
+    """``propagate CLIP`` from a square first-frame mask (id 1) into tmp_path/out, tiny model,
+    no SAM (the mask is the 4th word, the output folder the 6th)."""
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:30, 10:30] = 1
+    mask = palette_mask(tmp_path / "first.png", labels)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    return ["propagate", clip, "--mask", mask, "-o", out, "--model", model, "--sam", "none", "--size", "64", "--cache-dir", cache]
+
+
 def _times(path: Path) -> list[float]:
     with av.open(str(path)) as container:
         return [round(float(frame.pts * frame.time_base), 3) for frame in container.decode(video=0)]
@@ -185,28 +195,8 @@ def test_overlay_keeps_variable_frame_rate_timestamps(tiny_sdxl, tmp_path, capsy
         for packet in stream.encode():
             container.mux(packet)
     assert _times(clip) == times
-    labels = np.zeros((H, W), np.uint8)
-    labels[10:30, 10:30] = 1
-    mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
-    args = [
-        "propagate",
-        clip,
-        "--mask",
-        mask,
-        "-o",
-        out,
-        "--model",
-        tiny_sdxl,
-        "--sam",
-        "none",
-        "--size",
-        "64",
-        "--cache-dir",
-        tmp_path / "cache",
-        "--start",
-        "1",
-    ]
+    args = [*_square_propagate(clip, tmp_path, tiny_sdxl), "--start", "1"]
     assert run_cli(args, capsys, monkeypatch).code == 0
     assert _times(out / "overlay.mp4") == [round(t - times[1], 3) for t in times[1:]]
 
@@ -345,25 +335,8 @@ def test_a_folder_keeps_one_runs_outputs(tiny_sdxl, tmp_path, capsys, monkeypatc
     clip = _clip(tmp_path / "clip.mp4")
     labels = np.zeros((H, W), np.uint8)
     labels[10:30, 10:30] = 1
-    mask = palette_mask(tmp_path / "first.png", labels)
     out = tmp_path / "out"
-    base = [
-        "propagate",
-        clip,
-        "--mask",
-        mask,
-        "-o",
-        out,
-        "--model",
-        tiny_sdxl,
-        "--sam",
-        "none",
-        "--size",
-        "64",
-        "--cache-dir",
-        tmp_path / "cache",
-        "--rle",
-    ]
+    base = [*_square_propagate(clip, tmp_path, tiny_sdxl), "--rle"]
     assert run_cli(base, capsys, monkeypatch).code == 0
     assert run_cli(base, capsys, monkeypatch).code == 0  # the same run again: fine
     shorter = run_cli([*base[:-1], "--end", "3"], capsys, monkeypatch)

@@ -16,12 +16,7 @@ from pdmtrack.config import GlobalConfig
 from pdmtrack.errors import InputError
 from pdmtrack.io.images import read_rgb
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
-from pdmtrack.personal.index import (
-    GalleryIndex,
-    add_to_index,
-    build_index,
-    file_sha256,
-)
+from pdmtrack.personal.index import GalleryIndex, add_to_index, build_index, file_sha256
 
 BOXES = ["red", "green", "blue", "red", "blue"]
 

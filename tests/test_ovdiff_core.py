@@ -192,10 +192,7 @@ def test_split_instances_by_connected_components() -> None:
     assert objects[9, 0] == 0
 
 
-@pytest.mark.parametrize(
-    ("names", "fragment"),
-    [([], "empty"), (["dog", " "], "empty"), (["dog", "cat", "Dog "], "twice")],
-)
+@pytest.mark.parametrize(("names", "fragment"), [([], "empty"), (["dog", " "], "empty"), (["dog", "cat", "Dog "], "twice")])
 def test_class_list_checks(names: list[str], fragment: str) -> None:
     with pytest.raises(InputError, match=fragment):
         check_classes(names)

@@ -141,10 +141,7 @@ def linear(start: tuple[int, int], step: tuple[int, int], length: int) -> list[t
 def test_crossing_objects_keep_their_ids() -> None:
     """Two same-shape objects cross (B passes over A); each id stays on its own object."""
     length = 26
-    tracks = [
-        Track(1, "stripes", linear((40, 8), (0, 4), length)),
-        Track(2, "columns", linear((56, 120), (0, -4), length)),
-    ]
+    tracks = [Track(1, "stripes", linear((40, 8), (0, 4), length)), Track(2, "columns", linear((56, 120), (0, -4), length))]
     frames, truth = draw_clip(tracks)
     predicted = track_clip(frames, truth[0], [1, 2], class_indices=[0, 0])
     for object_id, other_id in ((1, 2), (2, 1)):

@@ -13,14 +13,7 @@ from PIL import Image
 from pdmtrack.errors import InputError
 from pdmtrack.io.masks import DAVIS_PALETTE, decode_rle, read_mask
 from pdmtrack.io.video import FrameReader
-from pdmtrack.io.writers import (
-    MaskPngWriter,
-    OverlayWriter,
-    RleJsonWriter,
-    blend_labels,
-    write_palette_png,
-    write_video,
-)
+from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, blend_labels, write_palette_png, write_video
 
 
 def _annotations(davis_mini: Path, count: int = 4) -> list[tuple[str, np.ndarray]]:

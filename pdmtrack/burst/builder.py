@@ -11,13 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pdmtrack.burst.reading import (
-    load_annotation,
-    scan_sequence,
-    sequence_frame_paths,
-    sha256,
-    video_name,
-)
+from pdmtrack.burst.reading import load_annotation, scan_sequence, sequence_frame_paths, sha256, video_name
 from pdmtrack.burst.records import (
     DEFAULT_DROPPED_SOURCES,
     DEFAULT_SPLITS,
@@ -36,12 +30,7 @@ from pdmtrack.burst.records import (
 from pdmtrack.burst.selection import select
 from pdmtrack.burst.writing import README, Kept, write_json, write_lists, write_video
 from pdmtrack.errors import InputError, ParameterError
-from pdmtrack.io.files import (
-    atomic_write_text,
-    check_output_folder,
-    ensure_writable_folder,
-    is_safe_component,
-)
+from pdmtrack.io.files import atomic_write_text, check_output_folder, ensure_writable_folder, is_safe_component
 
 
 def _annotation_file(burst_root: Path, split: str) -> Path:
@@ -200,10 +189,7 @@ def _check_first_entry(split: str, sequence: object, seen: set[tuple]) -> None:
     seq_name) an earlier entry had: one video must not be counted twice."""
     if not isinstance(sequence, dict):
         return
-    keys = {
-        ("id", split, repr(sequence.get("id"))),
-        ("frames", split, repr(sequence.get("dataset")), repr(sequence.get("seq_name"))),
-    }
+    keys = {("id", split, repr(sequence.get("id"))), ("frames", split, repr(sequence.get("dataset")), repr(sequence.get("seq_name")))}
     if keys & seen:
         raise Skip(DUPLICATE)
     seen.update(keys)
@@ -216,13 +202,7 @@ def _sequence_order(sequence: object) -> tuple[int, str]:
 
 
 def _keep(
-    tree: Path,
-    burst_root: Path,
-    split: str,
-    sequence: object,
-    dropped_sources: set[str],
-    categories: dict[int, str],
-    summary: BuildSummary,
+    tree: Path, burst_root: Path, split: str, sequence: object, dropped_sources: set[str], categories: dict[int, str], summary: BuildSummary
 ) -> Kept:
     """Check, select and write one sequence; ``Skip`` with the reason when it is not kept."""
     if not isinstance(sequence, dict) or not isinstance(sequence.get("id"), int):

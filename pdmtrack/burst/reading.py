@@ -9,18 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pdmtrack.burst.records import (
-    FRAMES_MISSING,
-    MALFORMED,
-    UNSAFE_NAME,
-    Skip,
-)
+from pdmtrack.burst.records import FRAMES_MISSING, MALFORMED, UNSAFE_NAME, Skip
 from pdmtrack.burst.selection import ScannedSequence, bbox_area
 from pdmtrack.errors import InputError
-from pdmtrack.io.files import (
-    is_safe_component,
-    read_json,
-)
+from pdmtrack.io.files import is_safe_component, read_json
 from pdmtrack.io.masks import decode_rle
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")

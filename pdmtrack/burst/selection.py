@@ -7,14 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pdmtrack.burst.records import (
-    FRAMES_PER_VIDEO,
-    MIN_FRAME_GAP,
-    NO_SHARED_CATEGORY,
-    TOO_FEW_FRAMES,
-    Selection,
-    Skip,
-)
+from pdmtrack.burst.records import FRAMES_PER_VIDEO, MIN_FRAME_GAP, NO_SHARED_CATEGORY, TOO_FEW_FRAMES, Selection, Skip
 
 
 def bbox_area(mask: np.ndarray) -> int:

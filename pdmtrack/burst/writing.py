@@ -10,17 +10,8 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.burst.reading import decode
-from pdmtrack.burst.records import (
-    PERMIS_VIDEO_CLASSES,
-    PERMIS_VIDEO_DIR,
-    PERMIS_VIDEO_SPLIT,
-    Selection,
-)
-from pdmtrack.io.files import (
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
-)
+from pdmtrack.burst.records import PERMIS_VIDEO_CLASSES, PERMIS_VIDEO_DIR, PERMIS_VIDEO_SPLIT, Selection
+from pdmtrack.io.files import atomic_path, atomic_write_bytes, atomic_write_text
 from pdmtrack.io.masks import encode_rle
 from pdmtrack.io.writers import write_palette_png
 
@@ -72,11 +63,7 @@ def write_video(
             if not mask.any():
                 continue
             category_id = track_categories.get(int(tid))
-            objects[str(int(tid))] = {
-                "category_id": category_id,
-                "category": categories.get(category_id),
-                "rle": encode_rle(mask),
-            }
+            objects[str(int(tid))] = {"category_id": category_id, "category": categories.get(category_id), "rle": encode_rle(mask)}
             if int(tid) == selection.track_id:
                 track_area = int(mask.sum())
         instances += len(objects)

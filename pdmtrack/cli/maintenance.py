@@ -31,14 +31,7 @@ def build_permis(
     kwargs: dict[str, Any] = {}
     if drop_sources is not None:
         kwargs["drop_sources"] = split_list(drop_sources)
-    summary = build_permirs(
-        burst,
-        out,
-        splits=split_list(splits),
-        annotations=annotations or None,
-        overwrite=overwrite,
-        **kwargs,
-    )
+    summary = build_permirs(burst, out, splits=split_list(splits), annotations=annotations or None, overwrite=overwrite, **kwargs)
     typer.echo(summary.format())
 
 

@@ -135,8 +135,7 @@ def _read_result_frame(path: Path, shape: tuple[int, int], num_objects: int, seq
         raise InputError(path, f"size {got} differs from the annotation's {want}")
     if ids.size and int(ids.max()) > num_objects:
         raise InputError(
-            path,
-            f"sequence {sequence} frame {path.stem}: object id {int(ids.max())} but the first annotation has {num_objects} object(s)",
+            path, f"sequence {sequence} frame {path.stem}: object id {int(ids.max())} but the first annotation has {num_objects} object(s)"
         )
     return ids
 

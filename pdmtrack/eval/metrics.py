@@ -96,10 +96,7 @@ def _dilate_stack(masks: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 
 
 def db_eval_boundary(
-    annotation: np.ndarray,
-    segmentation: np.ndarray,
-    void_pixels: np.ndarray | None = None,
-    bound_th: float = 0.008,
+    annotation: np.ndarray, segmentation: np.ndarray, void_pixels: np.ndarray | None = None, bound_th: float = 0.008
 ) -> np.ndarray:
     """Boundary measure F per (H, W) pair over any leading axes (official ``f_measure``).
 

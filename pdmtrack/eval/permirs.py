@@ -238,10 +238,7 @@ class PermirReport:
         scores = self.global_scores()
         columns = ["Query", "AP", *(f"R@{k}" for k in RECALL_KS)]
         rows = [[q.video, q.ap, *(q.recall[k] for k in RECALL_KS)] for q in self.queries]
-        return (
-            Table("Global PerMIR results", list(scores), [list(scores.values())]),
-            Table("Per-query PerMIR results", columns, rows),
-        )
+        return (Table("Global PerMIR results", list(scores), [list(scores.values())]), Table("Per-query PerMIR results", columns, rows))
 
     def write(self, out_dir: Path) -> list[Path]:
         """Write the CSVs and the JSON record into ``out_dir``; print the tables."""

@@ -121,10 +121,7 @@ class PersegReport:
     settings: dict
 
     def global_scores(self) -> dict[str, float]:
-        return {
-            "mIoU": float(np.mean([o.iou for o in self.objects])),
-            "bIoU": float(np.mean([o.biou for o in self.objects])),
-        }
+        return {"mIoU": float(np.mean([o.iou for o in self.objects])), "bIoU": float(np.mean([o.biou for o in self.objects]))}
 
     def tables(self) -> tuple[Table, Table]:
         scores = self.global_scores()

@@ -75,12 +75,7 @@ class _NotCached:
 
 
 def precompute_features(
-    groups: Sequence[Sequence[Path]],
-    classes: Sequence[str],
-    settings: TrackSettings,
-    *,
-    workers: int | str,
-    ray_address: str | None,
+    groups: Sequence[Sequence[Path]], classes: Sequence[str], settings: TrackSettings, *, workers: int | str, ray_address: str | None
 ) -> CachedFeatureSource:
     """Compute the features of every group's images (each group batched as
     ``extract_features`` does) on the workers; a source reading them from the cache."""

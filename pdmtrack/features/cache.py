@@ -69,14 +69,7 @@ class FeatureCache:
     nearly full, unwritable), writing stops for this object with one warning and reading goes on.
     """
 
-    def __init__(
-        self,
-        cache_dir: Path | None,
-        fingerprint: str,
-        *,
-        max_gb: float | None = None,
-        description: dict | None = None,
-    ) -> None:
+    def __init__(self, cache_dir: Path | None, fingerprint: str, *, max_gb: float | None = None, description: dict | None = None) -> None:
         if not fingerprint:
             raise ValueError("FeatureCache needs a non-empty fingerprint")
         self.folder = CacheFolder(cache_dir, resolve_max_bytes(max_gb))

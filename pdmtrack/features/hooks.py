@@ -150,11 +150,7 @@ def _stop_pass(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> No
 
 @contextmanager
 def capture_block(
-    unet: torch.nn.Module,
-    block: str,
-    class_tokens: Sequence[Sequence[int]] = (),
-    stop_after: bool = False,
-    keep_qk: bool = False,
+    unet: torch.nn.Module, block: str, class_tokens: Sequence[Sequence[int]] = (), stop_after: bool = False, keep_qk: bool = False
 ) -> Iterator[BlockCapture]:
     """Within the context, every UNet pass records PDM's tensors at ``block``.
 

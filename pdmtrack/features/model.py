@@ -30,10 +30,7 @@ _NOT_CACHED = (
     "is not in the Hugging Face cache and the hub cannot be reached; download it once or pass a local diffusers folder with --model PATH"
 )
 # Components per family; SDXL conditions its UNet on both text encoders.
-_TEXT_PARTS = {
-    "sd": (("tokenizer", "text_encoder"),),
-    "sdxl": (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
-}
+_TEXT_PARTS = {"sd": (("tokenizer", "text_encoder"),), "sdxl": (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))}
 # Files whose content identifies a local folder (weights are identified by size and mtime).
 _CONFIG_FILES = {
     "model_index.json",
@@ -121,12 +118,7 @@ def _resolve_hub(repo_id: str, revision: str | None, dtype: torch.dtype) -> tupl
 
     cache_only: the hub was not asked (offline or unreachable); the cache served it."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     cache = _hub_cache()
     if not hub_offline():

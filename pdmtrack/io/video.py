@@ -107,10 +107,7 @@ class FrameReader:
 
     def _open_video(self, backend: str) -> None:
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise InputError(
-                self.path,
-                f"not a video (expected {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)",
-            )
+            raise InputError(self.path, f"not a video (expected {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)")
         first = self._probe_pyav()
         self.frame_names = [f"{i:05d}" for i in range(self.num_frames)]
         self.backend = "pyav"

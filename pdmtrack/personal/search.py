@@ -71,12 +71,7 @@ def pdm_scores(
 
 
 def rerank_head(
-    first_stage: np.ndarray,
-    candidates: int,
-    source: FeatureSource,
-    scorer: QueryScorer,
-    gallery: Sequence[Path],
-    device: torch.device,
+    first_stage: np.ndarray, candidates: int, source: FeatureSource, scorer: QueryScorer, gallery: Sequence[Path], device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     """(order, PDM scores of the re-ranked head): the first ``candidates`` of a first-stage order
     (gallery positions, best first) re-ordered by PDM, the rest left in first-stage order."""

@@ -25,12 +25,7 @@ from pdmtrack.config import MatchConfig
 from pdmtrack.errors import ParameterError
 from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.sam.refine import SamRefiner
-from pdmtrack.tracking.matching import (
-    features_appearance_map,
-    mask_to_grid_bool,
-    pdm_map,
-    reference_mask_from_attention,
-)
+from pdmtrack.tracking.matching import features_appearance_map, mask_to_grid_bool, pdm_map, reference_mask_from_attention
 
 
 def segment_from_maps(maps: torch.Tensor, image: np.ndarray, threshold: float, refiner: SamRefiner | None) -> np.ndarray:

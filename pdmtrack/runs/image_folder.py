@@ -99,16 +99,7 @@ def segment_to_folder(
     if names and len(classes) not in (1, object_count):
         raise ParameterError("classes", f"give one class name, or one per object ({object_count})")
     rows = [names.index(c.strip()) for c in classes] if names else [None]
-    segmenter = ImageSegmenter(
-        source,
-        ref_image,
-        labels,
-        rows,
-        settings.match,
-        tracker.device,
-        tracker.refiner,
-        presence_threshold,
-    )
+    segmenter = ImageSegmenter(source, ref_image, labels, rows, settings.match, tracker.device, tracker.refiner, presence_threshold)
     records = []
     for path, stem in zip(images, stems):
         image = read_rgb(path)

@@ -83,13 +83,7 @@ class ProgressBoard:
 
 
 def run_on_ray(
-    jobs: Sequence[Job],
-    settings: TrackSettings,
-    *,
-    workers: int | str,
-    address: str | None,
-    max_retries: int,
-    progress: Progress,
+    jobs: Sequence[Job], settings: TrackSettings, *, workers: int | str, address: str | None, max_retries: int, progress: Progress
 ) -> dict[str, VideoResult]:
     """Run ``jobs`` on Ray actors (see the module doc); results by job name."""
     ray = import_ray()

@@ -236,10 +236,7 @@ def _track_and_write(
         write = stack.enter_context(_writers(plan))
         bar = stack.enter_context(
             tqdm(
-                total=plan.end - plan.start,
-                desc=f"tracking {plan.video.name}",
-                unit="frame",
-                disable=None if on_frame is None else True,
+                total=plan.end - plan.start, desc=f"tracking {plan.video.name}", unit="frame", disable=None if on_frame is None else True
             )  # fmt: skip
         )
         # entered last, left first: every queued frame is written before the writers close
@@ -298,11 +295,7 @@ def check_ovdiff_plan(plan: VideoPlan) -> None:
 
 
 def plan_with_ovdiff_objects(
-    tracker: Tracker,
-    plan: VideoPlan,
-    prototypes: PrototypeConfig,
-    segment: SegmentConfig,
-    prototypes_dir: str | Path | None = None,
+    tracker: Tracker, plan: VideoPlan, prototypes: PrototypeConfig, segment: SegmentConfig, prototypes_dir: str | Path | None = None
 ) -> VideoPlan:
     """``plan`` (class names, no mask) with its start frame's objects found by OVDiff as the
     given mask (written to first_frame_mask.png with the outputs), one class name per object."""

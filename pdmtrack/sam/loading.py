@@ -85,13 +85,7 @@ OFFICIAL_ARCHITECTURES: dict[str, SamArchitecture] = {
 
 def build_sam_model(arch: SamArchitecture) -> torch.nn.Module:
     """A randomly initialised ``segment_anything.modeling.Sam`` of the given architecture."""
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     embedding_size = arch.img_size // arch.patch_size
     sam = Sam(

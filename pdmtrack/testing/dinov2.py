@@ -11,14 +11,7 @@ def build_tiny_dinov2(path: Path, seed: int = 0, registers: int = 0) -> Path:
     from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(seed)
-    common = {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "mlp_ratio": 2,
-        "patch_size": 14,
-        "image_size": 56,
-    }
+    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2, "patch_size": 14, "image_size": 56}
     if registers:
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
     else:

@@ -17,13 +17,7 @@ HIDDEN = 32
 
 def tiny_sam2_config():  # -> transformers.Sam2Config
     """The tiny SAM 2 architecture: a 4-stage Hiera (5 blocks), a 3-level FPN, a 1-layer decoder."""
-    from transformers import (
-        Sam2Config,
-        Sam2HieraDetConfig,
-        Sam2MaskDecoderConfig,
-        Sam2PromptEncoderConfig,
-        Sam2VisionConfig,
-    )
+    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig, Sam2VisionConfig
 
     backbone = Sam2HieraDetConfig(
         hidden_size=8,

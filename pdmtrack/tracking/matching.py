@@ -71,11 +71,7 @@ def mask_to_grid_bool(mask: np.ndarray | torch.Tensor, grid: tuple[int, int], mi
 
 
 def appearance_map(
-    ref_appearance: torch.Tensor,
-    ref_mask: torch.Tensor,
-    target_appearance: torch.Tensor,
-    agg: AppearanceAgg = "mean",
-    topk: int = 100,
+    ref_appearance: torch.Tensor, ref_mask: torch.Tensor, target_appearance: torch.Tensor, agg: AppearanceAgg = "mean", topk: int = 100
 ) -> torch.Tensor:
     """Eq. 5: similarity of every target token to the masked reference tokens -> (B, h2, w2).
 
@@ -172,11 +168,7 @@ def combined_map(appearance: torch.Tensor, semantic: torch.Tensor | None) -> tor
 
 
 def pdm_map(
-    reference: PDMFeatures,
-    ref_mask_grid: torch.Tensor,
-    target: PDMFeatures,
-    class_index: int | None,
-    config: MatchConfig,
+    reference: PDMFeatures, ref_mask_grid: torch.Tensor, target: PDMFeatures, class_index: int | None, config: MatchConfig
 ) -> torch.Tensor:
     """Combined PDM map (B, h, w) of one reference frame's masked object over target frames.
 

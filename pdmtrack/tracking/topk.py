@@ -76,13 +76,7 @@ def top_entries(
 
 
 def _search(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    runs: list[range],
-    k: int,
-    outside: torch.Tensor,
-    windowed_from: int,
-    budget: int,
+    query: torch.Tensor, keys: torch.Tensor, runs: list[range], k: int, outside: torch.Tensor, windowed_from: int, budget: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (scores, entries numbered over the searched frames) by similarity in the inputs'
     dtype, over chunks of frames."""

@@ -367,13 +367,7 @@ class Tracker:
             batches.close()
 
     def _track_span(
-        self,
-        propagator: Propagator,
-        indices: list[int],
-        frames: np.ndarray,
-        features: PDMFeatures,
-        span: list[int],
-        clock: StageClock,
+        self, propagator: Propagator, indices: list[int], frames: np.ndarray, features: PDMFeatures, span: list[int], clock: StageClock
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Track the batch positions ``span`` (consecutive, no given mask among them)."""
         if not span:

@@ -55,10 +55,7 @@ def backward_wins(keyframes: list[int]) -> Callable[[int], bool]:
 
 
 def merge_two_way(
-    backward: Iterator[tuple[int, np.ndarray]],
-    forward: Callable[[], Iterator[tuple[int, np.ndarray]]],
-    keyframes: list[int],
-    start: int,
+    backward: Iterator[tuple[int, np.ndarray]], forward: Callable[[], Iterator[tuple[int, np.ndarray]]], keyframes: list[int], start: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(frame, labels) ascending from ``start``: the whole ``backward`` pass runs first (its
     winning frames stored), then ``forward()``'s pass, each frame from the nearer pass."""
