@@ -26,6 +26,17 @@ def propagate(
             help="Mask: FILE (frame --start) or FRAME:FILE, repeatable (corrections, new objects). Palette/grey/RGB PNG or COCO RLE JSON.",
         ),
     ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="Clicks and boxes: a JSON list of {frame, obj_id, points, labels, box, cls} entries (needs --sam)."),
+    ] = None,
+    point: Annotated[
+        list[str] | None,
+        typer.Option("--point", help="A click FRAME:OBJ:X,Y (positive) or FRAME:OBJ:X,Y:neg, repeatable; mixes with --mask."),
+    ] = None,
+    box: Annotated[
+        list[str] | None, typer.Option("--box", help="A box FRAME:OBJ:X0,Y0,X1,Y1 in pixels, repeatable; with --point clicks of it.")
+    ] = None,
     classes: Annotated[
         list[str] | None, typer.Option("--cls", help="Class name; once for all objects or once per object in id order.")
     ] = None,
@@ -54,15 +65,18 @@ def propagate(
     prototype_config: PrototypeConfig = PrototypeConfig(),
     segment_config: SegmentConfig = SegmentConfig(),
 ) -> None:
-    """Track the instances of given masks (or of a class name) through a video."""
+    """Track the instances of given masks, clicks and boxes (or of a class name) through a video."""
+    from pdmtrack.io.prompt_files import prompts_from_flags, read_prompts
     from pdmtrack.runs.video_folder import mask_files, plan_video, track_to_folder
     from pdmtrack.tracking.tracker import Tracker
 
     check_choice("init", init, ("attention", "ovdiff"))
+    prompts = read_prompts(prompts_file) if prompts_file is not None else []
     plan = plan_video(
         video,
         out if out is not None else Path("pdmtrack_out") / video.stem,
         masks=mask_files(masks or [], start or 0),
+        prompts=prompts + prompts_from_flags(point or [], box or []),
         classes=list(classes or []),
         start=start,
         end=end,

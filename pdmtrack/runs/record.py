@@ -19,7 +19,7 @@ import contextlib
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +41,14 @@ def describe(
     end: int,
     direction: str,
     masks: Mapping[int, np.ndarray] | None,
-    classes: list[str],
+    classes: Sequence[str] | Mapping[int, str],
     outputs: dict[str, bool],
     files: list[str],
     settings: TrackSettings | None,
+    prompts: list[dict] | None = None,
 ) -> dict:
-    """The record's identity part: everything that shapes the outputs (JSON-ready)."""
+    """The record's identity part: everything that shapes the outputs (JSON-ready). Clicks
+    and boxes (``prompts``) are recorded when there are any."""
     shaping = None if settings is None else shaping_settings(settings)
     record = {
         "format": FORMAT,
@@ -54,11 +56,13 @@ def describe(
         "frames": [start, end],
         "direction": direction,
         "masks": None if masks is None else {str(frame): _digest(labels) for frame, labels in sorted(masks.items())},
-        "classes": list(classes),
+        "classes": {str(i): name for i, name in classes.items()} if isinstance(classes, Mapping) else list(classes),
         "outputs": dict(outputs),
         "settings": shaping,
         "files": list(files),
     }
+    if prompts:
+        record["prompts"] = prompts
     return json.loads(json.dumps(json_ready(record)))
 
 

@@ -25,15 +25,18 @@ from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.background import BackgroundCalls
 from pdmtrack.io.files import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
 from pdmtrack.io.masks import fit_mask_to_frame, read_mask
+from pdmtrack.io.prompt_files import Prompt
 from pdmtrack.io.video import FrameReader
 from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
 from pdmtrack.ovdiff.first_frame import ovdiff_objects
 from pdmtrack.runs import record as run_record
 from pdmtrack.tracking.objects import object_ids_in
+from pdmtrack.tracking.prompts import check_object_id, checked_prompt
 from pdmtrack.tracking.tracker import (
     DIRECTIONS,
     TRACKING_STAGES,
+    Classes,
     Tracker,
     VideoState,
     check_frame,
@@ -48,7 +51,7 @@ from pdmtrack.tracking.two_way import in_frame_order
 # with tracking); "writing_wait" is what it cost the tracking loop (a full queue, the final drain).
 RUN_STAGES = (*TRACKING_STAGES, "writing", "writing_wait")
 WRITE_QUEUE = 16  # frames the tracking loop may run ahead of the writer thread
-FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the mask comes from the class names
+FIRST_FRAME_MASK = "first_frame_mask.png"  # written when the first mask comes from class names or clicks
 _FRAME_SPEC = re.compile(r"^(\d+):(.+)$")
 # A given mask inside -o would be replaced by the output of its frame (a correction of a run's
 # output is a copy of it, passed from outside the folder).
@@ -77,7 +80,7 @@ class VideoPlan:
     out_dir: Path
     reader: FrameReader
     masks: dict[int, np.ndarray]  # frame index -> (H, W) uint8 object ids
-    classes: list[str]
+    classes: Classes
     start: int  # first frame written
     end: int  # frame written last + 1
     direction: str
@@ -87,13 +90,25 @@ class VideoPlan:
     notes: list[str] = field(default_factory=list)
     overwrite: bool = False  # replace another run's outputs in out_dir (see run_record)
     initialised: bool = False  # the start frame's mask came from an initialiser (OVDiff), not the user
+    prompts: list[Prompt] = field(default_factory=list)  # clicks and boxes, given in this order
+
+    @property
+    def given_frames(self) -> list[int]:
+        """The frames with a given mask or prompts, ascending."""
+        return sorted({*self.masks, *(prompt.frame for prompt in self.prompts)})
 
     @property
     def object_ids(self) -> list[int]:
         """Every object id the run may write."""
-        if not self.masks:
+        if not self.given_frames:
             return list(range(1, len(distinct_classes(self.classes)) + 1))
-        return sorted({i for labels in self.masks.values() for i in object_ids_in(labels)})
+        return sorted({i for labels in self.masks.values() for i in object_ids_in(labels)} | {p.obj_id for p in self.prompts})
+
+    @property
+    def first_mask_made(self) -> bool:
+        """Whether the start frame's mask is made by the run (from class names, OVDiff or
+        clicks) rather than read from a file: it is written to first_frame_mask.png."""
+        return self.initialised or self.start not in self.masks and (not self.given_frames or self.start in self.given_frames)
 
 
 def mask_files(specs: Sequence[str | Path], default_frame: int) -> dict[int, Path]:
@@ -114,6 +129,7 @@ def plan_video(
     out_dir: str | Path,
     *,
     masks: Mapping[int, str | Path] | None = None,
+    prompts: Sequence[Prompt] = (),
     classes: Sequence[str] = (),
     start: int | None = None,
     end: int | None = None,
@@ -126,7 +142,8 @@ def plan_video(
     settings: TrackSettings | None = None,
     overwrite: bool = False,
 ) -> VideoPlan:
-    """Check a run's inputs (InputError on the first problem); loads no model.
+    """Check a run's inputs (InputError on the first problem); loads no model. ``prompts``:
+    clicks and boxes (``io.prompt_files``), turned into masks by SAM when the run starts.
 
     The output folder must be writable, not in use by another run, apart from the inputs
     (a given mask inside it would be replaced: refused, saying how to correct a run's
@@ -148,26 +165,62 @@ def plan_video(
         mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask, reader.rotation)
         fitted[frame] = mask.labels
         notes += [mask.note] if mask.note else []
-    if not fitted and not distinct_classes(classes):
-        raise ParameterError("masks", "give a first-frame mask, a class name or both")
-    if not fitted and direction != "forward":
-        raise ParameterError("direction", f"'{direction}' needs a given mask to track from")
-    first, last = _output_range(fitted, start, end, direction, reader.num_frames)
-    plan = VideoPlan(Path(video), out_dir, reader, fitted, list(classes), first, last, direction, png, overlay, rle, notes, overwrite)
+    if prompts and settings is not None and settings.sam.model_type == "none":
+        raise ParameterError("sam", "clicks and boxes need a SAM model: set --sam (e.g. vit_b or sam2.1-hiera-tiny), not none")
+    for prompt in prompts:
+        _check_prompt(prompt, reader)
+    given = {**dict.fromkeys(prompt.frame for prompt in prompts), **fitted}
+    if not given and not distinct_classes(classes):
+        raise ParameterError("masks", "give a first-frame mask, clicks or a box, a class name, or several of these")
+    if not given and direction != "forward":
+        raise ParameterError("direction", f"'{direction}' needs a given mask (or clicks) to track from")
+    first, last = _output_range(given, start, end, direction, reader.num_frames)
+    plan = VideoPlan(
+        Path(video), out_dir, reader, fitted, _classes(classes, prompts), first, last, direction, png, overlay, rle, notes, overwrite,
+        prompts=list(prompts),
+    )  # fmt: skip
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
     check_not_in_use(out_dir)
     # Without given masks the first-frame objects are not known yet (class names, OVDiff):
     # track_to_folder checks again with them, before writing anything.
-    run_record.check_reuse(out_dir, _record(plan, settings, known_masks=bool(fitted)), overwrite)
+    run_record.check_reuse(out_dir, _record(plan, settings, known_masks=bool(given)), overwrite)
     return plan
+
+
+def _check_prompt(prompt: Prompt, reader: FrameReader) -> None:
+    """InputError naming where ``prompt`` was written unless it fits the video."""
+    try:
+        check_frame("frame", prompt.frame, reader.num_frames)
+        check_object_id(prompt.obj_id)
+        checked_prompt(prompt.points, prompt.labels, prompt.box, reader.width, reader.height)
+    except ParameterError as err:
+        raise InputError(prompt.source, f"{err.parameter}: {err.problem}") from None
+
+
+def _classes(classes: Sequence[str], prompts: Sequence[Prompt]) -> Classes:
+    """The run's class names: ``classes``, or the prompts' ``cls`` per object id."""
+    named = [prompt for prompt in prompts if prompt.cls]
+    if not named:
+        return list(classes)
+    if classes:
+        raise ParameterError(
+            "classes", f"{named[0].source} names a class (cls) too: give class names in the prompts or with --cls, not both"
+        )
+    by_object: dict[int, str] = {}
+    for prompt in named:
+        if by_object.setdefault(prompt.obj_id, prompt.cls) != prompt.cls:  # type: ignore[arg-type]
+            raise InputError(
+                prompt.source, f"object {prompt.obj_id} is '{by_object[prompt.obj_id]}' in an earlier entry, not '{prompt.cls}'"
+            )
+    return by_object
 
 
 def _record(plan: VideoPlan, settings: TrackSettings | None, known_masks: bool = True) -> dict:
     """The identity of ``plan``'s run for its folder's run record."""
     return run_record.describe(
         video=plan.video, start=plan.start, end=plan.end, direction=plan.direction,
-        masks=plan.masks if known_masks else None,
+        masks=plan.masks if known_masks else None, prompts=[prompt.to_json() for prompt in plan.prompts],
         classes=plan.classes, outputs={"png": plan.png, "overlay": plan.overlay, "rle": plan.rle},
         files=[path.name for path in _output_files(plan)], settings=settings,
     )  # fmt: skip
@@ -196,7 +249,7 @@ def _output_files(plan: VideoPlan) -> list[Path]:
     names = plan.reader.frame_names[plan.start : plan.end]
     files = [plan.out_dir / f"{name}.png" for name in names] if plan.png else []
     files += [plan.out_dir / name for name, wanted in (("overlay.mp4", plan.overlay), ("masks.json", plan.rle)) if wanted]
-    return files + ([plan.out_dir / FIRST_FRAME_MASK] if not plan.masks or plan.initialised else [])
+    return files + ([plan.out_dir / FIRST_FRAME_MASK] if plan.first_mask_made else [])
 
 
 def track_to_folder(tracker: Tracker, plan: VideoPlan, on_frame: Callable[[], None] | None = None) -> TrackSummary:
@@ -207,6 +260,7 @@ def track_to_folder(tracker: Tracker, plan: VideoPlan, on_frame: Callable[[], No
     state = tracker.init_state(plan.reader, plan.classes)
     for frame, labels in plan.masks.items():
         tracker.add_mask(state, frame, labels)
+    give_prompts(tracker, state, plan.prompts)
     record = _record(plan, tracker.settings)
     ensure_writable_folder(plan.out_dir)
     with folder_lock(plan.out_dir):  # one run writes into a folder at a time
@@ -254,7 +308,7 @@ def _ordered_results(tracker: Tracker, state: VideoState, plan: VideoPlan) -> It
     """(frame, labels) for every frame of the plan's range, ascending, per its direction."""
     if plan.direction != "backward":
         return tracker.propagate(state, start=plan.start, end=plan.end, direction=plan.direction)  # type: ignore[arg-type]
-    last_mask = max(frame for frame in plan.masks if plan.start <= frame < plan.end)
+    last_mask = max(frame for frame in plan.given_frames if plan.start <= frame < plan.end)
     return in_frame_order(tracker.propagate(state, start=last_mask, end=plan.start - 1, direction="backward"))
 
 
@@ -276,7 +330,7 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
 
         def write(frame_idx: int, labels: np.ndarray) -> None:
             name = reader.frame_names[frame_idx]
-            if (not plan.masks or plan.initialised) and frame_idx == plan.start:
+            if plan.first_mask_made and frame_idx == plan.start:
                 write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
             if pngs is not None:
                 pngs.write(name, labels)
@@ -288,10 +342,21 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         yield write
 
 
+def give_prompts(tracker: Tracker, state: VideoState, prompts: Sequence[Prompt]) -> None:
+    """Give ``prompts`` to ``state`` in order, as ``add_points`` / ``add_box`` calls."""
+    for prompt in prompts:
+        if prompt.box is not None:
+            tracker.add_box(state, prompt.frame, prompt.obj_id, prompt.box, prompt.points or None, prompt.labels or None)
+        else:
+            tracker.add_points(state, prompt.frame, prompt.obj_id, prompt.points, prompt.labels)
+
+
 def check_ovdiff_plan(plan: VideoPlan) -> None:
     """ParameterError when ``plan`` cannot start from OVDiff objects (a mask is given); loads nothing."""
-    if plan.masks:
-        raise ParameterError("init", "ovdiff makes the first-frame mask from the class names; give a mask or init ovdiff, not both")
+    if plan.given_frames:
+        raise ParameterError(
+            "init", "ovdiff makes the first-frame mask from the class names; give a mask (or clicks) or init ovdiff, not both"
+        )
 
 
 def plan_with_ovdiff_objects(

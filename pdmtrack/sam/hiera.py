@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pdmtrack.device import autocast
 from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import hub_offline, read_json
+from pdmtrack.sam.prompting import Decoded, ObjectPrompt
 from pdmtrack.sam.refine import FrameEmbedding, FramePrompts
 from pdmtrack.sam.vit import ENCODER_BATCH
 
@@ -65,12 +66,9 @@ class HieraBackend:
         """(P, 3, H, W) bool masks of the P objects of ``prompts``, in one decoder call (each
         object is a batch item sharing the frame's embedding)."""
         count = len(prompts.boxes)
-        height, width = embedding.frame_size
-        scale = torch.tensor([self.side / width, self.side / height], device=self.device)
+        scale = self._scale(embedding)
         points = prompts.points.to(self.device) * scale
         boxes = prompts.boxes.to(self.device) * scale.repeat(2)
-        side = self.mask_input_size
-        masks = F.interpolate(prompts.log_odds[:, None].to(self.device).float(), size=(side, side), mode="bilinear", align_corners=False)
         features = [level[None].expand(count, *level.shape) for level in embedding.features]
         with autocast(self.device, self.dtype):
             output = self.model(
@@ -78,11 +76,43 @@ class HieraBackend:
                 input_points=points[:, None],
                 input_labels=prompts.labels.to(self.device)[:, None],
                 input_boxes=boxes[:, None],
-                input_masks=masks,
+                input_masks=self.mask_input(prompts.log_odds),
                 multimask_output=True,
             )
         low_res = output.pred_masks[:, 0].float()  # (P, 3, side, side)
-        return F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False) > 0
+        return _to_frame(low_res, embedding) > 0
+
+    @torch.inference_mode()
+    def decode(self, embedding: FrameEmbedding, prompt: ObjectPrompt, mask_input: torch.Tensor | None, multimask: bool) -> Decoded:
+        """One object's clicks and box, scaled to the encoder's square as ``Sam2Processor`` does."""
+        scale = self._scale(embedding)
+        inputs: dict[str, torch.Tensor] = {}
+        if prompt.points:
+            inputs["input_points"] = torch.tensor(prompt.points, dtype=torch.float, device=self.device).mul(scale)[None, None]
+            inputs["input_labels"] = torch.tensor(prompt.labels, dtype=torch.long, device=self.device)[None, None]
+        if prompt.box is not None:
+            inputs["input_boxes"] = torch.tensor(prompt.box, dtype=torch.float, device=self.device).mul(scale.repeat(2))[None, None]
+        if mask_input is not None:
+            inputs["input_masks"] = mask_input.to(self.device, torch.float)[None]
+        with autocast(self.device, self.dtype):
+            output = self.model(image_embeddings=[level[None] for level in embedding.features], multimask_output=multimask, **inputs)
+        low_res = output.pred_masks[0, 0].float()  # (C, side, side)
+        return Decoded(_to_frame(low_res[None], embedding)[0] > 0, output.iou_scores[0, 0].float(), low_res)
+
+    def mask_input(self, log_odds: torch.Tensor) -> torch.Tensor:
+        """(P, H, W) log-odds -> the decoder's (P, 1, side, side) mask input (squashed, as the frame)."""
+        side = self.mask_input_size
+        return F.interpolate(log_odds[:, None].to(self.device).float(), size=(side, side), mode="bilinear", align_corners=False)
+
+    def _scale(self, embedding: FrameEmbedding) -> torch.Tensor:
+        """(x, y) factors from the frame's pixels to the encoder's square."""
+        height, width = embedding.frame_size
+        return torch.tensor([self.side / width, self.side / height], device=self.device)
+
+
+def _to_frame(low_res: torch.Tensor, embedding: FrameEmbedding) -> torch.Tensor:
+    """(P, C, side, side) low-res logits resized to the frame (as ``post_process_masks`` does)."""
+    return F.interpolate(low_res, size=embedding.frame_size, mode="bilinear", align_corners=False)
 
 
 def load_hiera_model(model_type: str, folder: Path | None, device: torch.device) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pdmtrack.device import autocast
+from pdmtrack.sam.prompting import Decoded, ObjectPrompt
 from pdmtrack.sam.refine import LOGIT_CLIP, FrameEmbedding, FramePrompts
 
 ENCODER_BATCH = 8  # frames per image-encoder call (bounds activation memory)
@@ -56,18 +57,50 @@ class VitBackend:
         device = self.device
         points = self.transform.apply_coords_torch(prompts.points.to(device), frame_size)
         boxes = self.transform.apply_boxes_torch(prompts.boxes.to(device), frame_size)
-        masks = padded_mask_input(prompts.log_odds.to(device), self.mask_input_size)
-        with autocast(device, self.dtype):
-            sparse, dense = self.model.prompt_encoder(points=(points, prompts.labels.to(device)), boxes=boxes, masks=masks)
-            low_res, _ = self.model.mask_decoder(
+        masks = self.mask_input(prompts.log_odds.to(device))
+        low_res, _ = self._decode(image, (points, prompts.labels.to(device)), boxes, masks, multimask=True)
+        logits = self.model.postprocess_masks(low_res.float(), embedding.input_size, frame_size)
+        return logits > self.model.mask_threshold
+
+    @torch.inference_mode()
+    def decode(self, embedding: FrameEmbedding, prompt: ObjectPrompt, mask_input: torch.Tensor | None, multimask: bool) -> Decoded:
+        """One object's clicks and box, transformed as ``SamPredictor.predict`` does."""
+        (image,) = embedding.features
+        points = boxes = None
+        if prompt.points:
+            coords = self.transform.apply_coords(np.asarray(prompt.points, dtype=np.float64), embedding.frame_size)
+            labels = torch.as_tensor(prompt.labels, dtype=torch.int, device=self.device)[None]
+            points = (torch.as_tensor(coords, dtype=torch.float, device=self.device)[None], labels)
+        if prompt.box is not None:
+            box = self.transform.apply_boxes(np.asarray(prompt.box, dtype=np.float64), embedding.frame_size)
+            boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
+        masks = None if mask_input is None else mask_input.to(self.device, torch.float)[None]
+        low_res, scores = self._decode(image, points, boxes, masks, multimask)
+        logits = self.model.postprocess_masks(low_res.float(), embedding.input_size, embedding.frame_size)
+        return Decoded(logits[0] > self.model.mask_threshold, scores[0].float(), low_res[0].float())
+
+    def _decode(
+        self,
+        image: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low-res logits, predicted IoUs) of the prompt encoder and mask decoder."""
+        with autocast(self.device, self.dtype):
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            return self.model.mask_decoder(
                 image_embeddings=image[None],
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=True,
+                multimask_output=multimask,
             )
-        logits = self.model.postprocess_masks(low_res.float(), embedding.input_size, frame_size)
-        return logits > self.model.mask_threshold
+
+    def mask_input(self, log_odds: torch.Tensor) -> torch.Tensor:
+        """(P, H, W) log-odds -> the decoder's (P, 1, side, side) padded mask input."""
+        return padded_mask_input(log_odds, self.mask_input_size)
 
 
 def padded_mask_input(log_odds: torch.Tensor, side: int) -> torch.Tensor:

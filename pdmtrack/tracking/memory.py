@@ -146,6 +146,12 @@ class ContextMemory:
         kept = self.labels[:, keep]
         self.labels = torch.cat([kept, kept.new_zeros((self.capacity, added, kept.shape[2]))], dim=1)
 
+    def fold_into_background(self, rows: list[int]) -> None:
+        """Move the mass of label rows ``rows`` to background's row 0 (objects that end)."""
+        if rows:
+            self.labels[:, 0] += self.labels[:, rows].sum(1)
+            self.labels[:, rows] = 0
+
     def _store(self, slot: int, keys: torch.Tensor, labels: torch.Tensor) -> None:
         self.keys[slot] = F.normalize(keys.float(), dim=0)
         self.labels[slot] = labels.float()

@@ -46,6 +46,39 @@ class ObjectSlots:
         lookup = torch.tensor([0, *self.ids], dtype=torch.uint8, device=slots.device)
         return lookup[slots].cpu().numpy()
 
+    def scores(self, slot_scores: torch.Tensor) -> ObjectScores:
+        """(1 + K, H, W) scores per slot (background first) -> ``ObjectScores`` on the CPU."""
+        values = slot_scores.float().cpu().numpy()
+        return ObjectScores(self.ids, values[0], values[1:])
+
+    def one_hot(self, labels: np.ndarray) -> ObjectScores:
+        """The scores of a given mask: 1 where each object (or background) is, 0 elsewhere."""
+        return ObjectScores(
+            self.ids,
+            (labels == 0).astype(np.float32),
+            np.stack([labels == i for i in self.ids]).astype(np.float32) if self.ids else np.zeros((0, *labels.shape), np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectScores:
+    """The per-pixel scores a frame's labels were chosen from (``propagate(with_scores=True)``):
+    background's and each tracked object's, the labels being their argmax (without SAM; with
+    SAM, the scores SAM was prompted from). A given frame's are its mask as 1s and 0s."""
+
+    object_ids: tuple[int, ...]
+    background: np.ndarray  # (H, W) float32
+    objects: np.ndarray  # (K, H, W) float32, row k for object_ids[k]
+
+    def of(self, object_id: int) -> np.ndarray:
+        """(H, W) scores of ``object_id`` (ValueError when it is not tracked at this frame)."""
+        return self.objects[self.object_ids.index(int(object_id))]
+
+    def argmax(self) -> np.ndarray:
+        """(H, W) uint8 object ids of the highest score (0: background; ties to the first)."""
+        best = np.concatenate([self.background[None], self.objects]).argmax(0)
+        return np.array([0, *self.object_ids], dtype=np.uint8)[best]
+
 
 def object_ids_in(labels: np.ndarray) -> list[int]:
     """The object ids present in a (H, W) label map, ascending (0 is background)."""

@@ -31,7 +31,7 @@ start there, and the memory's keyframes restart at it), tracked ids it lacks end
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,7 @@ from pdmtrack.features.types import PDMFeatures
 from pdmtrack.sam.refine import FrameEmbedding, SamRefiner, resolve_overlaps
 from pdmtrack.tracking.matching import mask_to_grid_bool, minmax, pdm_map, reference_mask_from_attention
 from pdmtrack.tracking.memory import ContextMemory, labels_to_grid, labels_to_grid_nearest, nearest_resize
-from pdmtrack.tracking.objects import ObjectSlots, object_ids_in
+from pdmtrack.tracking.objects import ObjectScores, ObjectSlots, object_ids_in
 
 
 def fuse(propagated: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
@@ -112,10 +112,19 @@ class Propagator:
         self._memory: ContextMemory | None = None
         self._references: dict[int, _Reference] = {}
 
-    def add_keyframe(self, features: PDMFeatures, labels: np.ndarray, class_indices: Mapping[int, int | None] | None = None) -> None:
+    @property
+    def tracking(self) -> bool:
+        """Whether a keyframe was given (``step``/``track`` may run)."""
+        return self._memory is not None
+
+    def add_keyframe(
+        self, features: PDMFeatures, labels: np.ndarray, class_indices: Mapping[int, int | None] | None = None, keep: Collection[int] = ()
+    ) -> None:
         """A given mask: ``features`` of its frame (one frame), its (H, W) uint8 object ids and,
         per object id, the row of its class among ``features.class_vectors`` (absent/None:
-        appearance only). Its objects take this frame as their reference."""
+        appearance only). Its objects take this frame as their reference. Tracked ids it lacks
+        end here, except those in ``keep``: a frame where only some objects were given, the
+        others tracked, keeps those tracked, with their earlier references."""
         if len(features) != 1:
             raise ValueError(f"a keyframe takes the features of one frame, got {len(features)}")
         class_indices = class_indices or {}
@@ -127,10 +136,11 @@ class Propagator:
             channels = frame_features.appearance.shape[1]
             self._memory = ContextMemory(self.memory_config, grid, channels, 1 + len(present), self.device, self.search_dtype)
         else:
-            kept = [i for i in self.objects.ids if i in present]
+            kept = [i for i in self.objects.ids if i in present or i in keep]
             added = [i for i in present if i not in self.objects.ids]
             self._memory.remap_labels([0, *map(self.objects.slot, kept)], len(added))
             present = kept + added
+        earlier = self._references
         self.objects = ObjectSlots.of(present)
         slots = self.objects.to_slots(labels).to(self.device)
         self._references = {
@@ -139,11 +149,25 @@ class Propagator:
                 mask_to_grid_bool(slots == self.objects.slot(object_id), grid, self.match_config.min_fraction),
                 class_indices.get(object_id) if frame_features.class_vectors is not None else None,
             )
+            if object_id not in keep or object_id not in earlier
+            else earlier[object_id]
             for object_id in self.objects.ids
         }
         keys = frame_features.appearance[0].flatten(1)
         to_grid = labels_to_grid_nearest if self._memory.exact else labels_to_grid
         self._memory.add_keyframe(keys, to_grid(slots, self.objects.num_slots, grid), restart=bool(added))
+
+    def end_objects(self, object_ids: Collection[int]) -> None:
+        """Stop tracking ``object_ids`` (``remove_object`` from a frame on): their mass in the
+        memory goes to background."""
+        ending = [i for i in self.objects.ids if i in object_ids]
+        if self._memory is None or not ending:
+            return
+        kept = [i for i in self.objects.ids if i not in object_ids]
+        self._memory.fold_into_background([self.objects.slot(i) for i in ending])
+        self._memory.remap_labels([0, *map(self.objects.slot, kept)], 0)
+        self.objects = ObjectSlots.of(kept)
+        self._references = {i: self._references[i] for i in kept}
 
     def step(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
         """Labels (H, W) uint8 (object ids, 0 background) of the next frame (H, W, 3) uint8."""
@@ -151,6 +175,13 @@ class Propagator:
 
     def track(self, frames: np.ndarray, features: PDMFeatures) -> Iterator[np.ndarray]:
         """Labels of each of a batch of consecutive frames (B, H, W, 3), in tracking order."""
+        return (labels for labels, _ in self._frames(frames, features, with_scores=False))
+
+    def track_scored(self, frames: np.ndarray, features: PDMFeatures) -> Iterator[tuple[np.ndarray, ObjectScores]]:
+        """``track``, each frame's labels with the scores they were chosen from."""
+        return ((labels, scores) for labels, scores in self._frames(frames, features, with_scores=True) if scores is not None)
+
+    def _frames(self, frames: np.ndarray, features: PDMFeatures, with_scores: bool) -> Iterator[tuple[np.ndarray, ObjectScores | None]]:
         if self._memory is None:
             raise RuntimeError("Propagator.add_keyframe must be called before step/track")
         if len(features) != len(frames):
@@ -164,9 +195,10 @@ class Propagator:
         for index, frame in enumerate(frames):
             keys = target.appearance[index].flatten(1)
             if priors is None:
-                yield self._track_exact(frame, keys, embeddings[index])
+                slots, scores = self._track_exact(frame, keys, embeddings[index])
             else:
-                yield self._track(frame, keys, priors[index], embeddings[index])
+                slots, scores = self._track(frame, keys, priors[index], embeddings[index])
+            yield self.objects.to_ids(slots), self.objects.scores(scores) if with_scores else None
 
     def instance_priors(self, target: PDMFeatures) -> torch.Tensor:
         """(B, K, h, w) PDM map of every object's reference over the frames."""
@@ -180,7 +212,10 @@ class Propagator:
             return torch.zeros((len(target), 0, *target.grid), device=self.device)
         return torch.stack(maps, dim=1)
 
-    def _track(self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None) -> np.ndarray:
+    def _track(
+        self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W) slots of one frame and the (1 + K, H, W) scores they were chosen from."""
         memory = self._memory
         assert memory is not None
         grid = memory.grid
@@ -195,9 +230,9 @@ class Propagator:
             slots = self.refiner.refine(frame, scores, embedding)
             remembered = labels_to_grid(slots, scores.shape[0], grid)
         memory.write(keys, remembered)
-        return self.objects.to_ids(slots)
+        return slots, scores
 
-    def _track_exact(self, frame: np.ndarray, keys: torch.Tensor, embedding: FrameEmbedding | None) -> np.ndarray:
+    def _track_exact(self, frame: np.ndarray, keys: torch.Tensor, embedding: FrameEmbedding | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame of DINO's and DIFT's protocol (module docstring); with a refiner, SAM
         refines the argmax's scores and the memory keeps the refined masks as cell fractions."""
         memory = self._memory
@@ -213,11 +248,12 @@ class Propagator:
         slots = nearest_resize(scores.argmax(0), (height, width))
         if self.refiner is None:
             memory.write(keys, propagated)
-        else:
-            full = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            slots = self.refiner.refine(frame, full, embedding)
-            memory.write(keys, labels_to_grid(slots, full.shape[0], grid))
-        return self.objects.to_ids(slots)
+            # nearest-exact samples pixel centres, as PIL's nearest does: the argmax stays ``slots``
+            return slots, F.interpolate(scores[None], size=(height, width), mode="nearest-exact")[0]
+        full = F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        slots = self.refiner.refine(frame, full, embedding)
+        memory.write(keys, labels_to_grid(slots, full.shape[0], grid))
+        return slots, full
 
 
 def mask_from_class_names(
