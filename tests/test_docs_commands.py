@@ -42,6 +42,7 @@ STEPS = [step for doc in DOCS for step in collect_steps(doc)]
 CLIP_FRAMES = 3  # frames of every stand-in clip
 SEQUENCES = ("blackswan", "car-shadow")
 MASK_SPEC = re.compile(r"(?<![\w/.])(\d+):(?=[^\s;,]*\.(?:png|json))")  # FRAME:FILE
+PROMPT_SPEC = re.compile(r"^(\d+)(?=:\d+:[-\d.,]+(?::neg)?$)")  # --point FRAME:OBJ:X,Y, --box FRAME:OBJ:X0,Y0,X1,Y1
 FRAME_FILE = re.compile(r"(?<=/)(\d{5})(?=\.png)")  # out/00300.png, an output of frame 300
 
 
@@ -194,9 +195,10 @@ def map_models(words: list[str], models: dict[str, Path], cwd: Path) -> list[str
 
 
 def map_frames(text: str) -> str:
-    """Frame numbers past the stand-in clips' end (``FRAME:FILE`` masks, ``out/00300.png``)
-    map to their last frame."""
+    """Frame numbers past the stand-in clips' end (``FRAME:FILE`` masks, ``--point`` and
+    ``--box`` frames, ``out/00300.png``) map to their last frame."""
     text = MASK_SPEC.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1)}:", text)
+    text = PROMPT_SPEC.sub(lambda m: str(min(int(m.group(1)), CLIP_FRAMES - 1)), text)
     return FRAME_FILE.sub(lambda m: f"{min(int(m.group(1)), CLIP_FRAMES - 1):05d}", text)
 
 

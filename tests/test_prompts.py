@@ -415,3 +415,43 @@ def test_cli_prompt_mistakes_are_one_line_errors(
     named = [{"frame": 0, "obj_id": 1, "points": [[1, 2]], "cls": "swan"}]
     assert fails("--cls", "bird", file=named)[1].startswith("pdmtrack: error: --cls: ")
     assert not (tmp_path / "out").exists()
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "tracker_api.ipynb"
+
+
+def test_the_tracker_api_notebook_runs_top_to_bottom(davis_mini: Path, tiny_sdxl: Path, tiny_sam: Path, tmp_path: Path) -> None:
+    """examples/tracker_api.ipynb in a real kernel, its parameters cell pointing at the tiny
+    models and davis-mini: every cell runs, frames before the correction stay unchanged, and
+    the masks and strips are shown."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+    parameters.source = "\n".join([
+        f"MODEL = {str(tiny_sdxl)!r}", 'SAM = "vit_b"', f"SAM_CHECKPOINT = {str(tiny_sam)!r}", f"DAVIS = {str(davis_mini)!r}",
+        'SEQUENCE = "blackswan"', "FRAMES = 24", 'OPTIONS = {"size": 64, "inversion": "noise", "no_cache": True, "device": "cpu"}',
+    ])  # fmt: skip
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "50 frames of 854 x 480" in text and "frames before 12 unchanged: True" in text
+    assert "scores at the last frame for objects (1, 2)" in text and "object 1: J " in text
+    assert sum("image/png" in output.get("data", {}) for output in outputs) == 5  # two masks, three strips
+
+
+def _python_block(document: Path, heading: str) -> str:
+    """The first ```python block under ``heading`` in ``document``."""
+    text = document.read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_clicks_example_runs(davis_mini: Path, tiny_sdxl: Path, tiny_sam: Path, tmp_path: Path) -> None:
+    """The Python API page's clicks-and-boxes example, with the tiny models and davis-mini."""
+    code = _python_block(NOTEBOOK.parents[1] / "docs" / "python-api.md", "## Clicks, boxes and objects added or removed")
+    assert 'model="stabilityai/sdxl-turbo", sam="vit_b"' in code and '"DAVIS/' in code
+    tiny = f'model="{tiny_sdxl}", size=64, inversion="noise", no_cache=True, device="cpu", sam="vit_b", sam_checkpoint="{tiny_sam}"'
+    code = code.replace('model="stabilityai/sdxl-turbo", sam="vit_b"', tiny).replace('"DAVIS/', f'"{davis_mini}/')
+    exec(compile(code, "python-api.md", "exec"), {})
