@@ -10,6 +10,9 @@ clicked object is tracked from its frame on" is a measured IoU.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -455,3 +458,13 @@ def test_the_documented_clicks_example_runs(davis_mini: Path, tiny_sdxl: Path, t
     tiny = f'model="{tiny_sdxl}", size=64, inversion="noise", no_cache=True, device="cpu", sam="vit_b", sam_checkpoint="{tiny_sam}"'
     code = code.replace('model="stabilityai/sdxl-turbo", sam="vit_b"', tiny).replace('"DAVIS/', f'"{davis_mini}/')
     exec(compile(code, "python-api.md", "exec"), {})
+
+
+def test_the_click_benchmark_runs() -> None:
+    """benchmarks/bench_prompts.py --smoke (the tiny SAM) prints both timings and their ratio."""
+    script = NOTEBOOK.parents[1] / "benchmarks" / "bench_prompts.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--frames", "1", "--clicks", "2"], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "first click on a frame (encoder + decoder): median" in result.stdout and "ratio first / later:" in result.stdout
