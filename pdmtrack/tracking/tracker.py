@@ -239,8 +239,9 @@ class Tracker:
         """Give the objects' mask at ``frame_idx`` ((H, W) object ids 0..255, 0 = background;
         integers, or floats holding whole numbers). It is the output at that frame, a permanent
         reference from then on, and the whole truth there: ids it adds are tracked from it,
-        tracked ids it lacks end at it. A running ``propagate`` generator takes it when it
-        reaches ``frame_idx`` (a frame it has already passed waits for the next pass)."""
+        tracked ids it lacks end at it. It replaces the frame's earlier mask and clicks. A
+        running ``propagate`` generator takes it when it reaches ``frame_idx`` (a frame it has
+        already passed waits for the next pass)."""
         if not 0 <= frame_idx < state.num_frames:
             raise ParameterError("frame_idx", f"{frame_idx} is outside the video's frames 0..{state.num_frames - 1}")
         labels = np.asarray(labels)
@@ -372,20 +373,12 @@ class Tracker:
         state.prompts = PromptBook()
 
     @overload
-    def propagate(
-        self,
-        state: VideoState,
-        start: int | None = None,
-        end: int | None = None,
-        direction: Direction = "forward",
-        with_scores: Literal[False] = False,
-    ) -> Iterator[tuple[int, np.ndarray]]: ...
+    def propagate(self, state: VideoState, start: int | None = None, end: int | None = None, direction: Direction = "forward",
+                  with_scores: Literal[False] = False) -> Iterator[tuple[int, np.ndarray]]: ...  # fmt: skip
 
     @overload
-    def propagate(
-        self, state: VideoState, start: int | None = None, end: int | None = None, direction: Direction = "forward", *,
-        with_scores: Literal[True],
-    ) -> Iterator[tuple[int, np.ndarray, ObjectScores]]: ...  # fmt: skip
+    def propagate(self, state: VideoState, start: int | None = None, end: int | None = None, direction: Direction = "forward", *,
+                  with_scores: Literal[True]) -> Iterator[tuple[int, np.ndarray, ObjectScores]]: ...  # fmt: skip
 
     def propagate(
         self,
