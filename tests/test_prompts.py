@@ -405,7 +405,7 @@ def test_cli_prompt_mistakes_are_one_line_errors(
     where = f"pdmtrack: error: {tmp_path / 'p.json'}"
     assert (
         fails(file=[{"frame": 0, "obj_id": 1, "point": [[1, 2]]}])[1]
-        == f"{where} entry 0: unknown key 'point' (keys: frame, obj_id, points, labels, box, cls)"
+        == f"{where} entry 0: unknown key 'point' (keys: frame, obj_id, points, labels, box, cls, mask)"
     )
     assert fails(file=[{"frame": 0, "obj_id": 1}]) == [
         2,
@@ -468,3 +468,39 @@ def test_the_click_benchmark_runs() -> None:
                             env=env, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "first click on a frame (encoder + decoder): median" in result.stdout and "ratio first / later:" in result.stdout
+
+
+def test_mask_entries_and_object_masks_give_what_the_api_gives(
+    short_swan: Path, davis_mini: Path, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompts file of mask entries (an object's pixels of a file at a frame, or a whole
+    frame's mask: what ``pdmtrack annotate`` saves) needs no SAM and equals ``add_object_mask``
+    and ``add_mask`` through the API."""
+    monkeypatch.setattr(Models, "pdm_source", lambda self, classes: PixelStatistics())
+    truth = [np.asarray(Image.open(davis_mini / "Annotations" / "480p" / SEQUENCE / f"{t:05d}.png")) for t in range(6)]
+    (tmp_path / "given").mkdir()
+    second = truth[0].copy()
+    second[:100, :100] = 2
+    Image.fromarray(second).save(tmp_path / "given" / "00000.png")
+    Image.fromarray(truth[4]).save(tmp_path / "given" / "00004.png")
+    entries = [
+        {"frame": 0, "obj_id": 1, "mask": "given/00000.png", "cls": "swan"},
+        {"frame": 0, "obj_id": 2, "mask": "given/00000.png"},
+        {"frame": 4, "mask": "given/00004.png"},
+    ]
+    (tmp_path / "prompts.json").write_text(json.dumps(entries))
+    args = ["propagate", short_swan, "--prompts", tmp_path / "prompts.json", "--model", tiny_sdxl, "--size", "64", "--sam", "none"]
+    result = run_cli([*args, "--context", "4", "--device", "cpu", "--no-overlay", "-o", tmp_path / "out"], capsys, monkeypatch)
+    assert result.code == 0, result.err
+
+    tracker = Tracker(TrackSettings.from_options(sam="none", context=4, device="cpu"), features=PixelStatistics())
+    state = tracker.init_state(short_swan, {1: "swan"})
+    tracker.add_object_mask(state, 0, 1, truth[0] == 1)
+    labels = tracker.add_object_mask(state, 0, 2, second == 2)
+    np.testing.assert_array_equal(labels, second)
+    tracker.add_mask(state, 4, truth[4])
+    for frame, labels in tracker.propagate(state):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{frame:05d}.png")), labels, err_msg=str(frame))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "00000.png")), second)
+    with pytest.raises(ParameterError, match="^mask: frame 0: expected a bool or 0/1 mask of object 3"):
+        tracker.add_object_mask(state, 0, 3, truth[0] * 2)

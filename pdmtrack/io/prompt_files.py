@@ -3,7 +3,10 @@
 The file is a list of entries ``{"frame", "obj_id", "points", "labels", "box", "cls"}``:
 ``points`` a list of [x, y] in the video's pixels, ``labels`` 1 (on the object) or 0 (not on
 it) per point (default all 1), ``box`` [x0, y0, x1, y1] or null, ``cls`` the object's class
-name (optional). An entry needs points, a box or both. One-liners: ``FRAME:OBJ:X,Y`` (add
+name (optional). An entry needs points, a box or both, or instead a ``mask``: a mask file
+(relative to the prompts file) whose pixels equal to ``obj_id`` are that object's mask at the
+frame, or, without ``obj_id``, the frame's whole mask (``pdmtrack annotate`` saves its edits
+so). Entries apply in file order. One-liners: ``FRAME:OBJ:X,Y`` (add
 ``:neg`` for a negative click) and ``FRAME:OBJ:X0,Y0,X1,Y1``; the clicks and box of one frame
 and object become one entry. Only the shape is checked here; whether the points lie in the
 frame is the Tracker's check (``tracking.prompts``), made before any model loads.
@@ -19,7 +22,7 @@ from pathlib import Path
 from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import read_json
 
-ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "cls")
+ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "cls", "mask")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
 _POINT_SPEC = re.compile(rf"^(\d+):(\d+):({_NUMBER}),({_NUMBER})(?::(pos|neg))?$")
 _BOX_SPEC = re.compile(rf"^(\d+):(\d+):({_NUMBER}),({_NUMBER}),({_NUMBER}),({_NUMBER})$")
@@ -30,15 +33,19 @@ class Prompt:
     """One object's clicks and box at one frame, and where they were written (for errors)."""
 
     frame: int
-    obj_id: int
+    obj_id: int | None  # None: a whole-frame mask entry
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
     box: tuple[float, float, float, float] | None = None
     cls: str | None = None
     source: str = ""
+    mask: Path | None = None
 
     def to_json(self) -> dict:
         """The entry as the prompts file writes it."""
+        if self.mask is not None:
+            entry: dict = {"frame": self.frame, "mask": str(self.mask)}
+            return {**entry, **({"obj_id": self.obj_id} if self.obj_id is not None else {}), **({"cls": self.cls} if self.cls else {})}
         entry = {"frame": self.frame, "obj_id": self.obj_id, "points": [list(p) for p in self.points], "labels": list(self.labels)}
         return {**entry, "box": list(self.box) if self.box is not None else None, **({"cls": self.cls} if self.cls else {})}
 
@@ -49,18 +56,22 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     entries = read_json(path, "no such prompts file")
     if not isinstance(entries, list):
         raise InputError(path, 'expected a JSON list of entries like {"frame": 0, "obj_id": 1, "points": [[412, 230]], "labels": [1]}')
-    return [_entry(entry, f"{path} entry {index}") for index, entry in enumerate(entries)]
+    return [_entry(entry, f"{path} entry {index}", path.parent) for index, entry in enumerate(entries)]
 
 
-def _entry(entry: object, where: str) -> Prompt:
+def _entry(entry: object, where: str, folder: Path) -> Prompt:
     if not isinstance(entry, dict):
         raise InputError(where, "expected an object with frame, obj_id and points and/or box")
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
     if unknown:
         raise InputError(where, f"unknown key '{unknown[0]}' (keys: {', '.join(ENTRY_KEYS)})")
     for key in ("frame", "obj_id"):
+        if key == "obj_id" and "mask" in entry and "obj_id" not in entry:
+            continue
         if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool) or entry[key] < 0:
             raise InputError(where, f"'{key}' must be a whole number >= 0, got {entry.get(key)!r}")
+    if "mask" in entry:
+        return _mask_entry(entry, where, folder)
     points = entry.get("points") or []
     if not isinstance(points, list) or not all(_is_pair(point) for point in points):
         raise InputError(where, "'points' must be a list of [x, y] pairs")
@@ -79,6 +90,18 @@ def _entry(entry: object, where: str) -> Prompt:
         entry["frame"], entry["obj_id"], tuple((float(x), float(y)) for x, y in points), tuple(labels),
         tuple(float(v) for v in box) if box is not None else None, cls.strip() if cls else None, where,
     )  # fmt: skip
+
+
+def _mask_entry(entry: dict, where: str, folder: Path) -> Prompt:
+    if not isinstance(entry["mask"], str) or not entry["mask"].strip():
+        raise InputError(where, "'mask' must be the name of a mask file")
+    clashing = sorted(set(entry) & {"points", "labels", "box"})
+    if clashing:
+        raise InputError(where, f"a mask entry takes no '{clashing[0]}' (give clicks in an entry of their own)")
+    cls = entry.get("cls")
+    if cls is not None and (not isinstance(cls, str) or not cls.strip() or "obj_id" not in entry):
+        raise InputError(where, "'cls' must be a non-empty class name, in an entry with an obj_id")
+    return Prompt(entry["frame"], entry.get("obj_id"), cls=cls.strip() if cls else None, source=where, mask=folder / entry["mask"])
 
 
 def _is_number(value: object) -> bool:

@@ -55,7 +55,7 @@ def describe(
         "video": str(Path(video).resolve()),
         "frames": [start, end],
         "direction": direction,
-        "masks": None if masks is None else {str(frame): _digest(labels) for frame, labels in sorted(masks.items())},
+        "masks": None if masks is None else {str(frame): labels_digest(labels) for frame, labels in sorted(masks.items())},
         "classes": {str(i): name for i, name in classes.items()} if isinstance(classes, Mapping) else list(classes),
         "outputs": dict(outputs),
         "settings": shaping,
@@ -141,7 +141,8 @@ def _read(out_dir: Path) -> dict | None:
     return record
 
 
-def _digest(labels: np.ndarray) -> str:
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 of a label map (its shape, dtype and pixels): how the record names a given mask."""
     digest = hashlib.sha256(f"{labels.shape}{labels.dtype}".encode())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()

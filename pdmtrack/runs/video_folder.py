@@ -90,7 +90,8 @@ class VideoPlan:
     notes: list[str] = field(default_factory=list)
     overwrite: bool = False  # replace another run's outputs in out_dir (see run_record)
     initialised: bool = False  # the start frame's mask came from an initialiser (OVDiff), not the user
-    prompts: list[Prompt] = field(default_factory=list)  # clicks and boxes, given in this order
+    prompts: list[Prompt] = field(default_factory=list)  # clicks, boxes and mask entries, given in this order
+    prompt_masks: dict[int, np.ndarray] = field(default_factory=dict)  # index in prompts -> a mask entry's labels
 
     @property
     def given_frames(self) -> list[int]:
@@ -102,7 +103,8 @@ class VideoPlan:
         """Every object id the run may write."""
         if not self.given_frames:
             return list(range(1, len(distinct_classes(self.classes)) + 1))
-        return sorted({i for labels in self.masks.values() for i in object_ids_in(labels)} | {p.obj_id for p in self.prompts})
+        given = [*self.masks.values(), *self.prompt_masks.values()]
+        return sorted({i for labels in given for i in object_ids_in(labels)} | {p.obj_id for p in self.prompts if p.obj_id is not None})
 
     @property
     def first_mask_made(self) -> bool:
@@ -165,8 +167,9 @@ def plan_video(
         mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask, reader.rotation)
         fitted[frame] = mask.labels
         notes += [mask.note] if mask.note else []
-    if prompts and settings is not None and settings.sam.model_type == "none":
+    if any(prompt.mask is None for prompt in prompts) and settings is not None and settings.sam.model_type == "none":
         raise ParameterError("sam", "clicks and boxes need a SAM model: set --sam (e.g. vit_b or sam2.1-hiera-tiny), not none")
+    prompt_masks = {index: _prompt_mask(prompt, reader, resize_mask) for index, prompt in enumerate(prompts) if prompt.mask is not None}
     for prompt in prompts:
         _check_prompt(prompt, reader)
     given = {**dict.fromkeys(prompt.frame for prompt in prompts), **fitted}
@@ -177,7 +180,7 @@ def plan_video(
     first, last = _output_range(given, start, end, direction, reader.num_frames)
     plan = VideoPlan(
         Path(video), out_dir, reader, fitted, _classes(classes, prompts), first, last, direction, png, overlay, rle, notes, overwrite,
-        prompts=list(prompts),
+        prompts=list(prompts), prompt_masks=prompt_masks,
     )  # fmt: skip
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
@@ -192,10 +195,18 @@ def _check_prompt(prompt: Prompt, reader: FrameReader) -> None:
     """InputError naming where ``prompt`` was written unless it fits the video."""
     try:
         check_frame("frame", prompt.frame, reader.num_frames)
-        check_object_id(prompt.obj_id)
-        checked_prompt(prompt.points, prompt.labels, prompt.box, reader.width, reader.height)
+        if prompt.obj_id is not None:
+            check_object_id(prompt.obj_id)
+        if prompt.mask is None:
+            checked_prompt(prompt.points, prompt.labels, prompt.box, reader.width, reader.height)
     except ParameterError as err:
         raise InputError(prompt.source, f"{err.parameter}: {err.problem}") from None
+
+
+def _prompt_mask(prompt: Prompt, reader: FrameReader, resize_mask: bool) -> np.ndarray:
+    """The labels of a mask entry's file, fitted to the video (InputError naming the file)."""
+    assert prompt.mask is not None
+    return fit_mask_to_frame(read_mask(prompt.mask), prompt.mask, reader.height, reader.width, resize_mask, reader.rotation).labels
 
 
 def _classes(classes: Sequence[str], prompts: Sequence[Prompt]) -> Classes:
@@ -220,10 +231,18 @@ def _record(plan: VideoPlan, settings: TrackSettings | None, known_masks: bool =
     """The identity of ``plan``'s run for its folder's run record."""
     return run_record.describe(
         video=plan.video, start=plan.start, end=plan.end, direction=plan.direction,
-        masks=plan.masks if known_masks else None, prompts=[prompt.to_json() for prompt in plan.prompts],
+        masks=plan.masks if known_masks else None, prompts=_prompt_records(plan),
         classes=plan.classes, outputs={"png": plan.png, "overlay": plan.overlay, "rle": plan.rle},
         files=[path.name for path in _output_files(plan)], settings=settings,
     )  # fmt: skip
+
+
+def _prompt_records(plan: VideoPlan) -> list[dict]:
+    """The prompts as run.json records them: a mask entry's file by the digest of its labels."""
+    records = [prompt.to_json() for prompt in plan.prompts]
+    for index, labels in plan.prompt_masks.items():
+        records[index]["mask"] = run_record.labels_digest(labels)
+    return records
 
 
 def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int) -> tuple[int, int]:
@@ -260,7 +279,7 @@ def track_to_folder(tracker: Tracker, plan: VideoPlan, on_frame: Callable[[], No
     state = tracker.init_state(plan.reader, plan.classes)
     for frame, labels in plan.masks.items():
         tracker.add_mask(state, frame, labels)
-    give_prompts(tracker, state, plan.prompts)
+    give_prompts(tracker, state, plan.prompts, plan.prompt_masks)
     record = _record(plan, tracker.settings)
     ensure_writable_folder(plan.out_dir)
     with folder_lock(plan.out_dir):  # one run writes into a folder at a time
@@ -342,13 +361,18 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         yield write
 
 
-def give_prompts(tracker: Tracker, state: VideoState, prompts: Sequence[Prompt]) -> None:
-    """Give ``prompts`` to ``state`` in order, as ``add_points`` / ``add_box`` calls."""
-    for prompt in prompts:
-        if prompt.box is not None:
+def give_prompts(tracker: Tracker, state: VideoState, prompts: Sequence[Prompt], masks: Mapping[int, np.ndarray]) -> None:
+    """Give ``prompts`` to ``state`` in order, as ``add_points`` / ``add_box`` /
+    ``add_object_mask`` / ``add_mask`` calls; ``masks``: the mask entries' labels by index."""
+    for index, prompt in enumerate(prompts):
+        if index in masks and prompt.obj_id is None:
+            tracker.add_mask(state, prompt.frame, masks[index])
+        elif index in masks:
+            tracker.add_object_mask(state, prompt.frame, prompt.obj_id, masks[index] == prompt.obj_id)  # type: ignore[arg-type]
+        elif prompt.box is not None:
             tracker.add_box(state, prompt.frame, prompt.obj_id, prompt.box, prompt.points or None, prompt.labels or None)
         else:
-            tracker.add_points(state, prompt.frame, prompt.obj_id, prompt.points, prompt.labels)
+            tracker.add_points(state, prompt.frame, prompt.obj_id, prompt.points, prompt.labels)  # type: ignore[arg-type]
 
 
 def check_ovdiff_plan(plan: VideoPlan) -> None:

@@ -31,8 +31,9 @@ EMBEDDING_CACHE_FRAMES = 4  # SAM image embeddings kept per session (the frames 
 
 @dataclass
 class PromptBook:
-    """A session's prompts: per (frame, object id) the clicks and box and SAM's last low-res
-    logits; per frame the label map of its clicked objects; per object the frame it ends at."""
+    """A session's prompts: per (frame, object id) the clicks and box (none for a mask given
+    with ``add_object_mask``) and SAM's last low-res logits; per frame the label map of its
+    clicked objects; per object the frame it ends at."""
 
     clicks: dict[tuple[int, int], ObjectPrompt] = field(default_factory=dict)
     logits: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)

@@ -34,7 +34,7 @@ from pdmtrack.features.types import FeatureSource, PDMFeatures
 from pdmtrack.io.background import prefetched
 from pdmtrack.io.masks import require_objects
 from pdmtrack.io.video import FrameReader
-from pdmtrack.sam.prompting import PromptableBackend, segment_object
+from pdmtrack.sam.prompting import ObjectPrompt, PromptableBackend, segment_object
 from pdmtrack.sam.refine import LOGIT_CLIP, FrameEmbedding, SamRefiner
 from pdmtrack.tracking.models import Models, load_models
 from pdmtrack.tracking.objects import ObjectScores, object_ids_in
@@ -296,6 +296,26 @@ class Tracker:
         if box is None:
             raise ParameterError("box", "add_box needs a box (x0, y0, x1, y1); for clicks alone use add_points")
         return self._prompt(state, frame_idx, obj_id, points, labels, box)
+
+    def add_object_mask(self, state: VideoState, frame_idx: int, obj_id: int, mask: np.ndarray) -> np.ndarray:
+        """Give object ``obj_id``'s mask at ``frame_idx`` ((H, W) bool, or 0/1 numbers; SAM 2's
+        ``add_new_mask``): merged into the frame's given mask as a click's mask is (the other
+        objects keep their pixels except where it lies), its clicks there forgotten. A brush
+        stroke, or a mask drawn in another tool. Returns the frame's whole given label map."""
+        check_frame("frame_idx", frame_idx, state.num_frames)
+        frame_idx, obj_id = int(frame_idx), check_object_id(obj_id)
+        mask = np.asarray(mask)
+        if mask.shape != (state.height, state.width):
+            got = "x".join(map(str, mask.shape[::-1]))
+            raise ParameterError("mask", f"frame {frame_idx}: mask is {got}, the video is {state.width}x{state.height}")
+        if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+            raise ParameterError("mask", f"frame {frame_idx}: expected a bool or 0/1 mask of object {obj_id}")
+        given = state.given_labels(frame_idx)
+        painted = paint(given if given is not None else np.zeros((state.height, state.width), np.uint8), obj_id, mask.astype(bool))
+        state.prompts.forget(frame_idx, obj_id)
+        state.prompts.clicks[(frame_idx, obj_id)] = ObjectPrompt()  # given at this frame, by its mask
+        (state.masks if frame_idx in state.masks else state.prompts.masks)[frame_idx] = painted
+        return painted.copy()
 
     def _prompt(
         self,
