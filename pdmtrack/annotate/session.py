@@ -72,7 +72,8 @@ class AnnotationSession:
 
     def __init__(self, tracker: Tracker, project: Project, reader: FrameReader) -> None:
         self.tracker, self.project, self.reader = tracker, project, reader
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # the session's bookkeeping: held briefly, readers never wait long
+        self.tracker_lock = threading.RLock()  # the tracker and the state it reads: a job holds it a frame at a time
         self.objects = project.objects
         self.state = tracker.init_state(reader)  # class names: the objects' names, set when a job starts
         for frame, (note, labels) in project.read_annotations().items():
@@ -102,7 +103,10 @@ class AnnotationSession:
         """Everything the page shows, as JSON."""
         with self.lock:
             strip = "".join("s" if t in self.stale else "t" if t in self.tracked else "-" for t in range(self.state.num_frames))
-            given = {str(f): {"whole": f in self.state.masks, "clicks": self._clicks_at(f)} for f in self.state.given_frames}
+            given = {
+                str(f): {"whole": f in self.state.masks, "clicks": {str(i): c for i, c in self._clicks_at(f).items()}}
+                for f in self.state.given_frames
+            }
             return {
                 "video": self.project.video.name, "frames": self.state.num_frames, "width": self.state.width,
                 "height": self.state.height, "fps": self.state.fps, "frame_names": self.state.frame_names,
@@ -157,7 +161,7 @@ class AnnotationSession:
         """End ``obj_id`` everywhere or from a frame on: its given pixels, clicks and tracked
         pixels there go. Not undoable (the undo history is cleared)."""
         self._not_tracking()
-        with self.lock:
+        with self.tracker_lock, self.lock:
             obj_id = self._known(obj_id)
             if from_frame is not None:
                 check_frame("from_frame", from_frame, self.state.num_frames)
@@ -220,7 +224,7 @@ class AnnotationSession:
         return self._step(self.redo_stack, self.undo_stack, before=False)
 
     def _step(self, source: list, target: list, before: bool) -> int | None:
-        with self.lock:
+        with self.tracker_lock, self.lock:
             if not source:
                 return None
             frame, old, new = source.pop()
@@ -235,7 +239,7 @@ class AnnotationSession:
         given mask first (``promote``); undo entry, save, stale marks and events after it."""
         check_frame("frame", frame, self.state.num_frames)
         check_object_id(obj_id)
-        with self.lock:
+        with self.tracker_lock, self.lock:
             before = self._snapshot(frame)
             if promote and frame not in self.state.given_frames and frame in self.tracked:
                 tracked = self._read_tracked(frame)
@@ -310,7 +314,7 @@ class AnnotationSession:
         """Start a tracking job: over [start, end) in ``direction``; from a given frame up to the
         next given frame (``from_frame``: "track from here"); or the interrupted/cancelled job
         again (``resume``: forward jobs skip rewriting the frames they had written)."""
-        with self.lock:
+        with self.tracker_lock, self.lock:
             self._not_tracking()
             skip = None
             if resume:
@@ -353,7 +357,7 @@ class AnnotationSession:
         began = checkpoint = time.perf_counter()
         try:
             while not self._cancel.is_set():
-                with self.lock:
+                with self.tracker_lock:
                     item = next(results, None)
                 if item is None:
                     break
@@ -375,8 +379,9 @@ class AnnotationSession:
         except Exception as err:  # shown on the page; the server goes on
             job.state, job.error = "failed", str(err).splitlines()[0] if str(err) else type(err).__name__
         finally:
-            with self.lock:
+            with self.tracker_lock:
                 results.close()  # type: ignore[attr-defined]
+            with self.lock:
                 self._save_status()
             self._publish({"type": "state"})
 
