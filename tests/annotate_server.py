@@ -37,11 +37,11 @@ def clip_folder(davis_mini: Path, folder: Path, frames: int, sequence: str = "bl
 class Server:
     """``pdmtrack annotate [VIDEO] --project DIR`` in a subprocess; ``client`` holds its token."""
 
-    def __init__(self, project: Path, models: dict[str, Path], cache: Path, video: Path | None = None) -> None:
+    def __init__(self, project: Path, models: dict[str, Path], cache: Path, video: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         args = [sys.executable, "-m", "pdmtrack.cli", "annotate", *([str(video)] if video else []), "--project", str(project),
                 "--no-browser", "--port", str(self.port), "--model", str(models["model"]), "--size", "64", "--inversion", "noise",
-                "--sam", "vit_b", "--sam-checkpoint", str(models["sam"]), "--device", "cpu", "--cache-dir", str(cache)]  # fmt: skip
+                "--sam", "vit_b", "--sam-checkpoint", str(models["sam"]), "--device", "cpu", "--cache-dir", str(cache), *extra]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []

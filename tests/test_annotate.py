@@ -141,10 +141,10 @@ def test_tracking_jobs_and_track_from_here_recompute_only_up_to_the_next_given_f
     before = {t: app.labels(t) for t in range(LENGTH)}
     app.post("/api/click", {"frame": 3, "obj_id": 2, "x": centre(truth[3], 2)[0], "y": centre(truth[3], 2)[1]})  # a new object at 3
     state = app.client.get("/api/state").json()
-    assert state["tracked"] == "tss" + "t" + "sss" + "ttt"  # the frames between the given frames 0, 3 and 7 are stale
+    assert state["tracked"] == "ttt" + "t" + "sss" + "ttt"  # frames after the changed frame 3, up to the given frame 7
     state = app.track(from_frame=3)
     assert state["job"]["total"] == 4 and state["job"]["done"] == 4  # frames 3..6: up to the next given frame
-    assert state["tracked"] == "tss" + "t" * 7
+    assert state["tracked"] == "t" * LENGTH
     for t in (0, 1, 2, 7):
         np.testing.assert_array_equal(app.labels(t), before[t])
     assert min(iou(app.labels(t) == 2, truth[t] == 2) for t in range(3, 7)) >= MIN_IOU_VISIBLE

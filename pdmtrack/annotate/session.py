@@ -259,10 +259,8 @@ class AnnotationSession:
 
     def _after_edit(self, frame: int) -> None:
         self._persist(frame)
-        given = self.state.given_frames
-        low = max((g for g in given if g < frame), default=-1)
-        high = min((g for g in given if g > frame), default=self.state.num_frames)
-        self.stale |= {t for t in self.tracked if low < t < high and t != frame}
+        high = min((g for g in self.state.given_frames if g > frame), default=self.state.num_frames)
+        self.stale |= {t for t in self.tracked if frame < t < high}  # tracked from a mask that changed
         self._save_status()
         self._touch(frame)
         self._publish({"type": "state"})
@@ -314,6 +312,7 @@ class AnnotationSession:
         """Start a tracking job: over [start, end) in ``direction``; from a given frame up to the
         next given frame (``from_frame``: "track from here"); or the interrupted/cancelled job
         again (``resume``: forward jobs skip rewriting the frames they had written)."""
+        self._not_tracking()  # before waiting for the tracker, which a running job holds
         with self.tracker_lock, self.lock:
             self._not_tracking()
             skip = None

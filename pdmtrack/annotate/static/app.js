@@ -351,6 +351,13 @@ window.pdmtrack = {
   labels: () => Array.from(view.labels),
   frame: () => view.labelsFrame,
   pixel: (x, y) => Array.from(context.getImageData(Math.floor(x), Math.floor(y), 1, 1).data),
+  framePixel: (x, y) => {
+    const scratch = document.createElement("canvas");
+    scratch.width = scratch.height = 1;
+    const scratchContext = scratch.getContext("2d");
+    scratchContext.drawImage(view.image, -Math.floor(x), -Math.floor(y));
+    return Array.from(scratchContext.getImageData(0, 0, 1, 1).data);
+  },
   show: showFrame,
   view,
 };
