@@ -21,6 +21,7 @@ their reason (``test_documented_step_not_run``, ``test_default_run_not_run``).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -210,6 +211,28 @@ def _digests(root: Path, names: set[str]) -> dict[str, str]:
     }
 
 
+def serve_once(words: list[str]) -> str:
+    """``pdmtrack annotate ...`` (a server that runs until stopped) as a process: it must print
+    its address and serve the page there; then it is stopped. What went wrong, or ''."""
+    import httpx
+
+    env = {**os.environ, "BROWSER": "true", "PYTHONUNBUFFERED": "1"}  # "opening the browser" runs `true`
+    process = subprocess.Popen([sys.executable, "-m", "pdmtrack.cli", *words[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)  # fmt: skip
+    lines: list[str] = []
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            address = re.search(r"http://\S+\?token=\S+", line)
+            if address:
+                page = httpx.get(address[0], follow_redirects=True, timeout=60)
+                return "" if page.status_code == 200 and "pdmtrack annotate" in page.text else f"{address[0]}: HTTP {page.status_code}"
+        return f"exit {process.wait()}: {' '.join(words)}\n{''.join(lines)[-2000:]}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 class DocSession:
     """A working folder (a copy of the stand-ins) in which steps run in order, with the
     user's cache inside it."""
@@ -230,6 +253,8 @@ class DocSession:
         and left every input file as it was (reports a command adds beside its input, as
         ``eval davis --results`` does like the official evaluator, are allowed)."""
         words = map_models([map_frames(word) for word in words], self.models, self.folder)
+        if words[1] == "annotate":
+            return serve_once(words)
         result = run_cli(words[1:], self.capsys, self.monkeypatch)
         if result.code != 0 or "Traceback" in result.err:
             return f"exit {result.code}: {' '.join(words)}\n{result.err[-2000:]}"
@@ -298,6 +323,7 @@ def test_documented_step_not_run(step: DocStep) -> None:
 # requires (and the models, mapped as above). In order: later ones read earlier outputs.
 DEFAULT_RUNS = {
     "propagate": "propagate video.mp4 --mask first.png",
+    "annotate": "annotate video.mp4",
     "propagate-batch": "propagate-batch jobs.csv",
     "segment": "segment ref.jpg targets/ --mask ref_mask.png",
     "retrieve": "retrieve query.jpg --mask query_mask.png --gallery photos/",
