@@ -280,9 +280,15 @@ $("add-object").onclick = async () => select((await api("/api/objects", {})).obj
 $("clear").onclick = () => view.object !== null && edit("/api/clear", { frame: view.frame, obj_id: view.object });
 $("undo").onclick = () => api("/api/undo", {}).then(refresh);
 $("redo").onclick = () => api("/api/redo", {}).then(refresh);
-$("track-forward").onclick = () => track({ direction: "forward" });
-$("track-backward").onclick = () => track({ direction: "backward" });
-$("track-both").onclick = () => track({ direction: "both" });
+function range(direction) {
+  // the range inputs: forward and both track [from, to]; backward tracks from "to" down to "from"
+  const [low, high] = [$("range-start").value, $("range-end").value].map((value) => (value === "" ? null : Number(value)));
+  if (direction === "backward") return { direction, start: high, end: low === null ? null : low - 1 };
+  return { direction, start: low, end: high === null ? null : high + 1 };
+}
+$("track-forward").onclick = () => track(range("forward"));
+$("track-backward").onclick = () => track(range("backward"));
+$("track-both").onclick = () => track(range("both"));
 $("track-here").onclick = () => track({ from_frame: view.frame });
 $("resume").onclick = () => track({ resume: true });
 $("cancel").onclick = () => api("/api/cancel", {});
@@ -301,7 +307,7 @@ function setTool(tool) {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.target.tagName === "INPUT" && event.target.type === "text") return;
+  if (event.target.tagName === "INPUT" && ["text", "number"].includes(event.target.type)) return;
   const key = event.key;
   const ctrl = event.ctrlKey || event.metaKey;
   const actions = {
