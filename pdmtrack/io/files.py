@@ -100,6 +100,11 @@ def file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+def folder_mode() -> int:
+    """Permission bits of a new folder under the process's umask (mkdtemp makes 0700)."""
+    return 0o777 & ~_UMASK
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
