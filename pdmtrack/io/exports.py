@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -54,11 +55,11 @@ class ExportInfo:
     fps: float
     classes: dict[int, str]
 
-    @property
+    @functools.cached_property
     def object_ids(self) -> list[int]:
         return sorted(self.classes)
 
-    @property
+    @functools.cached_property
     def class_ids(self) -> dict[str, int]:
         """Class name -> class id (see the module's docstring)."""
         names = list(dict.fromkeys(self.classes[i] for i in self.object_ids))
@@ -207,8 +208,11 @@ class YouTubeVisWriter(_FileExport):
             self._file.write(("," if index else "") + "\n" + json.dumps(annotation)[:-1])
             for key, field in (("segmentations", "segmentation"), ("areas", "area"), ("bboxes", "bbox")):
                 spool.seek(0)
-                values = (json.loads(line) for line in spool)
-                self._file.write(f', "{key}": [' + ", ".join(json.dumps(v and v[field]) for v in values) + "]")
+                self._file.write(f', "{key}": [')
+                for frame, line in enumerate(spool):
+                    instance = json.loads(line)
+                    self._file.write((", " if frame else "") + json.dumps(instance and instance[field]))
+                self._file.write("]")
             self._file.write("}")
         self._file.write("\n]}\n")
 
