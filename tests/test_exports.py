@@ -20,7 +20,7 @@ H, W = 48, 64
 FRAMES = [f"{i:05d}" for i in range(8)]
 CLASSES = ["dog", "cat", "dog", "person"]  # one per object, in id order
 OBJECTS = [1, 2, 3, 7]
-CLASS_IDS = {"dog": 1, "cat": 2, "person": 3}  # in the order of the objects that carry them
+CLASS_IDS = {"dog": 1, "person": 2, "cat": 3}  # person: MOTS's pedestrian; the others in object order
 EMPTY_FRAME = 4
 
 
@@ -374,9 +374,12 @@ def test_propagate_exports_while_tracking(tmp_path: Path, tiny_sdxl: Path, capsy
     assert streamed["annotations"] == finished["annotations"] and streamed["images"] == finished["images"]
 
 
-def test_class_ids_never_take_mots_ignore_id() -> None:
-    """MOTS reads class id 10 as an ignore region: the tenth class name gets 11."""
+def test_class_ids_keep_mots_classes_and_never_take_its_ignore_id() -> None:
+    """MOTS reads class id 10 as an ignore region: the tenth class name gets 11; car and
+    pedestrian keep MOTS's ids 1 and 2 whatever objects carry them."""
     from pdmtrack.io.exports import ExportInfo
 
     info = ExportInfo("clip", ["00000"], H, W, 24.0, {object_id: f"class {object_id}" for object_id in range(1, 12)})
     assert [info.class_id(object_id) for object_id in range(1, 12)] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
+    info = ExportInfo("clip", ["00000"], H, W, 24.0, {1: "dog", 2: "Pedestrian", 3: "car", 4: "person"})
+    assert [info.class_id(object_id) for object_id in range(1, 5)] == [3, 2, 1, 4]

@@ -9,9 +9,11 @@ temporary file beside the target and assemble the file at the end; the folder fo
 into a temporary folder renamed onto the target at the end (holding ``EXPORT_MARK``, so an
 ``overwrite`` never replaces a folder that is not an export).
 
-Class ids: the objects' class names numbered 1, 2, ... in the order of the objects that carry
-them (object ids ascending), skipping 10 (MOTS's ignore regions); an object without a class
-name is of class ``object``. MOTS ids are ``class_id * 1000 + object id``.
+Class ids: the names of MOTS's classes keep MOTS's ids (``car`` 1, ``pedestrian`` or
+``person`` 2, any case); every other class name, in the order of the objects that carry them
+(object ids ascending), takes the smallest id not taken, never 10 (MOTS's ignore regions).
+An object without a class name is of class ``object``. MOTS ids are ``class_id * 1000 +
+object id``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pdmtrack.io.writers import VideoWriter
 
 NO_CLASS = "object"  # the category of an object without a class name
 MOTS_IGNORE_CLASS = 10  # MOTS's class id of ignore regions: never given to a class
+MOTS_CLASSES = {"car": 1, "pedestrian": 2, "person": 2}  # class names that keep MOTS's ids
 EXPORT_MARK = ".pdmtrack-export"  # inside every folder export
 
 
@@ -63,8 +66,14 @@ class ExportInfo:
     def class_ids(self) -> dict[str, int]:
         """Class name -> class id (see the module's docstring)."""
         names = list(dict.fromkeys(self.classes[i] for i in self.object_ids))
-        ids = (i for i in itertools.count(1) if i != MOTS_IGNORE_CLASS)
-        return dict(zip(names, ids))
+        ids: dict[str, int] = {}
+        for name in names:
+            known = MOTS_CLASSES.get(name.lower())
+            if known is not None and known not in ids.values():
+                ids[name] = known
+        taken = {MOTS_IGNORE_CLASS, *ids.values()}
+        free = (i for i in itertools.count(1) if i not in taken)
+        return {name: ids[name] if name in ids else next(free) for name in names}
 
     def class_id(self, object_id: int) -> int:
         return self.class_ids[self.classes[object_id]]
