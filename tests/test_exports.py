@@ -138,8 +138,9 @@ def check_mots_txt(path: Path, truth: dict[int, list[np.ndarray]], classes: dict
 
 
 def check_mots_png(folder: Path, truth: dict[int, list[np.ndarray]], classes: dict[int, str]) -> None:
-    for frame, name in enumerate(_names(truth)):
-        ids = np.asarray(Image.open(folder / f"{name}.png")).astype(np.int64)
+    assert sorted(path.name for path in folder.glob("*.png")) == [f"{frame:06d}.png" for frame in range(len(_names(truth)))]
+    for frame in range(len(_names(truth))):
+        ids = np.asarray(Image.open(folder / f"{frame:06d}.png")).astype(np.int64)
         expected = np.zeros((H, W), np.int64)
         for object_id, masks in truth.items():
             expected[masks[frame]] = CLASS_IDS[classes[object_id]] * 1000 + object_id

@@ -274,7 +274,8 @@ class MotsTxtWriter(_FileExport):
 
 
 class MotsPngWriter(_FolderExport):
-    """MOTS png: one 16-bit PNG per frame (``<frame>.png``), pixel = ``class_id * 1000 +
+    """MOTS png: one 16-bit PNG per frame, ``000000.png``, ``000001.png``, ... (the frame's
+    position, as MOTS names them and its txt numbers them), pixel = ``class_id * 1000 +
     object id``, 0 = background."""
 
     def __init__(self, target: str | Path, info: ExportInfo) -> None:
@@ -285,7 +286,7 @@ class MotsPngWriter(_FolderExport):
 
     def write(self, position: int, labels: np.ndarray, frame_rgb: np.ndarray | None = None) -> None:
         self._check_size(labels)
-        self._save(Image.fromarray(self._ids[labels]), f"{self.info.frame_names[position]}.png")
+        self._save(Image.fromarray(self._ids[labels]), f"{position:06d}.png")
 
 
 def cvat_rle(mask: np.ndarray) -> tuple[str, tuple[int, int, int, int]]:
