@@ -297,6 +297,7 @@ def test_documented_step_not_run(step: DocStep) -> None:
 DEFAULT_RUNS = {
     "propagate": "propagate video.mp4 --mask first.png",
     "propagate-batch": "propagate-batch jobs.csv",
+    "export": "export pdmtrack_out/video --format youtube-vis",
     "segment": "segment ref.jpg targets/ --mask ref_mask.png",
     "retrieve": "retrieve query.jpg --mask query_mask.png --gallery photos/",
     "index build": "index build photos/ -o photos.index",

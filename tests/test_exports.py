@@ -75,7 +75,7 @@ def run_folder(tmp_path: Path) -> Path:
     record = run_record.describe(
         video=video, start=0, end=len(FRAMES), direction="forward", masks={0: _labels(0)}, classes=CLASSES,
         outputs={"png": True, "overlay": False, "rle": False}, files=[f"{name}.png" for name in FRAMES], settings=None,
-        frame_names=FRAMES, size=(H, W), fps=24.0, object_ids=OBJECTS,
+        frame_names=FRAMES, size=(H, W), fps=24.0, objects=dict(zip(OBJECTS, CLASSES)),
     )  # fmt: skip
     run_record.write_started(out, record)
     run_record.write_finished(out, record, len(FRAMES), 0.5)
@@ -295,7 +295,7 @@ def _edit_record(run_folder: Path, **changes: object) -> None:
         ("no record", ("run.json", "missing")),
         ("no frame", (f"{FRAMES[3]}.png", "missing", "1 of the 8")),
         ("unfinished", ("run.json", "did not finish")),
-        ("old record", ("run.json", "lacks frame_names, object_ids")),
+        ("old record", ("run.json", "lacks frame_names, objects")),
         ("no pngs", ("--no-png",)),
         ("bad png", (f"{FRAMES[5]}.png", "cannot read")),
     ],
@@ -310,7 +310,7 @@ def test_bad_folder_is_one_line_and_writes_nothing(
     elif breakage == "unfinished":
         _edit_record(run_folder, finished=None)
     elif breakage == "old record":
-        _edit_record(run_folder, frame_names=None, object_ids=None)
+        _edit_record(run_folder, frame_names=None, objects=None)
     elif breakage == "no pngs":
         _edit_record(run_folder, outputs={"png": False, "overlay": False, "rle": True})
     else:

@@ -1,6 +1,6 @@
 """``pdmtrack export``: a finished output folder's masks in another tool's format.
 
-Reads the folder's ``run.json`` (frame names, size, frame rate, object ids, class names) and
+Reads the folder's ``run.json`` (frame names, size, frame rate, objects and their class names) and
 its DAVIS palette PNGs, frame by frame, into one of the writers of ``pdmtrack.io.exports``;
 ``cutout`` also decodes the run's video. Everything is checked before anything is written.
 """
@@ -8,7 +8,7 @@ its DAVIS palette PNGs, frame by frame, into one of the writers of ``pdmtrack.io
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +18,22 @@ from pdmtrack.errors import InputError
 from pdmtrack.io.exports import NO_CLASS, ExportInfo, check_format, check_target, default_target, open_export
 from pdmtrack.io.video import FrameReader
 from pdmtrack.runs.record import RUN_RECORD, read_finished
-from pdmtrack.tracking.tracker import class_rows, distinct_classes
 
-NEEDED = ("frame_names", "size", "fps", "object_ids")  # run.json fields an export reads
+NEEDED = ("frame_names", "size", "fps", "objects")  # run.json fields an export reads
 
 
 def export_info(
-    video: str | Path, frame_names: Sequence[str], size: Sequence[int], fps: float, classes: list[str], object_ids: list[int]
+    video: str | Path,
+    frame_names: Sequence[str],
+    size: Sequence[int],
+    fps: float,
+    objects: Mapping[int, str | None] | Mapping[str, str | None],
 ) -> ExportInfo:
     """The ExportInfo of a run: its video, frame names, (height, width), frame rate, and each
-    object's class name by the run's rule (one name for all, or one per object in id order)."""
-    names = distinct_classes(classes)
-    rows = class_rows(classes, object_ids)
-    by_object = {object_id: NO_CLASS if row is None else names[row] for object_id, row in rows.items()}
+    object's class name (``objects``: object id -> name, None for an object without one)."""
+    classes = {int(object_id): NO_CLASS if name is None else name for object_id, name in objects.items()}
     height, width = size
-    return ExportInfo(Path(video).stem, list(frame_names), int(height), int(width), float(fps), by_object)
+    return ExportInfo(Path(video).stem, list(frame_names), int(height), int(width), float(fps), classes)
 
 
 def export(run_folder: str | Path, format: str, target: str | Path | None = None, *, overwrite: bool = False, matte: bool = False) -> Path:
@@ -43,7 +44,7 @@ def export(run_folder: str | Path, format: str, target: str | Path | None = None
     check_format("format", format, matte)
     run_folder = Path(run_folder)
     record = read_finished(run_folder, NEEDED)
-    info = export_info(record["video"], record["frame_names"], record["size"], record["fps"], record["classes"], record["object_ids"])
+    info = export_info(record["video"], record["frame_names"], record["size"], record["fps"], record["objects"])
     if not record.get("outputs", {}).get("png"):
         raise InputError(run_folder, "holds no mask PNGs (the run was made with --no-png), which an export reads")
     pngs = [run_folder / f"{name}.png" for name in info.frame_names]

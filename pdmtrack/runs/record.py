@@ -6,7 +6,7 @@ The record holds what shapes the outputs: the video, the frame range and directi
 given masks (a sha256 of their pixels), the class names, which outputs are written, every
 tracking setting but the runtime ones, and the list of files the run writes; and what a
 reader of the outputs needs (``pdmtrack export``): the frame names, the frame size, the frame
-rate and the object ids (records written before these fields lack them).
+rate and the objects (id -> class name or null; records written before these fields lack them).
 
 A later run into the same folder is checked against it (:func:`check_reuse`): the same
 run again (a rerun, or a restart after a kill) goes ahead and rewrites the same files;
@@ -50,10 +50,11 @@ def describe(
     frame_names: list[str],
     size: tuple[int, int],
     fps: float,
-    object_ids: list[int] | None,
+    objects: Mapping[int, str | None] | None,
 ) -> dict:
     """The record's identity part: everything that shapes the outputs (JSON-ready). ``size``
-    is (height, width); ``object_ids`` None: not known yet (matches any)."""
+    is (height, width); ``objects``: object id -> its class name (None: none), or None when
+    not known yet (matches any)."""
     shaping = None if settings is None else shaping_settings(settings)
     record = {
         "format": FORMAT,
@@ -68,7 +69,7 @@ def describe(
         "frame_names": list(frame_names),
         "size": list(size),
         "fps": fps,
-        "object_ids": object_ids,
+        "objects": None if objects is None else {str(i): name for i, name in sorted(objects.items())},
     }
     return json.loads(json.dumps(json_ready(record)))
 

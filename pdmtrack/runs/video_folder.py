@@ -181,8 +181,14 @@ def _record(plan: VideoPlan, settings: TrackSettings | None, known_masks: bool =
         classes=plan.classes, outputs={"png": plan.png, "overlay": plan.overlay, "rle": plan.rle},
         files=[path.name for path in _output_files(plan)], settings=settings,
         frame_names=plan.reader.frame_names[plan.start : plan.end], size=(plan.reader.height, plan.reader.width),
-        fps=plan.reader.fps, object_ids=plan.object_ids if known_masks else None,
+        fps=plan.reader.fps, objects=_object_classes(plan) if known_masks else None,
     )  # fmt: skip
+
+
+def _object_classes(plan: VideoPlan) -> dict[int, str | None]:
+    """Each object id of ``plan`` -> its class name (None: it has none)."""
+    names = distinct_classes(plan.classes)
+    return {i: None if row is None else names[row] for i, row in class_rows(plan.classes, plan.object_ids).items()}
 
 
 def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int) -> tuple[int, int]:
@@ -284,7 +290,7 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         rles = stack.enter_context(RleJsonWriter(plan.out_dir / "masks.json", *size[::-1], plan.object_ids)) if plan.rle else None
         exports = []
         if plan.exports:
-            info = export_info(plan.video, reader.frame_names[plan.start : plan.end], size[::-1], reader.fps, plan.classes, plan.object_ids)
+            info = export_info(plan.video, reader.frame_names[plan.start : plan.end], size[::-1], reader.fps, _object_classes(plan))
             exports = [stack.enter_context(open_export(f, default_target(plan.out_dir, f), info)) for f in plan.exports]
         with_frames = video is not None or any(export.needs_frames for export in exports)
         frames = (frame for _, batch in reader.batches(8, plan.start, plan.end) for frame in batch) if with_frames else None
