@@ -166,6 +166,8 @@ class _FileExport(_Export):
 class _FolderExport(_Export):
     """A folder of files, written into a temporary folder renamed onto the target when complete."""
 
+    folder: Path | None = None  # the temporary folder, once made
+
     def _open(self) -> None:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.target.name}.{os.getpid()}-"  # a temporary as atomic_path names them
@@ -178,7 +180,8 @@ class _FolderExport(_Export):
             if exc_type is None:
                 replace_folder(self.folder, self.target)
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)  # nothing left there once renamed
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)  # nothing left there once renamed
 
     def _finish(self) -> None:
         (self.folder / EXPORT_MARK).write_text(f"{self.info.video}\n", encoding="utf-8")
