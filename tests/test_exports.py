@@ -329,6 +329,26 @@ def test_bad_options_are_one_line(args: list[str], fragments: tuple[str, ...], r
     assert_one_line_error(run_cli(["export", run_folder, *args], capsys, monkeypatch), *fragments)
 
 
+def test_full_disk_is_one_line_and_leaves_nothing(run_folder: Path, capsys, monkeypatch) -> None:
+    """ENOSPC at a folder export's fifth PNG: one line naming the folder, no target and no
+    temporary folder left (file exports go through atomic_path, as tests/test_hardening.py checks)."""
+    import errno
+
+    real_save = Image.Image.save
+    saved = {"count": 0}
+
+    def save(image: Image.Image, *args: object, **kwargs: object) -> None:
+        saved["count"] += 1
+        if saved["count"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    result = run_cli(["export", run_folder, "--format", "binary"], capsys, monkeypatch)
+    assert_one_line_error(result, str(run_folder / "exports"), "no space left")
+    assert list((run_folder / "exports").iterdir()) == []
+
+
 def test_cutout_without_the_video_is_one_line(run_folder: Path, capsys, monkeypatch) -> None:
     import shutil
 

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.errors import InputError, ParameterError
-from pdmtrack.io.files import atomic_path, folder_mode, replace_folder
+from pdmtrack.io.files import atomic_path, disk_full_is_input_error, folder_mode, replace_folder
 from pdmtrack.io.masks import encode_rle
 from pdmtrack.io.writers import VideoWriter
 
@@ -173,6 +173,7 @@ class _FolderExport(_Export):
         prefix = f".{self.target.name}.{os.getpid()}-"  # a temporary as atomic_path names them
         self.folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=self.target.parent))
         os.chmod(self.folder, folder_mode())
+        self._stack.enter_context(disk_full_is_input_error(self.target))  # as atomic_path does for a file
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
