@@ -325,6 +325,7 @@ DEFAULT_RUNS = {
     "propagate": "propagate video.mp4 --mask first.png",
     "annotate": "annotate video.mp4",
     "propagate-batch": "propagate-batch jobs.csv",
+    "export": "export pdmtrack_out/video --format youtube-vis",
     "segment": "segment ref.jpg targets/ --mask ref_mask.png",
     "retrieve": "retrieve query.jpg --mask query_mask.png --gallery photos/",
     "index build": "index build photos/ -o photos.index",

@@ -1,6 +1,6 @@
 """The ``pdmtrack`` command line: parses arguments and calls the library, nothing more.
 
-One module per command group: ``track`` (propagate, propagate-batch), ``annotate``, ``images`` (segment,
+One module per command group: ``track`` (propagate, propagate-batch), ``annotate``, ``export``, ``images`` (segment,
 retrieve, index), ``ovdiff`` (segment-ov, prototypes), ``evaluate`` (eval), ``maintenance``
 (build-permis, cache); ``options`` holds the option tables generated from the settings. Heavy
 modules (torch and the models) are imported inside the command that runs, so ``--help`` is fast.
@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from pdmtrack.cli import annotate, evaluate, images, maintenance, ovdiff, track
+from pdmtrack.cli import annotate, evaluate, export, images, maintenance, ovdiff, track
 from pdmtrack.errors import InputError, ParameterError
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-for commands in (track.commands, annotate.commands, images.commands, ovdiff.commands, maintenance.commands):
+for commands in (track.commands, annotate.commands, export.commands, images.commands, ovdiff.commands, maintenance.commands):
     app.add_typer(commands)
 app.add_typer(evaluate.eval_app, name="eval")
 app.add_typer(ovdiff.prototypes_app, name="prototypes")

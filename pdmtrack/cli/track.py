@@ -48,6 +48,12 @@ def propagate(
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay.mp4.")] = True,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write one indexed PNG per frame.")] = True,
     rle: Annotated[bool, typer.Option("--rle", help="Write masks.json (COCO RLE).")] = False,
+    exports: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--export", help="Also write this export into -o's exports/ while tracking (repeatable; formats: pdmtrack export --help)."
+        ),
+    ] = None,
     init: Annotated[
         str,
         typer.Option(
@@ -85,6 +91,7 @@ def propagate(
         png=png,
         overlay=overlay,
         rle=rle,
+        exports=list(exports or []),
         backend=settings.runtime.backend,
         settings=settings,
         overwrite=overwrite,

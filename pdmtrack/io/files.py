@@ -30,7 +30,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     A full disk is an ``InputError`` naming the folder.
     """
     target = Path(target)
-    with _disk_full_is_input_error(target):
+    with disk_full_is_input_error(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{target.stem}.{os.getpid()}-"  # the owner's pid: stale once that process is gone
         fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{target.suffix}", dir=target.parent)
@@ -84,7 +84,7 @@ def process_runs(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _disk_full_is_input_error(target: Path) -> Iterator[None]:
+def disk_full_is_input_error(target: Path) -> Iterator[None]:
     """A full disk (or quota) while writing ``target`` becomes one line naming its folder."""
     try:
         yield
@@ -98,6 +98,11 @@ def _disk_full_is_input_error(target: Path) -> Iterator[None]:
 def file_mode() -> int:
     """Permission bits of a new regular file under the process's umask (mkstemp makes 0600)."""
     return 0o666 & ~_UMASK
+
+
+def folder_mode() -> int:
+    """Permission bits of a new folder under the process's umask (mkdtemp makes 0700)."""
+    return 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -4,7 +4,9 @@ A run writes ``run.json`` before its first output (``finished`` null) and comple
 the end (finish time, frames written), so even a killed run's folder says what is in it.
 The record holds what shapes the outputs: the video, the frame range and direction, the
 given masks (a sha256 of their pixels), the class names, which outputs are written, every
-tracking setting but the runtime ones, and the list of files the run writes.
+tracking setting but the runtime ones, and the list of files the run writes; and what a
+reader of the outputs needs (``pdmtrack export``): the frame names, the frame size, the frame
+rate and the objects (id -> class name or null; records written before these fields lack them).
 
 A later run into the same folder is checked against it (:func:`check_reuse`): the same
 run again (a rerun, or a restart after a kill) goes ahead and rewrites the same files;
@@ -45,10 +47,15 @@ def describe(
     outputs: dict[str, bool],
     files: list[str],
     settings: TrackSettings | None,
+    frame_names: list[str],
+    size: tuple[int, int],
+    fps: float,
+    objects: Mapping[int, str | None] | None,
     prompts: list[dict] | None = None,
 ) -> dict:
-    """The record's identity part: everything that shapes the outputs (JSON-ready). Clicks
-    and boxes (``prompts``) are recorded when there are any."""
+    """The record's identity part: everything that shapes the outputs (JSON-ready). ``size``
+    is (height, width); ``objects``: object id -> its class name (None: none), or None when
+    not known yet (matches any). Clicks and boxes (``prompts``) are recorded when there are any."""
     shaping = None if settings is None else shaping_settings(settings)
     record = {
         "format": FORMAT,
@@ -60,6 +67,10 @@ def describe(
         "outputs": dict(outputs),
         "settings": shaping,
         "files": list(files),
+        "frame_names": list(frame_names),
+        "size": list(size),
+        "fps": fps,
+        "objects": None if objects is None else {str(i): name for i, name in sorted(objects.items())},
     }
     if prompts:
         record["prompts"] = prompts
@@ -120,6 +131,22 @@ def write_finished(out_dir: Path, record: dict, frames: int, seconds: float) -> 
     done = {**record, "started": started.get("started"), "finished": _now(), "frames_written": frames,
             "seconds": round(seconds, 3)}  # fmt: skip
     atomic_write_text(out_dir / RUN_RECORD, _text(done))
+
+
+def read_finished(out_dir: Path, needed: tuple[str, ...]) -> dict:
+    """The record of the finished run in ``out_dir``, holding every field in ``needed``; an
+    InputError naming what is missing otherwise (no record, an unfinished run, a record
+    written before a needed field existed)."""
+    path = out_dir / RUN_RECORD
+    record = _read(out_dir)
+    if record is None:
+        raise InputError(path, f"missing: {out_dir} holds no run record, so it is no pdmtrack output folder")
+    if record.get("finished") is None:
+        raise InputError(path, "the run did not finish (a killed or running run): its outputs are incomplete; run it again")
+    lacking = [key for key in needed if record.get(key) is None]
+    if lacking:
+        raise InputError(path, f"lacks {', '.join(lacking)} (an older pdmtrack wrote it): run the same propagate again to rewrite it")
+    return record
 
 
 def _differences(previous: dict, record: dict) -> list[str]:

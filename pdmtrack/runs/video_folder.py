@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.background import BackgroundCalls
+from pdmtrack.io.exports import check_format, check_target, default_target, open_export
 from pdmtrack.io.files import check_not_in_use, check_output_folder, ensure_writable_folder, folder_lock, remove_stale_temporaries
 from pdmtrack.io.masks import fit_mask_to_frame, read_mask
 from pdmtrack.io.prompt_files import Prompt
@@ -31,6 +32,7 @@ from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, wri
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig
 from pdmtrack.ovdiff.first_frame import ovdiff_objects
 from pdmtrack.runs import record as run_record
+from pdmtrack.runs.export_folder import export_info
 from pdmtrack.tracking.objects import object_ids_in
 from pdmtrack.tracking.prompts import check_object_id, checked_prompt
 from pdmtrack.tracking.tracker import (
@@ -92,6 +94,7 @@ class VideoPlan:
     initialised: bool = False  # the start frame's mask came from an initialiser (OVDiff), not the user
     prompts: list[Prompt] = field(default_factory=list)  # clicks, boxes and mask entries, given in this order
     prompt_masks: dict[int, np.ndarray] = field(default_factory=dict)  # index in prompts -> a mask entry's labels
+    exports: tuple[str, ...] = ()  # export formats written into out_dir/exports/ (pdmtrack.io.exports)
 
     @property
     def given_frames(self) -> list[int]:
@@ -140,6 +143,7 @@ def plan_video(
     png: bool = True,
     overlay: bool = True,
     rle: bool = False,
+    exports: Sequence[str] = (),
     backend: str = "auto",
     settings: TrackSettings | None = None,
     overwrite: bool = False,
@@ -155,6 +159,9 @@ def plan_video(
     check_output_folder(out_dir, (masks or {}).values(), _MASK_INSIDE_HINT)
     if any(not name.strip() for name in classes):
         raise ParameterError("classes", "a class name is empty")
+    for export_format in exports:  # the run's own exports: a rerun rewrites them
+        check_format("exports", export_format)
+        check_target(default_target(out_dir, export_format), export_format, overwrite=True)
     if direction not in DIRECTIONS:
         raise ParameterError("direction", f"unknown value '{direction}' (choose from {', '.join(DIRECTIONS)})")
     reader = FrameReader(video, backend)
@@ -180,7 +187,7 @@ def plan_video(
     first, last = _output_range(given, start, end, direction, reader.num_frames)
     plan = VideoPlan(
         Path(video), out_dir, reader, fitted, _classes(classes, prompts), first, last, direction, png, overlay, rle, notes, overwrite,
-        prompts=list(prompts), prompt_masks=prompt_masks,
+        prompts=list(prompts), prompt_masks=prompt_masks, exports=tuple(dict.fromkeys(exports)),
     )  # fmt: skip
     class_rows(plan.classes, plan.object_ids)  # checks the number of class names
     ensure_writable_folder(out_dir, keep=False)
@@ -234,6 +241,8 @@ def _record(plan: VideoPlan, settings: TrackSettings | None, known_masks: bool =
         masks=plan.masks if known_masks else None, prompts=_prompt_records(plan),
         classes=plan.classes, outputs={"png": plan.png, "overlay": plan.overlay, "rle": plan.rle},
         files=[path.name for path in _output_files(plan)], settings=settings,
+        frame_names=plan.reader.frame_names[plan.start : plan.end], size=(plan.reader.height, plan.reader.width),
+        fps=plan.reader.fps, objects=_object_classes(plan) if known_masks else None,
     )  # fmt: skip
 
 
@@ -243,6 +252,12 @@ def _prompt_records(plan: VideoPlan) -> list[dict]:
     for index, labels in plan.prompt_masks.items():
         records[index]["mask"] = run_record.labels_digest(labels)
     return records
+
+
+def _object_classes(plan: VideoPlan) -> dict[int, str | None]:
+    """Each object id of ``plan`` -> its class name (None: it has none)."""
+    names = distinct_classes(plan.classes)
+    return {i: None if row is None else names[row] for i, row in class_rows(plan.classes, plan.object_ids).items()}
 
 
 def _output_range(masks: dict[int, np.ndarray], start: int | None, end: int | None, direction: str, num_frames: int) -> tuple[int, int]:
@@ -343,7 +358,12 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
         size = (reader.width, reader.height)
         video = stack.enter_context(OverlayWriter(plan.out_dir / "overlay.mp4", reader.fps, *size)) if plan.overlay else None
         rles = stack.enter_context(RleJsonWriter(plan.out_dir / "masks.json", *size[::-1], plan.object_ids)) if plan.rle else None
-        frames = (frame for _, batch in reader.batches(8, plan.start, plan.end) for frame in batch) if video else None
+        exports = []
+        if plan.exports:
+            info = export_info(plan.video, reader.frame_names[plan.start : plan.end], size[::-1], reader.fps, _object_classes(plan))
+            exports = [stack.enter_context(open_export(f, default_target(plan.out_dir, f), info)) for f in plan.exports]
+        with_frames = video is not None or any(export.needs_frames for export in exports)
+        frames = (frame for _, batch in reader.batches(8, plan.start, plan.end) for frame in batch) if with_frames else None
         if frames is not None:
             stack.callback(frames.close)  # an error stops the decode thread at once
 
@@ -353,10 +373,13 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
                 write_palette_png(plan.out_dir / FIRST_FRAME_MASK, labels)
             if pngs is not None:
                 pngs.write(name, labels)
-            if video is not None and frames is not None:
-                video.write(next(frames), labels, reader.frame_time(frame_idx) - reader.frame_time(plan.start))
+            frame = None if frames is None else next(frames)
+            if video is not None and frame is not None:
+                video.write(frame, labels, reader.frame_time(frame_idx) - reader.frame_time(plan.start))
             if rles is not None:
                 rles.add(name, labels)
+            for export in exports:
+                export.write(frame_idx - plan.start, labels, frame)
 
         yield write
 
