@@ -57,7 +57,7 @@ class Served:
         self.session = AnnotationSession(tracker, opened, reader)
         sock = bind("127.0.0.1", 0)
         port = sock.getsockname()[1]
-        app = create_app(self.session, "token", allowed_hosts("127.0.0.1", port))
+        app = create_app(self.session, "token", allowed_hosts("127.0.0.1"), port)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()

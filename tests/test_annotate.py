@@ -18,13 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pdmtrack import Tracker
 from pdmtrack.annotate.app import allowed_hosts
 from pdmtrack.annotate.project import Project
-from pdmtrack.annotate.server import TOKEN_COOKIE, TOKEN_HEADER, create_app
+from pdmtrack.annotate.server import TOKEN_HEADER, create_app, token_cookie
 from pdmtrack.annotate.session import AnnotationSession
 from pdmtrack.errors import InputError
 from tests.cli_runner import assert_one_line_error, run_cli
-from tests.test_prompts import LENGTH, around, centre, synthetic_session
+from tests.test_prompts import LENGTH, NO_SAM, around, centre, synthetic_session
 from tests.test_propagate import MIN_IOU_VISIBLE, iou
 
 TOKEN = "test-token"
@@ -39,7 +40,7 @@ class App:
         self.tracker, self.project_folder = tracker, folder / "project"
         project, reader = Project.open_or_create(self.project_folder, folder / "clip")
         self.session = AnnotationSession(tracker, project, reader)
-        self.app = create_app(self.session, TOKEN, allowed_hosts("127.0.0.1", 8765))
+        self.app = create_app(self.session, TOKEN, allowed_hosts("127.0.0.1"), 8765)
         self.client = TestClient(self.app, base_url=f"http://{HOST}", headers={TOKEN_HEADER: TOKEN})
 
     def reopen(self) -> AnnotationSession:
@@ -76,13 +77,16 @@ def test_requests_need_the_token_and_this_servers_host_and_origin(app: App) -> N
     assert bare.post("/api/click", json={"frame": 0, "obj_id": 1, "x": 5, "y": 5}).status_code == 403
     opened = bare.get(f"/?token={TOKEN}", follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/"  # the token leaves the address bar
-    assert bare.cookies.get(TOKEN_COOKIE) == TOKEN and "httponly" in opened.headers["set-cookie"].lower()
+    assert bare.cookies.get(token_cookie(8765)) == TOKEN and "httponly" in opened.headers["set-cookie"].lower()
     page = bare.get("/")  # the cookie now opens everything
     assert page.status_code == 200 and "pdmtrack annotate" in page.text and bare.get("/static/app.js").status_code == 200
     assert app.client.get("/api/state", headers={"host": "evil.example:8765"}).status_code == 403  # DNS rebinding
     assert app.client.get("/api/state", headers={"origin": "http://evil.example"}).status_code == 403
     assert app.client.get("/api/state", headers={"origin": f"http://{HOST}"}).status_code == 200
     assert app.client.get("/api/state", headers={"host": "localhost:8765"}).status_code == 200
+    assert app.client.get("/api/state", headers={"host": "127.0.0.1:9000"}).status_code == 200  # an SSH tunnel's own port
+    assert app.client.get("/api/state", headers={"host": "127.0.0.1.evil.example"}).status_code == 403
+    assert app.client.get("/api/state", headers={"origin": "null"}).status_code == 403
 
 
 def test_clicks_boxes_brush_clear_undo_redo(app: App) -> None:
@@ -176,7 +180,7 @@ def test_a_reopened_project_is_as_it_was_left(app: App) -> None:
         Project.open_or_create(app.project_folder, app.project_folder)
 
 
-@pytest.mark.parametrize("format", ["davis", "coco-rle", "overlay"])
+@pytest.mark.parametrize("format", ["davis", "coco-rle", "overlay", "youtube-vis", "binary"])
 def test_exports_hold_what_the_page_shows(app: App, format: str) -> None:
     from pycocotools import mask as coco
 
@@ -184,7 +188,7 @@ def test_exports_hold_what_the_page_shows(app: App, format: str) -> None:
     app.post("/api/click", {"frame": 0, "obj_id": 1, "x": centre(truth[0], 1)[0], "y": centre(truth[0], 1)[1]})
     app.track()
     folder = Path(app.post("/api/export", {"format": format})["folder"])
-    assert folder == app.project_folder / "exports" / format and app.client.get("/api/state").json()["exports"] == [format]
+    assert folder.parent == app.project_folder / "exports" and app.client.get("/api/state").json()["exports"] == [folder.name]
     shown = [app.labels(t) for t in range(LENGTH)]
     if format == "davis":
         assert sorted(p.name for p in folder.iterdir()) == [f"{t:05d}.png" for t in range(LENGTH)]
@@ -195,10 +199,18 @@ def test_exports_hold_what_the_page_shows(app: App, format: str) -> None:
         for t, record in enumerate(frames):
             decoded = coco.decode({**record["objects"]["1"], "counts": record["objects"]["1"]["counts"].encode()})
             np.testing.assert_array_equal(decoded.astype(bool), shown[t] == 1)
+    elif format == "youtube-vis":  # pdmtrack export's formats too
+        (video,) = json.loads(folder.read_text())["annotations"]
+        for t, rle in enumerate(video["segmentations"]):
+            decoded = coco.decode({**rle, "counts": rle["counts"].encode()}) if rle else np.zeros_like(shown[t])
+            np.testing.assert_array_equal(decoded.astype(bool), shown[t] == 1)
+    elif format == "binary":
+        for t in range(LENGTH):
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / "1" / f"{t:05d}.png")) == 255, shown[t] == 1)
     else:
         assert (folder / "overlay.mp4").stat().st_size > 1000
     app.post("/api/export", {"format": format})  # again: replaces it whole
-    assert [p.name for p in (app.project_folder / "exports").iterdir()] == [format]
+    assert [p.name for p in (app.project_folder / "exports").iterdir()] == [folder.name]
 
 
 def test_bad_ids_frames_coordinates_and_paths_are_refused(app: App) -> None:
@@ -219,7 +231,7 @@ def test_bad_ids_frames_coordinates_and_paths_are_refused(app: App) -> None:
         ("/api/clear", {"frame": 0, "obj_id": 1}, 400),
         ("/api/track", {"direction": "sideways"}, 422),
         ("/api/track", {"from_frame": 4}, 400),
-        ("/api/export", {"format": "../../etc"}, 422),
+        ("/api/export", {"format": "../../etc"}, 400),
     ]
     for path, body, status in cases:
         response = app.client.post(path, json=body)
@@ -291,3 +303,54 @@ def test_cli_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
         result = run_cli(["annotate", "--project", app.project_folder, "--port", port, "--no-browser"], capsys, monkeypatch)
     assert_one_line_error(result, "--port", f"cannot listen on 127.0.0.1:{port}")
     assert_one_line_error(run_cli(["annotate", "--project", tmp_path / "empty", "--no-browser"], capsys, monkeypatch), "holds no project")
+
+
+def test_track_from_a_clicks_only_frame_keeps_the_other_objects(app: App) -> None:
+    truth = app.truth
+    for obj_id in (1, 2):
+        app.post("/api/click", {"frame": 0, "obj_id": obj_id, "x": centre(truth[0], obj_id)[0], "y": centre(truth[0], obj_id)[1]})
+    app.session.tracker.add_points(app.session.state, 4, 1, [centre(truth[4], 1)])  # frame 4: object 1's clicks only, untracked
+    app.session._persist(4)
+    app.track()
+    assert set(np.unique(app.labels(5))) == {0, 1, 2}
+    app.track(from_frame=4)
+    assert set(np.unique(app.labels(4))) == {0, 1, 2} and set(np.unique(app.labels(5))) == {0, 1, 2}
+    assert 4 in app.session.state.masks  # the tracked object 2 joined frame 4's given mask
+
+
+def test_resume_rewrites_frames_edited_behind_the_job(app: App) -> None:
+    truth = app.truth
+    app.post("/api/click", {"frame": 0, "obj_id": 1, "x": centre(truth[0], 1)[0], "y": centre(truth[0], 1)[1]})
+    app.track()
+    app.session.job.state, app.session.job.last_frame = "cancelled", 8  # as if cancelled after frame 8
+    app.post("/api/brush", {"frame": 3, "obj_id": 1, "points": [[150, 10]], "radius": 6})  # frames 4.. stale
+    assert app.client.get("/api/state").json()["tracked"] == "tttt" + "s" * (LENGTH - 4)
+    expected = dict(app.tracker.propagate(app.session.state))  # what the given masks give now
+    state = app.track(resume=True)
+    assert state["tracked"] == "t" * LENGTH
+    for t in range(LENGTH):  # the stale frames were rewritten, not skipped
+        np.testing.assert_array_equal(app.labels(t), expected[t])
+
+
+def test_an_object_ended_from_a_frame_stays_ended_after_a_restart_and_headless(
+    app: App, tiny_sdxl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = app.truth
+    for obj_id in (1, 2):
+        app.post("/api/click", {"frame": 0, "obj_id": obj_id, "x": centre(truth[0], obj_id)[0], "y": centre(truth[0], obj_id)[1]})
+    assert app.client.delete("/api/objects/2?from_frame=6").status_code == 200
+    prompts = json.loads((app.project_folder / "prompts.json").read_text())
+    assert prompts[-1] == {"obj_id": 2, "end": 6}
+    reopened = app.reopen()
+    assert reopened.state.prompts.ends == {2: 6}
+    plain = Tracker(NO_SAM, features=app.tracker._custom_features)  # as propagate --sam none tracks
+    results = dict(plain.propagate(reopened.state))
+    assert (results[5] == 2).any() and not any((results[t] == 2).any() for t in range(6, LENGTH))
+    # the same prompts file through propagate --prompts (stand-in features, the truth SAM is not needed: mask entries)
+    monkeypatch.setattr("pdmtrack.tracking.models.Models.pdm_source", lambda self, classes: app.tracker._custom_features)
+    args = ["propagate", tmp_path / "clip", "--prompts", app.project_folder / "prompts.json", "--sam", "none", "--context", "4"]
+    args += ["--model", tiny_sdxl, "--size", "64"]
+    result = run_cli([*args, "--device", "cpu", "--no-overlay", "-o", tmp_path / "headless"], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    for t in range(LENGTH):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "headless" / f"{t:05d}.png")), results[t])

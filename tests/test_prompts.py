@@ -405,7 +405,7 @@ def test_cli_prompt_mistakes_are_one_line_errors(
     where = f"pdmtrack: error: {tmp_path / 'p.json'}"
     assert (
         fails(file=[{"frame": 0, "obj_id": 1, "point": [[1, 2]]}])[1]
-        == f"{where} entry 0: unknown key 'point' (keys: frame, obj_id, points, labels, box, cls, mask)"
+        == f"{where} entry 0: unknown key 'point' (keys: frame, obj_id, points, labels, box, cls, mask, end)"
     )
     assert fails(file=[{"frame": 0, "obj_id": 1}]) == [
         2,

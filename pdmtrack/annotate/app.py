@@ -7,6 +7,7 @@ fresh secret token, as Jupyter's does.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import sys
@@ -43,12 +44,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def allowed_hosts(host: str, port: int) -> set[str]:
-    """The Host header values that name this server: loopback, ``host``, this machine's names."""
-    names = {*LOOPBACK, host}
+def allowed_hosts(host: str) -> set[str]:
+    """The host names under which a browser may reach this server: loopback, ``host``, and
+    for another ``host`` this machine's names and addresses (a Host header naming anything
+    else is a DNS-rebinding attempt)."""
+    names = {"127.0.0.1", "localhost", "::1", host.strip("[]")}
     if host not in LOOPBACK:
-        names |= {socket.gethostname(), socket.getfqdn()}
-    return {f"{name}:{port}" for name in names}
+        hostname = socket.gethostname()
+        names |= {hostname, socket.getfqdn()}
+        with contextlib.suppress(OSError):
+            names |= set(socket.gethostbyname_ex(hostname)[2])
+    return {name.lower() for name in names}
 
 
 def serve(
@@ -78,5 +84,5 @@ def serve(
     print(f"pdmtrack annotate: {opened.folder} ({reader.path.name}, {reader.num_frames} frames); open {address}", flush=True)
     if open_browser:
         webbrowser.open(address)
-    server = uvicorn.Server(uvicorn.Config(create_app(session, token, allowed_hosts(host, port)), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(session, token, allowed_hosts(host), port), log_level="warning"))
     server.run(sockets=[sock])

@@ -108,31 +108,41 @@ class Project:
     def given_file(self, frame: int) -> Path:
         return self.folder / "given" / f"{frame:05d}.png"
 
-    def read_annotations(self) -> dict[int, tuple[FrameAnnotation, np.ndarray]]:
-        """Every given frame's annotation and label map."""
-        records = read_json(self.folder / "annotations.json") if (self.folder / "annotations.json").exists() else {"frames": {}}
+    def read_annotations(self) -> tuple[dict[int, tuple[FrameAnnotation, np.ndarray]], dict[int, int]]:
+        """Every given frame's annotation and label map, and the frames objects end at
+        (InputError naming the file when one is damaged or missing)."""
+        index = self.folder / "annotations.json"
+        records = read_json(index) if index.exists() else {"frames": {}, "ends": {}}
         given = {}
-        for frame, record in records["frames"].items():
-            labels = np.asarray(Image.open(self.given_file(int(frame))))
-            given[int(frame)] = (FrameAnnotation(record["whole"], {int(i): c for i, c in record["clicks"].items()}), labels)
-        return given
+        try:
+            for frame, record in records["frames"].items():  # type: ignore[index]
+                note = FrameAnnotation(bool(record["whole"]), {int(i): c for i, c in record["clicks"].items()})
+                with Image.open(self.given_file(int(frame))) as image:
+                    given[int(frame)] = (note, np.asarray(image).copy())
+            ends = {int(i): int(frame) for i, frame in records.get("ends", {}).items()}  # type: ignore[union-attr]
+        except FileNotFoundError as err:
+            raise InputError(err.filename, "missing: annotations.json lists this given mask") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as err:
+            raise InputError(index, f"damaged ({type(err).__name__}: {err}); restore it or start a new --project") from None
+        return given, ends
 
-    def save_annotations(self, frames: dict[int, tuple[FrameAnnotation, np.ndarray]], changed: int) -> None:
-        """Save frame ``changed``'s label map (or drop it) and the annotation index, then the
-        prompts file that reproduces them headless."""
-        if changed in frames:
+    def save_annotations(self, frames: dict[int, tuple[FrameAnnotation, np.ndarray]], changed: int | None, ends: dict[int, int]) -> None:
+        """Save frame ``changed``'s label map (or drop it), the annotation index with the frames
+        objects end at, then the prompts file that reproduces them headless."""
+        if changed is not None and changed in frames:
             self.given_file(changed).parent.mkdir(exist_ok=True)
             write_palette_png(self.given_file(changed), frames[changed][1])
         records = {str(frame): {"whole": note.whole, "clicks": {str(i): c for i, c in note.clicks.items()}}
                    for frame, (note, _) in sorted(frames.items())}  # fmt: skip
-        atomic_write_text(self.folder / "annotations.json", json.dumps({"frames": records}) + "\n")
-        self._save_prompts(frames)
-        if changed not in frames:
+        index = {"frames": records, "ends": {str(i): frame for i, frame in sorted(ends.items())}}
+        atomic_write_text(self.folder / "annotations.json", json.dumps(index) + "\n")
+        self._save_prompts(frames, ends)
+        if changed is not None and changed not in frames:
             self.given_file(changed).unlink(missing_ok=True)
 
-    def _save_prompts(self, frames: dict[int, tuple[FrameAnnotation, np.ndarray]]) -> None:
+    def _save_prompts(self, frames: dict[int, tuple[FrameAnnotation, np.ndarray]], ends: dict[int, int]) -> None:
         """prompts.json: per given frame its whole mask (then each named object in it, to carry
-        its class name), or each given object's pixels of it."""
+        its class name), or each given object's pixels of it; then each object's end."""
         names = {i: info.name for i, info in self.objects.items() if info.name}
         entries: list[dict] = []
         for frame, (note, labels) in sorted(frames.items()):
@@ -141,6 +151,7 @@ class Project:
             objects = sorted(note.clicks) if not note.whole else [i for i in present if i in names]
             entries += [{"frame": frame, "mask": mask}] if note.whole else []
             entries += [{"frame": frame, "obj_id": i, "mask": mask, **({"cls": names[i]} if i in names else {})} for i in objects]
+        entries += [{"obj_id": obj_id, "end": frame} for obj_id, frame in sorted(ends.items())]
         atomic_write_text(self.folder / "prompts.json", json.dumps(entries, indent=1) + "\n")
 
     # tracked frames ------------------------------------------------------------------------------
@@ -148,8 +159,12 @@ class Project:
         return self.folder / "tracked" / f"{name}.png"
 
     def read_status(self) -> dict:
+        """tracking.json: the stale frames and the last job (InputError when it is damaged)."""
         status = self.folder / "tracking.json"
-        return read_json(status) if status.exists() else {"stale": [], "job": None}  # type: ignore[return-value]
+        record = read_json(status) if status.exists() else {"stale": [], "job": None}
+        if not isinstance(record, dict) or not isinstance(record.get("stale"), list) or not isinstance(record.get("job"), dict | None):
+            raise InputError(status, "damaged; delete it to start the tracking state afresh (the tracked PNGs stay)")
+        return record
 
     def save_status(self, status: dict) -> None:
         atomic_write_text(self.folder / "tracking.json", json.dumps(status) + "\n")

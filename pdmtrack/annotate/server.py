@@ -17,6 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -29,7 +30,6 @@ from pdmtrack.annotate.session import MAX_BRUSH_RADIUS, AnnotationSession, Busy
 from pdmtrack.errors import InputError
 from pdmtrack.tracking.prompts import MAX_OBJECT_ID
 
-TOKEN_COOKIE = "pdmtrack_token"
 TOKEN_HEADER = "x-pdmtrack-token"
 ObjectId = Field(ge=1, le=MAX_OBJECT_ID)
 Coordinate = Field(allow_inf_nan=False)
@@ -76,23 +76,34 @@ class TrackRequest(BaseModel):
 
 
 class ExportRequest(BaseModel):
-    format: Literal["davis", "coco-rle", "overlay"] = "davis"
+    format: str = Field(default="davis", max_length=40)  # checked by the session against EXPORT_FORMATS
 
 
-def create_app(session: AnnotationSession, token: str, hosts: set[str]) -> FastAPI:
-    """The app serving ``session``; ``hosts``: the Host header values that name this server."""
+def token_cookie(port: int) -> str:
+    """The token's cookie: one per port (browsers share cookies across a host's ports)."""
+    return f"pdmtrack_token_{port}"
+
+
+def host_name(value: str) -> str:
+    """A Host header's or an Origin's host name, without the port ('[::1]:8765' -> '::1')."""
+    return (urlsplit(value if "//" in value else f"//{value}").hostname or "").lower()
+
+
+def create_app(session: AnnotationSession, token: str, hosts: set[str], port: int) -> FastAPI:
+    """The app serving ``session`` on ``port``; ``hosts``: the host names (any port: an SSH
+    tunnel may forward another local port) under which the browser may reach this server."""
     app = FastAPI(title="pdmtrack annotate", docs_url=None, redoc_url=None, openapi_url=None)
-    origins = {f"http://{host}" for host in hosts}
     static = resources.files("pdmtrack.annotate") / "static"
+    cookie = token_cookie(port)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if request.headers.get("host", "") not in hosts:
+        if host_name(request.headers.get("host", "")) not in hosts:
             return JSONResponse({"error": "unknown Host header: open the address pdmtrack printed"}, status_code=403)
         origin = request.headers.get("origin")
-        if origin is not None and origin not in origins:
+        if origin is not None and host_name(origin) not in hosts:
             return JSONResponse({"error": f"requests from {origin} are refused"}, status_code=403)
-        given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
+        given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or request.cookies.get(cookie) or ""
         if not secrets.compare_digest(given.encode(), token.encode()):
             return JSONResponse(
                 {"error": "missing or wrong token: open the address pdmtrack printed (it carries the token)"}, status_code=403
@@ -101,7 +112,7 @@ def create_app(session: AnnotationSession, token: str, hosts: set[str]) -> FastA
             response: Response = RedirectResponse("/", status_code=303)  # the token leaves the address bar
         else:
             response = await call_next(request)
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(cookie, token, httponly=True, samesite="strict")
         return response
 
     @app.exception_handler(InputError)

@@ -12,7 +12,9 @@ can be resumed. Listeners (the page's event stream) hear of every change.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +27,17 @@ from PIL import Image
 
 from pdmtrack.annotate.project import FrameAnnotation, ObjectInfo, Project, default_colour
 from pdmtrack.errors import InputError, ParameterError
+from pdmtrack.io.exports import FORMATS, check_target, default_target, open_export
 from pdmtrack.io.files import remove_stale_temporaries
 from pdmtrack.io.video import FrameReader
 from pdmtrack.io.writers import MaskPngWriter, OverlayWriter, RleJsonWriter, write_palette_png
+from pdmtrack.runs.export_folder import export_info
 from pdmtrack.sam.prompting import ObjectPrompt
 from pdmtrack.tracking.prompts import MAX_OBJECT_ID, check_object_id, checked_prompt, merge_prompted
 from pdmtrack.tracking.tracker import DIRECTIONS, Tracker, check_frame
 
-EXPORT_FORMATS = ("davis", "coco-rle", "overlay")
+OWN_FORMATS = ("davis", "coco-rle", "overlay")  # the app's own; then ``pdmtrack export``'s (io.exports)
+EXPORT_FORMATS = (*OWN_FORMATS, *FORMATS)
 CHECKPOINT_SECONDS = 1.0  # how often a running job's progress is saved to tracking.json
 MAX_BRUSH_RADIUS = 200
 
@@ -76,7 +81,8 @@ class AnnotationSession:
         self.tracker_lock = threading.RLock()  # the tracker and the state it reads: a job holds it a frame at a time
         self.objects = project.objects
         self.state = tracker.init_state(reader)  # class names: the objects' names, set when a job starts
-        for frame, (note, labels) in project.read_annotations().items():
+        annotations, self.state.prompts.ends = project.read_annotations()
+        for frame, (note, labels) in annotations.items():
             (self.state.masks if note.whole else self.state.prompts.masks)[frame] = labels
             for obj_id, click in note.clicks.items():
                 points = tuple((float(x), float(y)) for x, y in click["points"])
@@ -86,7 +92,10 @@ class AnnotationSession:
         self.tracked = {names[p.stem] for p in folder.glob("*.png") if p.stem in names} if folder.is_dir() else set()
         status = project.read_status()
         self.stale: set[int] = set(status["stale"]) & self.tracked
-        self.job = Job(**status["job"]) if status["job"] else None
+        try:
+            self.job = Job(**status["job"]) if status["job"] else None
+        except TypeError:
+            raise InputError(project.folder / "tracking.json", "damaged; delete it to start the tracking state afresh") from None
         if self.job is not None and self.job.state == "running":  # the server stopped while it ran
             self.job.state = "interrupted"
             self._save_status()
@@ -97,6 +106,8 @@ class AnnotationSession:
         self.listeners: list[Callable[[dict], None]] = []
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self.export_lock = threading.Lock()
+        self.stale_after: int | None = None  # an edit behind the running job: frames it tracks after this are stale
 
     # what the page reads --------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -113,7 +124,7 @@ class AnnotationSession:
                 "objects": {str(i): asdict(info) for i, info in sorted(self.objects.items())}, "given": given, "tracked": strip,
                 "job": asdict(self.job) if self.job else None, "undo": len(self.undo_stack), "redo": len(self.redo_stack),
                 "version": self.version, "frame_versions": {str(f): v for f, v in self.frame_versions.items()},
-                "project": str(self.project.folder), "exports": self._exports(),
+                "project": str(self.project.folder), "exports": self._exports(), "export_formats": list(EXPORT_FORMATS),
             }  # fmt: skip
 
     def labels(self, frame: int) -> np.ndarray:
@@ -160,15 +171,17 @@ class AnnotationSession:
     def remove_object(self, obj_id: int, from_frame: int | None = None) -> None:
         """End ``obj_id`` everywhere or from a frame on: its given pixels, clicks and tracked
         pixels there go. Not undoable (the undo history is cleared)."""
-        self._not_tracking()
+        self._not_tracking()  # before waiting for the tracker, which a running job holds
         with self.tracker_lock, self.lock:
+            self._not_tracking()
             obj_id = self._known(obj_id)
             if from_frame is not None:
                 check_frame("from_frame", from_frame, self.state.num_frames)
             given_before = {f: self.state.given_labels(f) for f in self.state.given_frames}
             if obj_id in self.state.object_ids:
                 self.tracker.remove_object(self.state, obj_id, from_frame)
-            first = 0 if from_frame is None else from_frame
+            # the tracker removes it everywhere from (or before) its first given frame: so do the tracked frames
+            first = from_frame if from_frame is not None and obj_id in self.state.prompts.ends else 0
             for frame in sorted(t for t in self.tracked if t >= first):
                 labels = self._read_tracked(frame)
                 if labels is not None and (labels == obj_id).any():
@@ -177,7 +190,7 @@ class AnnotationSession:
             for frame, labels in given_before.items():
                 if self.state.given_labels(frame) is not labels:
                     self._persist(frame)
-            if from_frame is None or not any(obj_id in np.unique(self.state.given_labels(f)) for f in self.state.given_frames):
+            if first == 0:
                 self.objects.pop(obj_id, None)
             self.undo_stack.clear()
             self.redo_stack.clear()
@@ -261,6 +274,9 @@ class AnnotationSession:
         self._persist(frame)
         high = min((g for g in self.state.given_frames if g > frame), default=self.state.num_frames)
         self.stale |= {t for t in self.tracked if frame < t < high}  # tracked from a mask that changed
+        job = self.job
+        if self.tracking and job is not None and job.last_frame is not None and frame < job.last_frame:
+            self.stale_after = frame if self.stale_after is None else min(self.stale_after, frame)  # the job's memory predates it
         self._save_status()
         self._touch(frame)
         self._publish({"type": "state"})
@@ -282,12 +298,13 @@ class AnnotationSession:
         self.state.prompts.clicks.update({(frame, o): p for o, p in snapshot.clicks.items()})
         self.state.prompts.logits.update({(frame, o): v for o, v in snapshot.logits.items()})  # type: ignore[misc]
 
-    def _persist(self, frame: int) -> None:
-        """Save ``frame``'s given mask (or its removal) and the annotation index."""
+    def _persist(self, frame: int | None) -> None:
+        """Save ``frame``'s given mask (or its removal; None: none changed), the annotation
+        index with the objects' ends, and prompts.json."""
         frames = {
             f: (FrameAnnotation(f in self.state.masks, self._clicks_at(f)), self.state.given_labels(f)) for f in self.state.given_frames
         }
-        self.project.save_annotations(frames, frame)  # type: ignore[arg-type]
+        self.project.save_annotations(frames, frame, dict(self.state.prompts.ends))  # type: ignore[arg-type]
 
     def _clicks_at(self, frame: int) -> dict[int, dict]:
         return {
@@ -320,11 +337,17 @@ class AnnotationSession:
                 if self.job is None or self.job.state not in ("interrupted", "cancelled"):
                     raise ParameterError("resume", "no interrupted or cancelled tracking job to resume")
                 direction, start, end = self.job.direction, self.job.start, self.job.end
-                skip = self.job.last_frame if direction == "forward" else None
+                last = self.job.last_frame if direction == "forward" else None
+                # frames edited behind the job since are rewritten: skip only up to the first stale one
+                skip = None if last is None else min([last, *(f - 1 for f in self.stale if f <= last)])
             elif from_frame is not None:
                 check_frame("from_frame", from_frame, self.state.num_frames)
                 if from_frame not in self.state.given_frames:
                     raise ParameterError("from_frame", f"frame {from_frame} has no given mask: edit it first, then track from it")
+                shown = self.labels(from_frame)
+                if from_frame not in self.state.masks and shown.any():  # clicks only: the others' tracked pixels join it
+                    self.tracker.add_mask(self.state, from_frame, shown)
+                    self._persist(from_frame)
                 direction, start = "forward", from_frame
                 end = min((g for g in self.state.given_frames if g > from_frame), default=self.state.num_frames)
             if direction not in DIRECTIONS:
@@ -333,6 +356,7 @@ class AnnotationSession:
             results = self.tracker.propagate(self.state, start, end, direction)  # type: ignore[arg-type]
             self.job = Job(direction, start, end, self._job_size(direction, start, end), skip_through=skip)
             self._cancel.clear()
+            self.stale_after = None
             self._save_status()
             self._thread = threading.Thread(target=self._run, args=(results, self.job), name="pdmtrack-annotate-job", daemon=True)
             self._thread.start()
@@ -366,7 +390,10 @@ class AnnotationSession:
                     write_palette_png(self._tracked_file(frame), labels)
                 with self.lock:
                     self.tracked.add(frame)
-                    self.stale.discard(frame)
+                    if self.stale_after is not None and frame > self.stale_after and job.direction == "forward":
+                        self.stale.add(frame)
+                    else:
+                        self.stale.discard(frame)
                     job.done, job.last_frame = job.done + 1, frame
                     job.fps = job.done / max(time.perf_counter() - began, 1e-9)
                     if time.perf_counter() - checkpoint > CHECKPOINT_SECONDS:
@@ -409,23 +436,40 @@ class AnnotationSession:
 
     # exports --------------------------------------------------------------------------------------
     def export(self, format: str) -> Path:
-        """Write every frame's labels as the page shows them into ``exports/FORMAT`` (replacing
-        the previous export of that format once the new one is complete)."""
+        """Write every frame's labels as the page shows them into the project's ``exports/``
+        (replacing the previous export of that format once the new one is complete)."""
         if format not in EXPORT_FORMATS:
             raise ParameterError("format", f"unknown export format '{format}' (choose from {', '.join(EXPORT_FORMATS)})")
         exports = self.project.folder / "exports"
         exports.mkdir(exist_ok=True)
+        if format in FORMATS:
+            with self.export_lock:
+                return self._export_format(format)
         remove_stale_temporaries(exports)
-        target, scratch = exports / format, exports / f".{format}.{threading.get_ident()}-{time.monotonic_ns()}.tmp"
-        scratch.mkdir()
-        try:
-            self._write_export(format, scratch)
-            if target.exists():
-                shutil.rmtree(target)
-            scratch.rename(target)
-        finally:
-            if scratch.exists():
-                shutil.rmtree(scratch)
+        target = exports / format
+        with self.export_lock:  # one export at a time: they replace each other's folders
+            scratch = Path(
+                tempfile.mkdtemp(prefix=f".{format}.{os.getpid()}-", suffix=".tmp", dir=exports)
+            )  # remove_stale_temporaries' pattern
+            try:
+                self._write_export(format, scratch)
+                if target.exists():
+                    shutil.rmtree(target)
+                scratch.rename(target)
+            finally:
+                if scratch.exists():
+                    shutil.rmtree(scratch)
+        self._publish({"type": "state"})
+        return target
+
+    def _export_format(self, format: str) -> Path:
+        """One of ``pdmtrack export``'s formats (YouTube-VIS, COCO, MOTS, CVAT, ...), streamed."""
+        target = check_target(default_target(self.project.folder, format), format, overwrite=True)
+        names = {i: info.name or None for i, info in self.objects.items()}
+        info = export_info(self.project.video, self.state.frame_names, (self.state.height, self.state.width), self.state.fps, names)
+        with open_export(format, target, info) as writer:
+            for frame in range(self.state.num_frames):
+                writer.write(frame, self.labels(frame), self.reader.read(frame) if writer.needs_frames else None)
         self._publish({"type": "state"})
         return target
 
@@ -446,7 +490,7 @@ class AnnotationSession:
 
     def _exports(self) -> list[str]:
         folder = self.project.folder / "exports"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
     # helpers --------------------------------------------------------------------------------------
     def _known(self, obj_id: int) -> int:
@@ -457,6 +501,7 @@ class AnnotationSession:
 
     def _changed_objects(self) -> None:
         self.project.set_objects(self.objects)
+        self._persist(None)  # prompts.json names the objects' classes
         self.version += 1
         self._publish({"type": "state"})
 

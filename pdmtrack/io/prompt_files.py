@@ -22,7 +22,7 @@ from pathlib import Path
 from pdmtrack.errors import InputError, ParameterError
 from pdmtrack.io.files import read_json
 
-ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "cls", "mask")
+ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "cls", "mask", "end")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
 _POINT_SPEC = re.compile(rf"^(\d+):(\d+):({_NUMBER}),({_NUMBER})(?::(pos|neg))?$")
 _BOX_SPEC = re.compile(rf"^(\d+):(\d+):({_NUMBER}),({_NUMBER}),({_NUMBER}),({_NUMBER})$")
@@ -40,9 +40,17 @@ class Prompt:
     cls: str | None = None
     source: str = ""
     mask: Path | None = None
+    end: bool = False  # the object ends at ``frame`` (from it on)
+
+    @property
+    def gives_mask(self) -> bool:
+        """Whether the entry gives a mask at its frame (clicks, a box or a mask file), not an end."""
+        return not self.end
 
     def to_json(self) -> dict:
         """The entry as the prompts file writes it."""
+        if self.end:
+            return {"obj_id": self.obj_id, "end": self.frame}
         if self.mask is not None:
             entry: dict = {"frame": self.frame, "mask": str(self.mask)}
             return {**entry, **({"obj_id": self.obj_id} if self.obj_id is not None else {}), **({"cls": self.cls} if self.cls else {})}
@@ -65,6 +73,8 @@ def _entry(entry: object, where: str, folder: Path) -> Prompt:
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
     if unknown:
         raise InputError(where, f"unknown key '{unknown[0]}' (keys: {', '.join(ENTRY_KEYS)})")
+    if "end" in entry:
+        return _end_entry(entry, where)
     for key in ("frame", "obj_id"):
         if key == "obj_id" and "mask" in entry and "obj_id" not in entry:
             continue
@@ -90,6 +100,15 @@ def _entry(entry: object, where: str, folder: Path) -> Prompt:
         entry["frame"], entry["obj_id"], tuple((float(x), float(y)) for x, y in points), tuple(labels),
         tuple(float(v) for v in box) if box is not None else None, cls.strip() if cls else None, where,
     )  # fmt: skip
+
+
+def _end_entry(entry: dict, where: str) -> Prompt:
+    if sorted(entry) != ["end", "obj_id"]:
+        raise InputError(where, 'an end entry is {"obj_id": N, "end": FRAME} and nothing else')
+    for key in ("obj_id", "end"):
+        if not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] < 0:
+            raise InputError(where, f"'{key}' must be a whole number >= 0, got {entry[key]!r}")
+    return Prompt(entry["end"], entry["obj_id"], source=where, end=True)
 
 
 def _mask_entry(entry: dict, where: str, folder: Path) -> Prompt:

@@ -99,7 +99,7 @@ class VideoPlan:
     @property
     def given_frames(self) -> list[int]:
         """The frames with a given mask or prompts, ascending."""
-        return sorted({*self.masks, *(prompt.frame for prompt in self.prompts)})
+        return sorted({*self.masks, *(prompt.frame for prompt in self.prompts if prompt.gives_mask)})
 
     @property
     def object_ids(self) -> list[int]:
@@ -174,12 +174,12 @@ def plan_video(
         mask = fit_mask_to_frame(read_mask(path), path, reader.height, reader.width, resize_mask, reader.rotation)
         fitted[frame] = mask.labels
         notes += [mask.note] if mask.note else []
-    if any(prompt.mask is None for prompt in prompts) and settings is not None and settings.sam.model_type == "none":
+    if any(prompt.mask is None and prompt.gives_mask for prompt in prompts) and settings is not None and settings.sam.model_type == "none":
         raise ParameterError("sam", "clicks and boxes need a SAM model: set --sam (e.g. vit_b or sam2.1-hiera-tiny), not none")
     prompt_masks = {index: _prompt_mask(prompt, reader, resize_mask) for index, prompt in enumerate(prompts) if prompt.mask is not None}
     for prompt in prompts:
         _check_prompt(prompt, reader)
-    given = {**dict.fromkeys(prompt.frame for prompt in prompts), **fitted}
+    given = {**dict.fromkeys(prompt.frame for prompt in prompts if prompt.gives_mask), **fitted}
     if not given and not distinct_classes(classes):
         raise ParameterError("masks", "give a first-frame mask, clicks or a box, a class name, or several of these")
     if not given and direction != "forward":
@@ -204,7 +204,7 @@ def _check_prompt(prompt: Prompt, reader: FrameReader) -> None:
         check_frame("frame", prompt.frame, reader.num_frames)
         if prompt.obj_id is not None:
             check_object_id(prompt.obj_id)
-        if prompt.mask is None:
+        if prompt.mask is None and prompt.gives_mask:
             checked_prompt(prompt.points, prompt.labels, prompt.box, reader.width, reader.height)
     except ParameterError as err:
         raise InputError(prompt.source, f"{err.parameter}: {err.problem}") from None
@@ -386,9 +386,12 @@ def _writers(plan: VideoPlan) -> Iterator[Callable[[int, np.ndarray], None]]:
 
 def give_prompts(tracker: Tracker, state: VideoState, prompts: Sequence[Prompt], masks: Mapping[int, np.ndarray]) -> None:
     """Give ``prompts`` to ``state`` in order, as ``add_points`` / ``add_box`` /
-    ``add_object_mask`` / ``add_mask`` calls; ``masks``: the mask entries' labels by index."""
+    ``add_object_mask`` / ``add_mask`` / ``remove_object`` calls; ``masks``: the mask entries'
+    labels by index."""
     for index, prompt in enumerate(prompts):
-        if index in masks and prompt.obj_id is None:
+        if prompt.end:
+            tracker.remove_object(state, prompt.obj_id, from_frame=prompt.frame)  # type: ignore[arg-type]
+        elif index in masks and prompt.obj_id is None:
             tracker.add_mask(state, prompt.frame, masks[index])
         elif index in masks:
             tracker.add_object_mask(state, prompt.frame, prompt.obj_id, masks[index] == prompt.obj_id)  # type: ignore[arg-type]

@@ -154,7 +154,7 @@ function drawObjects() {
     radio.onchange = () => select(id);
     colour.onchange = () => api(`/api/objects/${id}`, { colour: colour.value }, "PATCH");
     name.onchange = () => api(`/api/objects/${id}`, { name: name.value }, "PATCH");
-    remove.onclick = () => api(`/api/objects/${id}`, undefined, "DELETE");
+    remove.onclick = () => confirm(`Remove object ${id} everywhere? This cannot be undone.`) && api(`/api/objects/${id}`, undefined, "DELETE");
     removeFrom.onclick = () => api(`/api/objects/${id}?from_frame=${view.frame}`, undefined, "DELETE");
     list.appendChild(item);
   }
@@ -192,6 +192,10 @@ async function refresh() {
   }
   $("undo").disabled = !summary.undo;
   $("redo").disabled = !summary.redo;
+  const formats = $("export-format");
+  if (formats.options.length !== summary.export_formats.length) {
+    formats.innerHTML = summary.export_formats.map((format) => `<option>${format}</option>`).join("");
+  }
   $("export-where").textContent = summary.exports.length ? `in ${summary.project}/exports: ${summary.exports.join(", ")}` : "";
   drawObjects();
   drawStrip();
@@ -221,7 +225,7 @@ async function edit(path, body) {
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 canvas.addEventListener("mousedown", (event) => {
   const [x, y] = framePoint(event);
-  view.drag = { x0: x, y0: y, x1: x, y1: y, box: false, negative: event.button === 2 || event.shiftKey };
+  view.drag = { x0: x, y0: y, x1: x, y1: y, box: false, negative: event.button === 2 || event.shiftKey, screen: [event.clientX, event.clientY] };
   view.stroke = [[x, y]];
 });
 canvas.addEventListener("mousemove", (event) => {
@@ -229,7 +233,8 @@ canvas.addEventListener("mousemove", (event) => {
   const [x, y] = framePoint(event);
   Object.assign(view.drag, { x1: x, y1: y });
   if (view.tool === "click") {
-    view.drag.box = Math.hypot(x - view.drag.x0, y - view.drag.y0) > 6;
+    // a drag of more than 6 screen pixels is a box (whatever the video's size on screen)
+    view.drag.box = Math.hypot(event.clientX - view.drag.screen[0], event.clientY - view.drag.screen[1]) > 6;
   } else {
     view.stroke.push([x, y]);
     context.fillStyle = view.tool === "brush" ? "rgba(255,255,255,0.5)" : "rgba(0,0,0,0.5)";
@@ -240,7 +245,7 @@ canvas.addEventListener("mousemove", (event) => {
   }
   draw();
 });
-canvas.addEventListener("mouseup", async () => {
+window.addEventListener("mouseup", async () => { // also when the drag ends outside the canvas
   const drag = view.drag;
   view.drag = null;
   if (!drag) return;
@@ -307,7 +312,8 @@ function setTool(tool) {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.target.tagName === "INPUT" && ["text", "number"].includes(event.target.type)) return;
+  const target = event.target;
+  if (target.tagName === "SELECT" || (target.tagName === "INPUT" && ["text", "number", "color"].includes(target.type))) return;
   const key = event.key;
   const ctrl = event.ctrlKey || event.metaKey;
   const actions = {
