@@ -354,3 +354,21 @@ def test_an_object_ended_from_a_frame_stays_ended_after_a_restart_and_headless(
     assert result.code == 0, result.err
     for t in range(LENGTH):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "headless" / f"{t:05d}.png")), results[t])
+
+
+def test_frames_are_decoded_in_forward_runs_and_kept(app: App) -> None:
+    from pdmtrack.annotate.frames import FrameJpegs
+
+    reader = app.session.reader
+    jpegs = FrameJpegs(reader, kept=6, ahead=3)
+    expected = io.BytesIO()
+    Image.fromarray(reader.read(0)).save(expected, format="JPEG", quality=90)
+    assert jpegs.get(0) == expected.getvalue()
+    assert [jpegs.get(t) is not None for t in (1, 2, 3)] and jpegs.decoded_runs == 1  # decoded with frame 0
+    jpegs.get(4)
+    assert jpegs.decoded_runs == 2 and jpegs.get(2) and jpegs.decoded_runs == 2
+    jpegs.get(8)  # frames 8, 9: frames 0 and 1 leave (6 kept)
+    jpegs.get(0)
+    assert jpegs.decoded_runs == 4
+    response = app.client.get("/api/frames/3.jpg")
+    assert response.headers["content-type"] == "image/jpeg" and response.content == app.session.jpegs.get(3)

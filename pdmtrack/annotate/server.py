@@ -130,7 +130,7 @@ def create_app(session: AnnotationSession, token: str, hosts: set[str], port: in
 
     @app.get("/api/frames/{frame}.jpg")
     def frame_image(frame: int) -> Response:
-        return Response(_encode(Image.fromarray(session.frame_image(frame)), "JPEG", quality=90), media_type="image/jpeg")
+        return Response(session.frame_jpeg(frame), media_type="image/jpeg")
 
     @app.get("/api/labels/{frame}.png")
     def labels(frame: int) -> Response:

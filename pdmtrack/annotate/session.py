@@ -25,8 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pdmtrack.annotate.frames import FrameJpegs
 from pdmtrack.annotate.project import FrameAnnotation, ObjectInfo, Project, default_colour
 from pdmtrack.errors import InputError, ParameterError
+from pdmtrack.io.background import BackgroundCalls
 from pdmtrack.io.exports import FORMATS, check_target, default_target, open_export
 from pdmtrack.io.files import remove_stale_temporaries
 from pdmtrack.io.video import FrameReader
@@ -40,6 +42,7 @@ OWN_FORMATS = ("davis", "coco-rle", "overlay")  # the app's own; then ``pdmtrack
 EXPORT_FORMATS = (*OWN_FORMATS, *FORMATS)
 CHECKPOINT_SECONDS = 1.0  # how often a running job's progress is saved to tracking.json
 MAX_BRUSH_RADIUS = 200
+WRITE_QUEUE = 16  # tracked frames a job may run ahead of its writer thread
 
 
 class Busy(InputError):
@@ -107,6 +110,7 @@ class AnnotationSession:
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self.export_lock = threading.Lock()
+        self.jpegs = FrameJpegs(reader)
         self.stale_after: int | None = None  # an edit behind the running job: frames it tracks after this are stale
 
     # what the page reads --------------------------------------------------------------------------
@@ -142,9 +146,10 @@ class AnnotationSession:
             return tracked if tracked is not None else np.zeros((self.state.height, self.state.width), np.uint8)
         return partial.copy() if tracked is None else merge_prompted(tracked, partial, clicked)
 
-    def frame_image(self, frame: int) -> np.ndarray:
+    def frame_jpeg(self, frame: int) -> bytes:
+        """Frame ``frame`` as the page shows it (JPEG; see ``annotate.frames``)."""
         check_frame("frame", frame, self.state.num_frames)
-        return self.reader.read(frame)
+        return self.jpegs.get(frame)
 
     # objects --------------------------------------------------------------------------------------
     def add_object(self, name: str = "", colour: str = "") -> int:
@@ -377,30 +382,37 @@ class AnnotationSession:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, results: Iterator[tuple[int, np.ndarray]], job: Job) -> None:
+        """The job's thread: frames from the tracker, written and announced by a writer thread
+        (so tracking never waits for a PNG)."""
         began = checkpoint = time.perf_counter()
+
+        def written(frame: int, labels: np.ndarray) -> None:  # the writer thread: the PNG, then the bookkeeping
+            nonlocal checkpoint
+            if job.skip_through is None or frame > job.skip_through:
+                self._tracked_file(frame).parent.mkdir(exist_ok=True)
+                write_palette_png(self._tracked_file(frame), labels)
+            with self.lock:
+                self.tracked.add(frame)
+                if self.stale_after is not None and frame > self.stale_after and job.direction == "forward":
+                    self.stale.add(frame)
+                else:
+                    self.stale.discard(frame)
+                job.done, job.last_frame = job.done + 1, frame
+                job.fps = job.done / max(time.perf_counter() - began, 1e-9)
+                if time.perf_counter() - checkpoint > CHECKPOINT_SECONDS:
+                    self._save_status()
+                    checkpoint = time.perf_counter()
+                self._touch(frame)
+            self._publish({"type": "frame", "frame": frame, "done": job.done, "total": job.total, "fps": job.fps})
+
         try:
-            while not self._cancel.is_set():
-                with self.tracker_lock:
-                    item = next(results, None)
-                if item is None:
-                    break
-                frame, labels = item
-                if job.skip_through is None or frame > job.skip_through:
-                    self._tracked_file(frame).parent.mkdir(exist_ok=True)
-                    write_palette_png(self._tracked_file(frame), labels)
-                with self.lock:
-                    self.tracked.add(frame)
-                    if self.stale_after is not None and frame > self.stale_after and job.direction == "forward":
-                        self.stale.add(frame)
-                    else:
-                        self.stale.discard(frame)
-                    job.done, job.last_frame = job.done + 1, frame
-                    job.fps = job.done / max(time.perf_counter() - began, 1e-9)
-                    if time.perf_counter() - checkpoint > CHECKPOINT_SECONDS:
-                        self._save_status()
-                        checkpoint = time.perf_counter()
-                    self._touch(frame)
-                self._publish({"type": "frame", "frame": frame, "done": job.done, "total": job.total, "fps": job.fps})
+            with BackgroundCalls(written, WRITE_QUEUE, "pdmtrack-annotate-write") as writer:
+                while not self._cancel.is_set():
+                    with self.tracker_lock:
+                        item = next(results, None)
+                    if item is None:
+                        break
+                    writer.submit(*item)
             job.state = "cancelled" if self._cancel.is_set() else "finished"
         except Exception as err:  # shown on the page; the server goes on
             job.state, job.error = "failed", str(err).splitlines()[0] if str(err) else type(err).__name__
