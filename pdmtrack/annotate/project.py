@@ -68,9 +68,7 @@ class Project:
         return {int(i): ObjectInfo(**info) for i, info in self.meta["objects"].items()}
 
     @staticmethod
-    def open_or_create(
-        folder: str | Path, video: str | Path | None, reader_of: type[FrameReader] = FrameReader
-    ) -> tuple[Project, FrameReader]:
+    def open_or_create(folder: str | Path, video: str | Path | None) -> tuple[Project, FrameReader]:
         """The project in ``folder`` (created for ``video`` when new) and its video's reader.
         InputError: no video for a new project, a project of another video, a damaged file."""
         folder = Path(folder)
@@ -81,7 +79,7 @@ class Project:
                 raise InputError(meta_file, "not a pdmtrack annotation project (or one of another version)")
             if video is not None and Path(video).resolve() != Path(meta["video"]):
                 raise InputError(folder, f"is the project of another video ({meta['video']}); give that video, or another --project")
-            reader = reader_of(meta["video"])
+            reader = FrameReader(meta["video"])
             if (reader.num_frames, reader.width, reader.height) != (meta["frames"], meta["width"], meta["height"]):
                 raise InputError(meta["video"], "is not the video this project was made on (frames or size changed)")
             return Project(folder, meta), reader
@@ -89,7 +87,7 @@ class Project:
             raise InputError(folder, "holds no project: give the VIDEO to start one")
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise InputError(folder, "exists and is not an annotation project: choose an empty or new --project folder")
-        reader = reader_of(video)
+        reader = FrameReader(video)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "video": str(Path(video).resolve()), "frames": reader.num_frames, "width": reader.width,
                 "height": reader.height, "fps": reader.fps, "objects": {}}  # fmt: skip

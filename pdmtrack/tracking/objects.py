@@ -53,11 +53,8 @@ class ObjectSlots:
 
     def one_hot(self, labels: np.ndarray) -> ObjectScores:
         """The scores of a given mask: 1 where each object (or background) is, 0 elsewhere."""
-        return ObjectScores(
-            self.ids,
-            (labels == 0).astype(np.float32),
-            np.stack([labels == i for i in self.ids]).astype(np.float32) if self.ids else np.zeros((0, *labels.shape), np.float32),
-        )
+        objects = labels[None] == np.array(self.ids, dtype=np.int64).reshape(-1, 1, 1)
+        return ObjectScores(self.ids, (labels == 0).astype(np.float32), objects.astype(np.float32))
 
 
 @dataclass(frozen=True)
