@@ -139,7 +139,7 @@ def test_failing_writers_leave_no_file(tmp_path: Path) -> None:
 def test_overlay_bytes_do_not_depend_on_the_cpus_available(tmp_path: Path) -> None:
     """x264's automatic thread count follows the CPUs a process may use, and each count
     encodes other bytes (decoded frames up to ~50 levels apart at mask edges). The overlay
-    must be the same file however many CPUs the run was given."""
+    must be the same file however many CPUs the run was given, and from run to run."""
     rows, cols = np.mgrid[0:240, 0:432]
     frames = [np.stack([(rows + t) % 256, (cols * 2 - t) % 256, (rows + cols + 5 * t) % 256], -1).astype(np.uint8) for t in range(24)]
     labels = np.zeros((240, 432), np.uint8)
