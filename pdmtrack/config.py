@@ -30,7 +30,8 @@ SamType = Literal[
     "vit_b", "vit_l", "vit_h", "sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base-plus", "sam2.1-hiera-large", "none"
 ]
 Backend = Literal["auto", "decord", "pyav"]
-FeatureKind = Literal["pdm", "dift", "dinov2"]
+FeatureKind = Literal["pdm", "dift", "dinov2", "dinov3"]
+InstancePrior = Literal["features", "pdm"]
 Pooling = Literal["gem", "cls"]
 Protocol = Literal["pdmtrack", "dift", "authors-code"]
 
@@ -208,6 +209,7 @@ def split_prompt_template(name: str, template: str) -> tuple[str, str]:
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 DEFAULT_DINOV2 = "facebook/dinov2-base"
+DEFAULT_DINOV3 = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 
 
 @dataclass(frozen=True)
@@ -345,17 +347,34 @@ class RuntimeConfig:
             raise ParameterError("cache_max_gb", f"must be a positive number of GB, got {self.cache_max_gb} (no_cache turns the cache off)")
 
 
+# The DINOv3 paper's video segmentation tracking input sizes (its section 6.1.5 and Table 5,
+# S / M / L): short side in pixels for its patch-16 models.
+DINOV3_SIZES = {"small": 480, "medium": 960, "large": 1440}
+
+
+def dinov3_pixels(size: int | str) -> int:
+    """The short side in pixels of a ``dinov3_size``: a number of pixels (at least 16) or a preset name."""
+    if isinstance(size, str) and not size.strip().isdigit():
+        check_choice("dinov3_size", size, tuple(DINOV3_SIZES))
+        return DINOV3_SIZES[size]
+    pixels = int(size)
+    check_at_least("dinov3_size", pixels, 16)
+    return pixels
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Which features feed matching: PDM (the default) or a baseline of the paper's tables.
 
     dift: the UNet up-block output of the same diffusion model (``model``) at DIFT's
     timestep; None picks DIFT's published setting for the task (images: t = 261, up-block 1;
-    video propagation: t = 51, up-block 2). dinov2: the patch tokens of ``dinov2_model``.
-    Both are appearance-only (no semantic map, no class vectors).
+    video propagation: t = 51, up-block 2). dinov2 / dinov3: the patch tokens of
+    ``dinov2_model`` / ``dinov3_model``. They are appearance-only (no semantic map, no class
+    vectors). ``instance_prior`` pdm takes the instance prior of video propagation from PDM's
+    diffusion features (``model``) whatever ``kind`` the appearance comes from.
     """
 
-    kind: FeatureKind = option("pdm", "Features: pdm, or a baseline of the paper's tables (dift, dinov2).", "features")
+    kind: FeatureKind = option("pdm", "Features: pdm, or a baseline (dift, dinov2, dinov3).", "features")
     dift_timestep: int | None = option(None, "DIFT timestep (default: DIFT's, 261 for images, 51 for videos).")
     dift_up_block: int | None = option(None, "DIFT UNet up-block (default: DIFT's, 1 for images, 2 for videos).")
     dift_ensemble: int = option(8, "DIFT noise draws averaged (DIFT's ensemble_size).")
@@ -364,10 +383,30 @@ class SourceConfig:
         448, "Short side of the DINOv2 input (features dinov2); 448 gives 32 patches of 14 pixels, the PDM grid at size 512."
     )
 
+    dinov3_model: str = option(
+        DEFAULT_DINOV3,
+        "DINOv3 hub id (facebook/dinov3-*, gated: accept the licence once) or local transformers folder (features dinov3).",
+        path=True,
+    )
+    dinov3_size: int | str = option(
+        "small",
+        "Short side of the DINOv3 input in pixels, or a preset of the DINOv3 paper's video tracking: small, medium, large (features dinov3).",
+    )
+    instance_prior: InstancePrior = option(
+        "features",
+        "Where video propagation's instance prior comes from: the --features source itself, or pdm (PDM's diffusion features, "
+        "resampled to the propagation grid).",
+    )
+
     def __post_init__(self) -> None:
         check_fields(self)
         check_at_least("dift_ensemble", self.dift_ensemble, 1)
         check_at_least("dinov2_size", self.dinov2_size, 14)
+        object.__setattr__(self, "dinov3_size", dinov3_pixels(self.dinov3_size))
+        if self.instance_prior == "pdm" and self.kind == "pdm":
+            raise ParameterError(
+                "instance_prior", "--features pdm already takes its instance prior from PDM; pdm is for dift, dinov2 and dinov3"
+            )
         if self.dift_timestep is not None and not 0 < self.dift_timestep < 1000:
             raise ParameterError("dift_timestep", f"must lie in 1..999, got {self.dift_timestep}")
 
@@ -435,6 +474,9 @@ class TrackOptions(TypedDict, total=False):
     dift_ensemble: int
     dinov2_model: str | Path
     dinov2_size: int
+    dinov3_model: str | Path
+    dinov3_size: int | str
+    instance_prior: InstancePrior
 
 
 @dataclass(frozen=True)
@@ -447,6 +489,11 @@ class TrackSettings:
     sam: SamConfig = field(default_factory=SamConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+
+    def __post_init__(self) -> None:
+        if self.source.instance_prior == "pdm" and self.memory.protocol != "pdmtrack":
+            problem = f"the {self.memory.protocol} protocol propagates labels without an instance prior; use it with --protocol pdmtrack"
+            raise ParameterError("instance_prior", problem)
 
     def to_dict(self) -> dict:
         """Plain-JSON view (paths as strings), for reports and run records."""

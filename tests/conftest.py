@@ -62,6 +62,14 @@ def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight DINOv2 folder, loaded like a user's --dinov2-model / --global-model PATH."""
-    from pdmtrack.testing.dinov2 import build_tiny_dinov2
+    from pdmtrack.testing.dino import build_tiny_dinov2
 
     return build_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2") / "dinov2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight DINOv3 ViT folder, loaded like a user's --dinov3-model PATH."""
+    from pdmtrack.testing.dino import build_tiny_dinov3
+
+    return build_tiny_dinov3(tmp_path_factory.mktemp("tiny-dinov3") / "dinov3")

@@ -13,8 +13,8 @@ import torch
 from pdmtrack.config import FeatureConfig, RuntimeConfig, SamConfig, SourceConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.dift import DiftExtractor
-from pdmtrack.features.dinov2 import Dinov2Extractor, load_vit
-from pdmtrack.testing.dinov2 import build_tiny_dinov2
+from pdmtrack.features.dino import DinoExtractor, load_vit
+from pdmtrack.testing.dino import build_tiny_dinov2
 from pdmtrack.tracking.models import load_models
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 60, 90, 3), dtype=np.uint8)
@@ -33,11 +33,11 @@ def test_dinov2_patch_tokens_on_the_patch_grid(tmp_path: Path, registers: int) -
     folder = build_tiny_dinov2(tmp_path / "dino", registers=registers)
     parts = load_vit(str(folder), torch.device("cpu"), torch.float32)
     assert parts.prefix_tokens == 1 + registers and parts.patch == 14
-    features = Dinov2Extractor(parts, size=56)(FRAMES)
+    features = DinoExtractor(parts, size=56)(FRAMES)
     # short side 60 -> 56 (4 patches), long side 90 * 56/60 = 84 (6 patches)
     assert features.appearance.shape == (2, 32, 4, 6) and features.appearance.dtype == torch.float16
     assert features.semantic.shape == (2, 0, 4, 6) and features.class_vectors is None
-    again = Dinov2Extractor(parts, size=56)(FRAMES[:1])
+    again = DinoExtractor(parts, size=56)(FRAMES[:1])
     torch.testing.assert_close(again.appearance[0], features.appearance[0], atol=1e-2, rtol=1e-2)
 
 
@@ -61,7 +61,7 @@ def test_dift_is_an_up_block_output_averaged_over_seeded_noise(tiny_sdxl: Path, 
 def test_factory_picks_the_source_and_caches_it(tiny_sdxl: Path, tiny_dinov2: Path, tmp_path: Path) -> None:
     dino_settings = settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56)
     dino = load_models(dino_settings, sam=False).feature_source([])
-    assert isinstance(dino.source, Dinov2Extractor)
+    assert isinstance(dino.source, DinoExtractor)
     computed = dino(FRAMES)
     cached = dino(FRAMES)  # a zero-channel semantic tensor survives the cache
     assert (dino.misses, dino.hits) == (2, 2) and torch.equal(computed.appearance, cached.appearance)
@@ -98,7 +98,7 @@ def test_tracker_loads_what_the_features_need(tiny_sdxl: Path, tiny_dinov2: Path
         replace(settings_for(tiny_sdxl, tmp_path, kind="dinov2", dinov2_model=str(tiny_dinov2), dinov2_size=56), sam=SamConfig("none"))
     )
     assert dino.parts is None and dino.vit is not None
-    assert isinstance(dino.feature_source(["dog"]).source, Dinov2Extractor)
+    assert isinstance(dino.feature_source(["dog"]).source, DinoExtractor)
     dift = Tracker(replace(settings_for(tiny_sdxl, tmp_path, kind="dift", dift_ensemble=1), sam=SamConfig("none")))
     assert dift.vit is None and dift.parts is not None
     assert dift.feature_source().source.up_block == 2  # video: DIFT's DAVIS setting

@@ -5,8 +5,8 @@ steps run in order in one working folder (later commands read what earlier ones 
 through the real CLI with the defaults the document leaves alone. Only what a test machine
 cannot have is mapped, never an option a user would set:
 
-- models: ``--model``, ``--sam-checkpoint``, ``--global-model``, ``--dinov2-model`` and
-  ``--clip`` point at tiny random-weight models where the command loads one (a hub id is
+- models: ``--model``, ``--sam-checkpoint``, ``--global-model``, ``--dinov2-model``,
+  ``--dinov3-model`` and ``--clip`` point at tiny random-weight models where the command loads one (a hub id is
   replaced, a local folder the document made itself is kept);
 - data: the working folder holds small stand-ins under the names the document uses
   (``video.mp4``, ``DAVIS/``, ``photos/``, ``./BURST``, ...), built from davis-mini and the
@@ -146,11 +146,11 @@ def docs_world(davis_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_sdxl, tiny_sam, tiny_sam2, tiny_dinov2, tmp_path_factory) -> dict[str, Path]:
+def tiny_models(tiny_sdxl, tiny_sam, tiny_sam2, tiny_dinov2, tiny_dinov3, tmp_path_factory) -> dict[str, Path]:
     from pdmtrack.testing.clip import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path_factory.mktemp("docs-clip") / "clip")
-    return {"model": tiny_sdxl, "sam": tiny_sam, "sam2": tiny_sam2, "dinov2": tiny_dinov2, "clip": clip}
+    return {"model": tiny_sdxl, "sam": tiny_sam, "sam2": tiny_sam2, "dinov2": tiny_dinov2, "dinov3": tiny_dinov3, "clip": clip}
 
 
 def _command(words: list[str]) -> typer.core.TyperCommand:
@@ -186,8 +186,9 @@ def map_models(words: list[str], models: dict[str, Path], cwd: Path) -> list[str
         sam = _value(words, "--sam") or "vit_b"
         if sam != "none" and "--sam-checkpoint" not in words:
             _set(words, "--sam-checkpoint", models["sam2"] if sam.startswith("sam2") else models["sam"])
-    if "dinov2_model" in params and _value(words, "--features") == "dinov2":
-        _set(words, "--dinov2-model", models["dinov2"])
+    for dino in ("dinov2", "dinov3"):
+        if f"{dino}_model" in params and _value(words, "--features") == dino:
+            _set(words, f"--{dino}-model", models[dino])
     if "global_model" in params and "--global-model" not in words:
         _set(words, "--global-model", models["dinov2"])
     if "clip" in params and "--clip" not in words:

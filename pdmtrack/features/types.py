@@ -24,6 +24,9 @@ class PDMFeatures:
     appearance_parts: (B, 2, Ca, h, w) or None  attn1's query and key kept apart (the
                      appearance is their mean), when the source is asked to keep them
                      (``FeatureConfig.separate_qk``, the authors' code matches them separately).
+    prior:           PDMFeatures of the same B frames, or None  the features the instance
+                     prior is computed from when they come from another source than the
+                     appearance (``PriorComposite``), on that source's own grid.
     """
 
     appearance: torch.Tensor
@@ -31,6 +34,7 @@ class PDMFeatures:
     class_vectors: torch.Tensor | None = None
     class_attention: torch.Tensor | None = None
     appearance_parts: torch.Tensor | None = None
+    prior: PDMFeatures | None = None
 
     def __len__(self) -> int:
         return self.appearance.shape[0]
@@ -49,7 +53,13 @@ class PDMFeatures:
             class_vectors=self.class_vectors,
             class_attention=None if self.class_attention is None else self.class_attention[sl],
             appearance_parts=None if self.appearance_parts is None else self.appearance_parts[sl],
+            prior=None if self.prior is None else self.prior.select(index),
         )
+
+    @property
+    def prior_features(self) -> PDMFeatures:
+        """The features the instance prior is computed from: ``prior``, else these."""
+        return self if self.prior is None else self.prior
 
     def contiguous(self) -> PDMFeatures:
         """The same features with every tensor in contiguous (row-major) memory."""
@@ -78,6 +88,7 @@ class PDMFeatures:
             class_vectors=function(self.class_vectors),
             class_attention=function(self.class_attention),
             appearance_parts=function(self.appearance_parts),
+            prior=None if self.prior is None else self.prior._map(function),
         )
 
     @staticmethod
@@ -94,6 +105,7 @@ class PDMFeatures:
             class_vectors=first.class_vectors,
             class_attention=joined("class_attention"),
             appearance_parts=joined("appearance_parts"),
+            prior=None if first.prior is None else PDMFeatures.cat([p.prior for p in parts]),  # type: ignore[misc]
         )
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pdmtrack.config import GlobalConfig
 from pdmtrack.device import resolve_device, resolve_dtype
-from pdmtrack.features.dinov2 import VitParts, load_vit, vit_input, vit_tokens
+from pdmtrack.features.dino import VitParts, load_vit, vit_input, vit_tokens
 
 _GEM_EPS = 1e-6
 

@@ -7,7 +7,9 @@ writes files and never times itself. Per frame:
 
 1. label propagation from the keyframes and the last n frames (``memory.ContextMemory``);
 2. the PDM instance prior of each object: the combined PDM map of its reference (its mask on
-   the grid in the latest given mask that holds it) against the frame;
+   the grid in the latest given mask that holds it) against the frame; when the features carry
+   another source's record as their ``prior`` (``PriorComposite``), the maps are computed on
+   that record's grid and resampled bilinearly to the propagation grid;
 3. fusion (``fuse``: the prior, relative to its level on the propagated object, scales each
    object's propagated mass; background is a class of its own), bilinear upsampling of the
    scores to the frame's size and a per-pixel argmax of the raw scores (DINO's and DIFT's
@@ -86,8 +88,8 @@ def grid_stride(frame_size: tuple[int, int], grid: tuple[int, int]) -> int:
 class _Reference:
     """An object as later frames see it: the features of the given mask's frame, its cells there."""
 
-    features: PDMFeatures  # one frame, float32 on the compute device (shared by a keyframe's objects)
-    mask: torch.Tensor  # (h, w) bool reference tokens
+    features: PDMFeatures  # the prior's features of one frame, float32 on the compute device (shared by a keyframe's objects)
+    mask: torch.Tensor  # (h, w) bool reference tokens on their grid
     class_index: int | None  # row of its class in ``features.class_vectors`` (None: appearance only)
 
 
@@ -130,7 +132,7 @@ class Propagator:
         class_indices = class_indices or {}
         present = object_ids_in(labels)
         frame_features = features.to(self.device, torch.float32)
-        grid = frame_features.grid
+        grid, prior_features = frame_features.grid, frame_features.prior_features
         added: list[int] = []
         if self._memory is None:
             channels = frame_features.appearance.shape[1]
@@ -145,9 +147,9 @@ class Propagator:
         slots = self.objects.to_slots(labels).to(self.device)
         self._references = {
             object_id: _Reference(
-                frame_features,
-                mask_to_grid_bool(slots == self.objects.slot(object_id), grid, self.match_config.min_fraction),
-                class_indices.get(object_id) if frame_features.class_vectors is not None else None,
+                prior_features,
+                mask_to_grid_bool(slots == self.objects.slot(object_id), prior_features.grid, self.match_config.min_fraction),
+                class_indices.get(object_id) if prior_features.class_vectors is not None else None,
             )
             if object_id not in keep or object_id not in earlier
             else earlier[object_id]
@@ -201,16 +203,21 @@ class Propagator:
             yield self.objects.to_ids(slots), self.objects.scores(scores) if with_scores else None
 
     def instance_priors(self, target: PDMFeatures) -> torch.Tensor:
-        """(B, K, h, w) PDM map of every object's reference over the frames."""
+        """(B, K, h, w) PDM map of every object's reference over the frames, on the
+        propagation grid (resampled bilinearly from the prior's own grid when they differ)."""
+        features = target.prior_features
         maps = [
-            pdm_map(ref.features, ref.mask, target, ref.class_index, self.match_config)
+            pdm_map(ref.features, ref.mask, features, ref.class_index, self.match_config)
             if bool(ref.mask.any())
-            else torch.zeros((len(target), *target.grid), device=self.device)
+            else torch.zeros((len(target), *features.grid), device=self.device)
             for ref in (self._references[object_id] for object_id in self.objects.ids)
         ]
         if not maps:
             return torch.zeros((len(target), 0, *target.grid), device=self.device)
-        return torch.stack(maps, dim=1)
+        priors = torch.stack(maps, dim=1)
+        if features.grid != target.grid:
+            priors = F.interpolate(priors, size=target.grid, mode="bilinear", align_corners=False)
+        return priors
 
     def _track(
         self, frame: np.ndarray, keys: torch.Tensor, prior: torch.Tensor, embedding: FrameEmbedding | None

@@ -27,7 +27,8 @@ from pdmtrack.config import TrackOptions, TrackSettings
 from pdmtrack.device import search_dtype
 from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch_size import resolve_batch_size
-from pdmtrack.features.dinov2 import VitParts
+from pdmtrack.features.composite import PriorComposite
+from pdmtrack.features.dino import VitParts
 from pdmtrack.features.extractor import distinct_names
 from pdmtrack.features.model import DiffusionParts
 from pdmtrack.features.types import FeatureSource, PDMFeatures
@@ -188,18 +189,27 @@ class Tracker:
     ``Tracker(**options)`` takes the CLI's option names (``model``, ``sam``, ``sam_checkpoint``,
     ``device``, ``dtype``, ``inversion``, ``size``, ``batch_size``, ``cache_dir``, ``context``,
     ...: see ``TrackSettings.from_options``) or ``settings=TrackSettings(...)``. ``features``
-    replaces the diffusion features by any source mapping (B, H, W, 3) uint8 RGB frames to a
-    ``PDMFeatures`` record; then no diffusion model is loaded.
+    replaces the features by any source mapping (B, H, W, 3) uint8 RGB frames to a
+    ``PDMFeatures`` record; then no feature model is loaded. ``prior`` (with ``features``)
+    is a second such source the instance prior is computed from, on its own grid (resampled to
+    the appearance grid): the composite of ``instance_prior="pdm"``, with any two sources.
     """
 
     def __init__(
-        self, settings: TrackSettings | None = None, *, features: FeatureSource | None = None, **options: Unpack[TrackOptions]
+        self,
+        settings: TrackSettings | None = None,
+        *,
+        features: FeatureSource | None = None,
+        prior: FeatureSource | None = None,
+        **options: Unpack[TrackOptions],
     ) -> None:
         if settings is not None and options:
             raise TypeError("give either settings=TrackSettings(...) or option names, not both")
+        if prior is not None and features is None:
+            raise TypeError("prior= takes a custom source beside features=...; for PDM's prior give instance_prior='pdm'")
         self.settings = settings if settings is not None else TrackSettings.from_options(**options)
         self.models: Models = load_models(self.settings, features=features is None)
-        self._custom_features = features
+        self._custom_features = features if prior is None or features is None else PriorComposite(features, prior)
 
     @property
     def device(self) -> torch.device:
@@ -207,12 +217,12 @@ class Tracker:
 
     @property
     def parts(self) -> DiffusionParts | None:
-        """The diffusion model's parts (None with ``features="dinov2"`` or custom features)."""
+        """The diffusion model's parts (None with ``features="dinov2"``/``"dinov3"`` alone, or custom features)."""
         return self.models.parts
 
     @property
     def vit(self) -> VitParts | None:
-        """The DINOv2 ViT of ``features="dinov2"`` (None otherwise)."""
+        """The DINO ViT of ``features="dinov2"`` or ``"dinov3"`` (None otherwise)."""
         return self.models.vit
 
     @property
@@ -576,7 +586,7 @@ class Tracker:
 
     def _mask_from_classes(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
         try:
-            return mask_from_class_names(frame, features, self.settings.match.tau, self.device, self.refiner)
+            return mask_from_class_names(frame, features.prior_features, self.settings.match.tau, self.device, self.refiner)
         except ValueError as err:
             raise ParameterError("classes", f"{err}; give a mask") from None
 
