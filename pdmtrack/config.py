@@ -355,7 +355,8 @@ DINOV3_SIZES = {"small": 480, "medium": 960, "large": 1440}
 def dinov3_pixels(size: int | str) -> int:
     """The short side in pixels of a ``dinov3_size``: a number of pixels (at least 16) or a preset name."""
     if isinstance(size, str) and not size.strip().isdigit():
-        check_choice("dinov3_size", size, tuple(DINOV3_SIZES))
+        if size not in DINOV3_SIZES:
+            raise ParameterError("dinov3_size", f"'{size}' is neither a number of pixels nor a preset ({', '.join(DINOV3_SIZES)})")
         return DINOV3_SIZES[size]
     pixels = int(size)
     check_at_least("dinov3_size", pixels, 16)

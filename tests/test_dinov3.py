@@ -14,7 +14,7 @@ from cli_runner import assert_one_line_error, run_cli
 from colour_source import ColourSource
 from PIL import Image
 
-from pdmtrack.config import DINOV3_SIZES, SourceConfig
+from pdmtrack.config import DINOV3_SIZES, SourceConfig, TrackSettings
 from pdmtrack.errors import InputError
 from pdmtrack.features.dino import DinoExtractor, load_vit
 from pdmtrack.features.types import PDMFeatures
@@ -66,18 +66,31 @@ def test_input_size_presets_and_bad_sizes() -> None:
     assert SourceConfig().dinov3_size == 480  # default: the paper's small setting
     assert [SourceConfig(dinov3_size=name).dinov3_size for name in ("small", "medium", "large")] == [480, 960, 1440]
     assert SourceConfig(dinov3_size="640").dinov3_size == 640
-    for bad in ("huge", 8, "-16"):
+    for bad in ("huge", "480px", 8, "-16"):
         with pytest.raises(InputError, match="^dinov3_size: "):
             SourceConfig(dinov3_size=bad)
+    with pytest.raises(InputError, match="^dinov3_size: '480px' is neither a number of pixels nor a preset"):
+        SourceConfig(dinov3_size="480px")
+
+
+def test_tracker_takes_the_features_option_by_name(tiny_dinov3: Path) -> None:
+    tracker = Tracker(features="dinov3", dinov3_model=tiny_dinov3, dinov3_size="small", sam="none", device="cpu")
+    assert tracker.settings.source.kind == "dinov3" and tracker.parts is None
+    assert tracker.vit is not None and tracker.vit.patch == 16
+    assert isinstance(tracker.feature_source().source, DinoExtractor)
 
 
 def test_instance_prior_pdm_needs_another_appearance_and_video() -> None:
     with pytest.raises(InputError, match="^instance_prior: .*already"):
         SourceConfig(kind="pdm", instance_prior="pdm")
-    with pytest.raises(InputError, match="^instance_prior: "):
+    with pytest.raises(InputError, match="^instance_prior: the dift protocol propagates labels without an instance prior"):
         Tracker(features="dinov3", instance_prior="pdm", protocol="dift", sam="none")
     with pytest.raises(TypeError, match="prior="):
         Tracker(prior=ColourSource(), sam="none", device="cpu")
+    with pytest.raises(InputError, match="^instance_prior: .*give prior=SOURCE"):
+        Tracker(TrackSettings.from_options(features="dinov3", instance_prior="pdm", sam="none"), features=ColourSource())
+    with pytest.raises(InputError, match="^prior: the dift protocol"):
+        Tracker(features=ColourSource(), prior=BrightRed(), protocol="dift", device="cpu")
 
 
 def test_gated_and_offline_hub_models_say_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -179,7 +192,7 @@ def test_the_prior_keeps_the_label_on_the_marked_square(tmp_path: Path) -> None:
     assert max((plain[t] & b[t]).sum() / b[t].sum() for t in after) > 0.9
     # With the prior B is left alone once they part, and A keeps its label throughout.
     assert all((composite[t] & b[t]).sum() == 0 for t in after)
-    assert min(iou(composite[t], a[t]) for t in range(FRAMES_IN_CLIP)) > 0.5
+    assert min(iou(composite[t], a[t]) for t in range(FRAMES_IN_CLIP)) > 0.45
     assert np.mean([iou(composite[t], a[t]) for t in after]) > np.mean([iou(plain[t], a[t]) for t in after]) + 0.15
 
 
@@ -241,3 +254,14 @@ def test_tracker_takes_a_custom_prior_beside_custom_features(tmp_path: Path) -> 
     tracker.add_mask(state, 0, a[0].astype(np.uint8))
     assert len(list(tracker.propagate(state))) == 3
     assert state.computed_frames == 3 and state.cached_frames == 0
+
+
+def test_class_names_start_from_pdms_class_attention_in_the_composite(davis_mini, dinov3_run, tmp_path, capsys, monkeypatch) -> None:
+    frames, _ = short_clip(davis_mini, tmp_path / "clip", frames=3)
+    by_name = ["propagate", frames, "--cls", "car", "--sam", "none", "--no-overlay", *dinov3_run]
+    assert_one_line_error(run_cli([*by_name, "-o", tmp_path / "plain"], capsys, monkeypatch), "--cls", "class attention")
+    result = run_cli([*by_name, "--instance-prior", "pdm", "-o", tmp_path / "prior"], capsys, monkeypatch)
+    assert result.code == 0, result.err
+    first = np.asarray(Image.open(tmp_path / "prior" / "first_frame_mask.png"))
+    assert first.shape == (480, 854) and set(np.unique(first)) <= {0, 1}
+    assert len(list((tmp_path / "prior").glob("0*.png"))) == 3

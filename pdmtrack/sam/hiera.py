@@ -42,7 +42,7 @@ class HieraBackend:
 
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, side, side) normalised float32 on the device."""
-        pixels = torch.from_numpy(np.ascontiguousarray(frames))
+        pixels = torch.from_numpy(np.require(frames, requirements=["C", "W"]))  # a read-only frame is copied
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from typing_extensions import Unpack
 
-from pdmtrack.config import TrackOptions, TrackSettings
+from pdmtrack.config import FeatureKind, TrackOptions, TrackSettings
 from pdmtrack.device import search_dtype
 from pdmtrack.errors import ParameterError
 from pdmtrack.features.batch_size import resolve_batch_size
@@ -183,6 +183,17 @@ def class_rows(classes: Classes, object_ids: Sequence[int], where: str = "classe
     return {i: names.index(name.strip()) for i, name in zip(sorted(object_ids), classes)}
 
 
+def check_custom_sources(settings: TrackSettings, features: FeatureSource | None, prior: FeatureSource | None) -> None:
+    """ParameterError when custom sources meet settings that cannot use them: PDM's prior
+    needs the diffusion model a custom source replaces, and only the pdmtrack protocol has
+    an instance prior."""
+    if features is not None and settings.source.instance_prior == "pdm":
+        raise ParameterError("instance_prior", "pdm needs the diffusion model, which features= replaces; give prior=SOURCE instead")
+    if prior is not None and settings.memory.protocol != "pdmtrack":
+        problem = f"the {settings.memory.protocol} protocol propagates labels without an instance prior; use it with protocol='pdmtrack'"
+        raise ParameterError("prior", problem)
+
+
 class Tracker:
     """Zero-shot instance tracker: the diffusion model and SAM loaded once, any number of videos.
 
@@ -190,7 +201,8 @@ class Tracker:
     ``device``, ``dtype``, ``inversion``, ``size``, ``batch_size``, ``cache_dir``, ``context``,
     ...: see ``TrackSettings.from_options``) or ``settings=TrackSettings(...)``. ``features``
     replaces the features by any source mapping (B, H, W, 3) uint8 RGB frames to a
-    ``PDMFeatures`` record; then no feature model is loaded. ``prior`` (with ``features``)
+    ``PDMFeatures`` record; then no feature model is loaded (a name, ``features="dinov3"``, is
+    the option). ``prior`` (with ``features``)
     is a second such source the instance prior is computed from, on its own grid (resampled to
     the appearance grid): the composite of ``instance_prior="pdm"``, with any two sources.
     """
@@ -199,15 +211,19 @@ class Tracker:
         self,
         settings: TrackSettings | None = None,
         *,
-        features: FeatureSource | None = None,
+        features: FeatureSource | FeatureKind | None = None,
         prior: FeatureSource | None = None,
         **options: Unpack[TrackOptions],
     ) -> None:
+        if isinstance(features, str):  # the features option (a name), not a custom source
+            options["features"] = features
+            features = None
         if settings is not None and options:
             raise TypeError("give either settings=TrackSettings(...) or option names, not both")
         if prior is not None and features is None:
             raise TypeError("prior= takes a custom source beside features=...; for PDM's prior give instance_prior='pdm'")
         self.settings = settings if settings is not None else TrackSettings.from_options(**options)
+        check_custom_sources(self.settings, features, prior)
         self.models: Models = load_models(self.settings, features=features is None)
         self._custom_features = features if prior is None or features is None else PriorComposite(features, prior)
 
@@ -585,8 +601,11 @@ class Tracker:
             yield (indices[position], *result) if with_scores else (indices[position], result, None)  # type: ignore[misc]
 
     def _mask_from_classes(self, frame: np.ndarray, features: PDMFeatures) -> np.ndarray:
+        """The first frame's objects from the class names, on whichever record (the prior's
+        first: PDM's in the composite) carries class attention."""
+        attending = features.prior_features if features.prior_features.class_attention is not None else features
         try:
-            return mask_from_class_names(frame, features.prior_features, self.settings.match.tau, self.device, self.refiner)
+            return mask_from_class_names(frame, attending, self.settings.match.tau, self.device, self.refiner)
         except ValueError as err:
             raise ParameterError("classes", f"{err}; give a mask") from None
 
