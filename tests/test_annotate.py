@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -178,6 +181,23 @@ def test_a_reopened_project_is_as_it_was_left(app: App) -> None:
     assert reopened.state.prompts.clicks[(0, 1)].labels == (1, 0)
     with pytest.raises(InputError, match="is the project of another video"):
         Project.open_or_create(app.project_folder, app.project_folder)
+
+
+def test_temporaries_a_killed_server_left_go_when_the_project_opens(app: App) -> None:
+    app.post("/api/box", {"frame": 0, "obj_id": 1, "box": around(app.truth[0], 1)})
+    app.track()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead, alive = int(finished.stdout), os.getpid()
+    left = {part: app.project_folder / part / f".00003.{dead}-abcd1234.tmp.png" for part in ("tracked", "given")}
+    left["meta"] = app.project_folder / f".project.{dead}-abcd1234.tmp.json"
+    running = app.project_folder / "tracked" / f".00004.{alive}-abcd1234.tmp.png"  # a live writer's: kept
+    for path in [*left.values(), running]:
+        path.write_bytes(b"")
+    before = {path.name for path in (app.project_folder / "tracked").iterdir()} - {path.name for path in [left["tracked"], running]}
+    reopened = app.reopen()
+    assert not any(path.exists() for path in left.values()) and running.exists()
+    assert {path.name for path in (app.project_folder / "tracked").iterdir()} == before | {running.name}
+    assert reopened.summary()["tracked"] == app.client.get("/api/state").json()["tracked"]
 
 
 @pytest.mark.parametrize("format", ["davis", "coco-rle", "overlay", "youtube-vis", "binary"])

@@ -9,7 +9,8 @@
     DIR/exports/FORMAT/   exports
 
 Every file is written under a temporary name and renamed (``io.files``), so killing the
-server at any moment leaves each file either as it was or as it became.
+server at any moment leaves each file either as it was or as it became; the temporaries a
+killed server left are deleted when the project opens again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.errors import InputError
-from pdmtrack.io.files import atomic_write_text, read_json
+from pdmtrack.io.files import atomic_write_text, read_json, remove_stale_temporaries
 from pdmtrack.io.masks import DAVIS_PALETTE
 from pdmtrack.io.video import FrameReader
 from pdmtrack.io.writers import write_palette_png
@@ -82,6 +83,8 @@ class Project:
             reader = FrameReader(meta["video"])
             if (reader.num_frames, reader.width, reader.height) != (meta["frames"], meta["width"], meta["height"]):
                 raise InputError(meta["video"], "is not the video this project was made on (frames or size changed)")
+            for part in (folder, folder / "given", folder / "tracked"):  # what a killed server was writing
+                remove_stale_temporaries(part)
             return Project(folder, meta), reader
         if video is None:
             raise InputError(folder, "holds no project: give the VIDEO to start one")
