@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,19 @@ def davis_mini() -> Path:
 def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the tests' feature cache out of the user's cache folder."""
     os.environ["PDMTRACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+CHECKOUT_OUTPUTS = {"test-artifacts", ".pytest_cache"}  # what tests may add to the checkout
+
+
+@pytest.fixture(autouse=True)
+def _checkout_untouched() -> Iterator[None]:
+    """No test writes in the checkout (a relative path meant for the test's folder, a
+    default ``-o`` resolved in the wrong place): its top level gains nothing."""
+    before = set(os.listdir(REPO_ROOT))
+    yield
+    added = set(os.listdir(REPO_ROOT)) - before - CHECKOUT_OUTPUTS
+    assert not added, f"the test wrote {sorted(added)} into the checkout {REPO_ROOT}"
 
 
 @pytest.fixture(scope="session")

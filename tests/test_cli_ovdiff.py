@@ -180,6 +180,16 @@ def test_missing_clip_model_is_a_one_line_error(ov_run, tmp_path, capsys, monkey
     Image.new("RGB", (8, 8)).save(image)
     args = ["segment-ov", image, "--classes", "a,b,c,d", "-o", tmp_path / "o", "--clip", tmp_path / "no-clip", *ov_run]
     assert_one_line_error(run_cli(args, capsys, monkeypatch), "--clip", "--clip none")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_run_leaves_no_default_output_folder(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    """``segment-ov`` with its default -o (./pdmtrack_ov), refused when a model fails to load."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["segment-ov", "a.png", "--classes", "dog", *ov_run, "--model", "no-model"]
+    assert_one_line_error(run_cli(args, capsys, monkeypatch), "--model")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.png", "cache"]  # cache: --cache-dir
 
 
 def test_propagate_init_ovdiff_without_objects_is_a_one_line_error(three_frames, ov_run, tmp_path, capsys, monkeypatch) -> None:

@@ -150,3 +150,19 @@ def test_local_workers_import_this_checkout() -> None:
 
     assert package_parent() == Path(pdmtrack.__file__).resolve().parents[1]
     assert (package_parent() / "pdmtrack" / "runs" / "ray_workers.py").is_file()
+
+
+def test_relative_paths_mean_the_drivers_folder(ray_cluster, short_davis, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """Ray was started in another folder (the module's cluster, as a notebook's ray.init()):
+    relative videos, masks, -o and --cache-dir are still read and written where the user is."""
+    work = tmp_path / "work"
+    shutil.copytree(short_davis / "JPEGImages" / "480p" / "blackswan", work / "frames" / "blackswan")
+    shutil.copy(short_davis / "Annotations" / "480p" / "blackswan" / "00000.png", work / "first.png")
+    (work / "jobs.csv").write_text("video,mask,out\nframes/blackswan,first.png,swan\nframes/blackswan,first.png,swan-again\n")
+    monkeypatch.chdir(work)
+    args = ["propagate-batch", "jobs.csv", "-o", "runs/out", "--workers", "2", "--no-overlay", *options(tiny_sdxl, Path("cache"))]
+    result = run_cli(args, capsys, monkeypatch)
+    assert result.code == 0, result.out + result.err
+    for name in ("swan", "swan-again"):
+        assert len(list((work / "runs" / "out" / name).glob("*.png"))) == FRAMES, name
+    assert (work / "cache").is_dir()

@@ -62,7 +62,7 @@ def segment_images(
         if not Path(path).is_file():
             raise InputError(path, "image not found")
     stems = output_stems(images)
-    out_dir = ensure_writable_folder(out_dir, images)
+    out_dir = ensure_writable_folder(out_dir, images, keep=False)  # made by the first output: a refused run leaves nothing
     run = open_ovdiff(names, settings, prototypes, segment, prototypes_dir, support_dir)
     tick = time.perf_counter()
     write_legend(out_dir / LEGEND, names)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import ParameterError
+from pdmtrack.io.files import ensure_writable_folder
 from pdmtrack.runs.jobs import Job, Progress, VideoJob, VideoResult, cpu_count, default_threads, visible_gpus
 from pdmtrack.tracking.tracker import Tracker
 
@@ -65,6 +66,8 @@ def run_jobs(
     workers = resolve_workers(workers, ray_address)
     if not jobs:
         return []
+    for parent in dict.fromkeys(out_dir.parent for job in jobs if (out_dir := getattr(job, "out_dir", None)) is not None):
+        ensure_writable_folder(parent)  # now, so no worker's probe creates, then removes, a folder another worker writes in
     progress = Progress(jobs, desc)
     try:
         if workers == 1 and ray_address is None:

@@ -37,11 +37,17 @@ def import_ray():
 
 
 class TrackerWorker:
-    """A Ray actor: one Tracker, loaded once (in ``ready``), tracking one video per call."""
+    """A Ray actor: one Tracker, loaded once (in ``ready``), tracking one video per call.
 
-    def __init__(self, settings: TrackSettings, threads: int, progress) -> None:
+    It works in the driver's folder ``cwd`` where that folder exists, so relative paths
+    (videos, ``-o``, ``--model``, ``--cache-dir``) mean what they mean to the driver (Ray
+    starts actors in the folder of the process that started Ray, which may be another)."""
+
+    def __init__(self, settings: TrackSettings, threads: int, progress, cwd: str) -> None:
         self.settings, self.threads, self.progress = settings, threads, progress
         self.tracker = None
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
 
     def ready(self) -> str:
         """Load the models (once); where this worker runs (its host and device)."""
@@ -94,7 +100,7 @@ def run_on_ray(
         actor_class = ray.remote(**options)(TrackerWorker)
 
         def spawn():
-            return actor_class.remote(settings, default_threads(), board)
+            return actor_class.remote(settings, default_threads(), board, os.getcwd())
 
         actors = [spawn() for _ in range(min(count, len(jobs)))]
         _wait_ready(ray, actors)
