@@ -36,7 +36,8 @@ def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PDMTRACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
 
 
-CHECKOUT_OUTPUTS = {"test-artifacts", ".pytest_cache"}  # what tests may add to the checkout
+# what tests may add to the checkout: screenshots, pytest's cache, setuptools' folders (the wheel test)
+CHECKOUT_OUTPUTS = {"test-artifacts", ".pytest_cache", "build", "pdmtrack.egg-info"}
 
 
 @pytest.fixture(autouse=True)
