@@ -326,6 +326,18 @@ def test_unusable_output_folder_is_refused_before_loading(command, problem, davi
     assert "Hugging Face" not in result.err
 
 
+def test_eval_davis_keeps_user_files_in_a_sequences_results_folder(davis, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """A tracked sequence's folder is renamed onto results/<seq>, replacing it: one holding a
+    file no pdmtrack run wrote is refused, and the file stays (it was deleted)."""
+    out = tmp_path / "out"
+    (out / "results" / "alpha").mkdir(parents=True)
+    (out / "results" / "alpha" / "notes.txt").write_text("mine\n")
+    model = ["--model", tiny_sdxl, "--size", "64", "--inversion", "noise", "--sam", "none", "--cache-dir", tmp_path / "cache"]
+    result = run_cli(["eval", "davis", "--root", davis, "-o", out, *model], capsys, monkeypatch)
+    assert_one_line_error(result, "alpha", "notes.txt", "no pdmtrack run wrote")
+    assert sorted(p.name for p in (out / "results" / "alpha").iterdir()) == ["notes.txt"]
+
+
 def test_a_folder_keeps_one_runs_outputs(tiny_sdxl, tmp_path, capsys, monkeypatch):
     """Item 2: a shorter or otherwise different run into a used folder is refused (saying how
     to override); with --overwrite the previous run's files go first; the folder then holds

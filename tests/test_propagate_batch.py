@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pdmtrack.errors import InputError
+from pdmtrack.io.files import LOCK_FILE
 from pdmtrack.io.writers import write_palette_png
 from pdmtrack.runs.batch import read_jobs
 from pdmtrack.runs.record import RUN_RECORD
@@ -110,6 +111,34 @@ def test_folder_mode_and_jsonl(batch, tiny_sdxl, tmp_path, capsys, monkeypatch):
     result = run_cli(["propagate-batch", jobs, "-o", out, *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
     assert result.code == 0, result.err
     assert len(list((out / "x" / "b").glob("*.png"))) == 6 and (out / "a" / RUN_RECORD).is_file()
+
+
+def test_a_rows_folder_holding_user_files_is_refused_and_kept(batch, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """A finished video's staging folder is renamed onto its output folder, replacing it: a
+    folder holding files no pdmtrack run wrote there is refused instead (they were deleted)."""
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "notes.txt").write_text("mine\n")
+    jobs = batch["data"] / "jobs.csv"
+    jobs.write_text("video,mask\nvideos/a,masks/a.png\nvideos/b,masks/b.png\n")
+    result = run_cli(["propagate-batch", jobs, "-o", out, *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
+    assert result.code == 1, result.err
+    rows = summary(out)
+    assert rows["a"]["status"] == "failed" and "notes.txt" in rows["a"]["reason"] and "no pdmtrack run wrote" in rows["a"]["reason"]
+    assert rows["b"]["status"] == "done"
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["notes.txt"] and (out / "a" / "notes.txt").read_text() == "mine\n"
+    (out / "a" / "notes.txt").unlink()
+    again = run_cli(["propagate-batch", jobs, "-o", out, *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
+    assert again.code == 0, again.err
+    assert summary(out)["a"]["status"] == "done" and len(list((out / "a").glob("*.png"))) == 4
+    # a folder holding only an unfinished run's own files (those its record lists, a temporary) is replaced
+    record = json.loads((out / "a" / RUN_RECORD).read_text())
+    (out / "a" / RUN_RECORD).write_text(json.dumps({**record, "finished": None}))
+    (out / "a" / ".00002.999999-abcdefgh.tmp.png").write_bytes(b"half")
+    third = run_cli(["propagate-batch", jobs, "-o", out, *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
+    assert third.code == 0, third.err
+    assert summary(out)["a"]["status"] == "done" and json.loads((out / "a" / RUN_RECORD).read_text())["finished"]
+    assert {p.name for p in (out / "a").iterdir()} - {LOCK_FILE} == {RUN_RECORD, *record["files"]}  # the temporary went with it
 
 
 @pytest.mark.parametrize(

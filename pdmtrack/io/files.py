@@ -70,6 +70,11 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp(\.[^.]+)?")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary as :func:`atomic_path` names them."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
 def process_runs(pid: int) -> bool:
     """Whether process ``pid`` exists (ours, or another user's)."""
     if pid == os.getpid():

@@ -30,7 +30,7 @@ from pdmtrack.io.reports import Table, render_table, write_csv
 from pdmtrack.io.video import VIDEO_SUFFIXES, FrameReader
 from pdmtrack.runs.jobs import VideoJob, VideoResult, finished_frames
 from pdmtrack.runs.pool import resolve_workers, run_jobs
-from pdmtrack.runs.record import same_settings_as_before
+from pdmtrack.runs.record import check_replaceable, same_settings_as_before
 from pdmtrack.runs.video_folder import mask_files, plan_video
 from pdmtrack.tracking.models import check_feature_cache
 
@@ -213,6 +213,8 @@ def plan_jobs(
             video = _resolve(base, row.video)
             masks = mask_files([_resolve(base, spec) for spec in _split(row.mask)], 0) if row.mask else {}
             classes = tuple(_split(row.cls)) or tuple(default_classes)
+            if finished_frames(out_root / out) is None:  # a finished row is skipped, never replaced
+                check_replaceable(out_root / out)
             plan = plan_video(
                 video, out_root / out, masks=masks, classes=classes, png=png, overlay=overlay, rle=rle,
                 backend=settings.runtime.backend if settings else "auto", settings=settings,

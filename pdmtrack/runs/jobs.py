@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pdmtrack.errors import InputError
 from pdmtrack.io.files import read_json, replace_folder
-from pdmtrack.runs.record import RUN_RECORD
+from pdmtrack.runs.record import RUN_RECORD, check_replaceable
 from pdmtrack.runs.video_folder import plan_video, track_to_folder
 from pdmtrack.tracking.tracker import Tracker
 
@@ -78,11 +78,13 @@ def track_job(tracker: Tracker, job: VideoJob, on_frame: Callable[[], None] | No
     began = time.perf_counter()
     staging = job.out_dir.parent / f".{job.out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
+        check_replaceable(job.out_dir)
         plan = plan_video(
             job.video, staging, masks=job.masks, classes=list(job.classes), png=job.png, overlay=job.overlay,
             rle=job.rle, backend=tracker.settings.runtime.backend, settings=tracker.settings,
         )  # fmt: skip
         summary = track_to_folder(tracker, plan, on_frame=on_frame)
+        check_replaceable(job.out_dir)  # again: the user may have put files there meanwhile
         replace_folder(staging, job.out_dir)
         return VideoResult(job.name, "done", summary.frames, time.perf_counter() - began)
     except Exception as err:  # noqa: BLE001 - one video's failure is reported, the batch goes on

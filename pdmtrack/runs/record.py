@@ -28,7 +28,7 @@ import numpy as np
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.io.files import atomic_write_text, is_safe_component, read_json
+from pdmtrack.io.files import LOCK_FILE, atomic_write_text, is_safe_component, is_temporary, read_json
 from pdmtrack.io.reports import json_ready, write_json
 
 RUN_RECORD = "run.json"
@@ -118,6 +118,25 @@ def replace_previous(out_dir: Path, record: dict) -> int:
                 (out_dir / name).unlink()
                 removed += 1
     return removed
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """InputError when ``out_dir`` holds anything no pdmtrack run put there (anything but its
+    run record, the run lock, the files the record lists and pdmtrack's temporaries): a job
+    that is renamed into place replaces the whole folder, and the user's files must not go
+    with it. A missing folder passes."""
+    if not out_dir.is_dir():
+        return
+    previous = _read(out_dir) or {}
+    ours = {RUN_RECORD, LOCK_FILE, *previous.get("files", [])}
+    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in ours and not is_temporary(entry.name))
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise InputError(
+            out_dir,
+            f"holds {listed}, which no pdmtrack run wrote; the finished video replaces this whole folder: "
+            "move them elsewhere or choose another output folder",
+        )
 
 
 def write_started(out_dir: Path, record: dict) -> None:
