@@ -230,13 +230,18 @@ def test_cutout_is_the_frame_over_transparency(run_folder: Path, capsys, monkeyp
 
 
 def test_memory_is_flat_in_the_video_length(tmp_path: Path) -> None:
-    """Every writer's peak memory for 600 frames stays within that for 60 plus a margin."""
+    """The memory every writer holds after its last frame (before it completes the file) for
+    600 frames stays within that for 60 plus a margin. Allocations of pathlib are left out:
+    it interns each new file name, and a resize of the interpreter's table of interned
+    strings (megabytes, once its size crosses a threshold, so when depends on the modules
+    the process imported) is not the writer's."""
+    import pathlib
     import tracemalloc
 
     from pdmtrack.io.exports import FORMATS, ExportInfo, open_export
 
     labels = _labels(0)
-    peaks = {}
+    held = {}
     for fmt in [f for f in FORMATS if f != "cutout"]:
         for frames in (60, 600):
             info = ExportInfo("clip", [f"{i:05d}" for i in range(frames)], H, W, 24.0, dict(zip(OBJECTS, CLASSES)))
@@ -244,9 +249,10 @@ def test_memory_is_flat_in_the_video_length(tmp_path: Path) -> None:
             with open_export(fmt, tmp_path / f"{fmt}-{frames}", info) as writer:
                 for position in range(frames):
                     writer.write(position, labels)
-            peaks[fmt, frames] = tracemalloc.get_traced_memory()[1]
+                snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, pathlib.__file__)])
             tracemalloc.stop()
-    grown = {fmt: (peaks[fmt, 60], peaks[fmt, 600]) for fmt, _ in peaks if peaks[fmt, 600] > peaks[fmt, 60] + 200_000}
+            held[fmt, frames] = sum(stat.size for stat in snapshot.statistics("filename"))
+    grown = {fmt: (held[fmt, 60], held[fmt, 600]) for fmt, _ in held if held[fmt, 600] > held[fmt, 60] + 200_000}
     assert not grown, grown
 
 
@@ -346,7 +352,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(run_folder: Path, capsys, monk
     monkeypatch.setattr(Image.Image, "save", save)
     result = run_cli(["export", run_folder, "--format", "binary"], capsys, monkeypatch)
     assert_one_line_error(result, str(run_folder / "exports"), "no space left")
-    assert list((run_folder / "exports").iterdir()) == []
+    assert not (run_folder / "exports").exists()  # the folder the export made for its target went too
 
 
 def test_cutout_without_the_video_is_one_line(run_folder: Path, capsys, monkeypatch) -> None:

@@ -23,7 +23,6 @@ import datetime
 import functools
 import itertools
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from pdmtrack.errors import InputError, ParameterError
-from pdmtrack.io.files import atomic_path, disk_full_is_input_error, folder_mode, replace_folder
+from pdmtrack.io.files import atomic_path, staged_folder
 from pdmtrack.io.masks import encode_rle
 from pdmtrack.io.writers import VideoWriter
 
@@ -166,23 +165,8 @@ class _FileExport(_Export):
 class _FolderExport(_Export):
     """A folder of files, written into a temporary folder renamed onto the target when complete."""
 
-    folder: Path | None = None  # the temporary folder, once made
-
     def _open(self) -> None:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{self.target.name}.{os.getpid()}-"  # a temporary as atomic_path names them
-        self.folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=self.target.parent))
-        os.chmod(self.folder, folder_mode())
-        self._stack.enter_context(disk_full_is_input_error(self.target))  # as atomic_path does for a file
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            super().__exit__(exc_type, exc, tb)
-            if exc_type is None:
-                replace_folder(self.folder, self.target)
-        finally:
-            if self.folder is not None:
-                shutil.rmtree(self.folder, ignore_errors=True)  # nothing left there once renamed
+        self.folder = self._stack.enter_context(staged_folder(self.target))
 
     def _finish(self) -> None:
         (self.folder / EXPORT_MARK).write_text(f"{self.info.video}\n", encoding="utf-8")

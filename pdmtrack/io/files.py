@@ -230,6 +230,34 @@ def replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``target`` (named as :func:`atomic_path` names its
+    temporaries); when the block completes it replaces ``target`` (:func:`replace_folder`).
+    After an exception it is deleted, with the parent folders this call created, and
+    ``target`` is left as it was. A full disk is an InputError naming the folder."""
+    target = Path(target)
+    created = [path for path in target.parents if not path.exists()]  # innermost first
+    try:
+        with disk_full_is_input_error(target):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
+            except PermissionError as err:
+                raise InputError(target.parent, f"cannot write in this folder ({err.strerror})") from err
+            try:
+                os.chmod(staging, folder_mode())
+                yield staging
+                replace_folder(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
 def user_cache_dir() -> Path:
     """pdmtrack's folder in the user's cache: $XDG_CACHE_HOME/pdmtrack, else ~/.cache/pdmtrack."""
     xdg = os.environ.get("XDG_CACHE_HOME")
