@@ -17,6 +17,7 @@ from test_revisited import write_dataset
 
 from pdmtrack.io.masks import read_mask
 from pdmtrack.io.writers import write_palette_png
+from pdmtrack.runs.record import OUTPUTS_LIST
 
 pytestmark = pytest.mark.slow
 FRAMES = {"blackswan": [0, 10, 20], "car-shadow": [0, 10, 20], "motocross-jump": [0, 10]}
@@ -68,7 +69,9 @@ def test_segment_with_a_class_name_and_a_folder(images, tiny_sdxl, tmp_path, cap
     args = ["segment", images["gallery"] / "car-shadow_00000.jpg", targets, "--cls", "dog", "-o", tmp_path / "out"]
     result = run_cli([*args, *tiny_flags(tiny_sdxl, tmp_path), "--no-overlay"], capsys, monkeypatch)
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["car-shadow_00010.png", "car-shadow_00020.png", "scores.json"]
+    names = ["car-shadow_00010.png", "car-shadow_00020.png", "scores.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUTS_LIST, *names]
+    assert (tmp_path / "out" / OUTPUTS_LIST).read_text().split() == names
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert scores["classes"] == ["dog"] and [o["object_id"] for o in scores["targets"][0]["objects"]] == [1]
 
@@ -191,3 +194,47 @@ def test_segment_targets_of_two_folders_with_one_name(images, tiny_sdxl, tmp_pat
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"dog_00000.png", "goat_00000.png"}
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert [t["mask"] for t in scores["targets"]] == ["dog_00000.png", "goat_00000.png"]
+
+
+def test_a_second_segment_into_one_folder_replaces_the_first_whole(images, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    """-o holds one run's outputs: a second run with other targets replaces the first's
+    files (they mixed); a run that fails half-way leaves the folder as it was; a folder
+    holding a file no pdmtrack image run wrote is refused and kept."""
+    out = tmp_path / "out"
+    gallery = images["gallery"]
+    run = [images["reference"], "--mask", images["mask"], "-o", out, *tiny_flags(tiny_sdxl, tmp_path), "--no-overlay"]
+    first = run_cli(["segment", *run, gallery / "car-shadow_00010.jpg", gallery / "car-shadow_00020.jpg"], capsys, monkeypatch)
+    assert first.code == 0, first.err
+    second = run_cli(["segment", *run, gallery / "motocross-jump_00010.jpg"], capsys, monkeypatch)
+    assert second.code == 0, second.err
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUTS_LIST, "motocross-jump_00010.png", "scores.json"]
+    assert [Path(t["image"]).name for t in json.loads((out / "scores.json").read_text())["targets"]] == ["motocross-jump_00010.jpg"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    broken = tmp_path / "broken" / "zz_broken.jpg"  # read after the good target
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a jpeg")
+    failed = run_cli(["segment", *run, gallery / "blackswan_00010.jpg", broken], capsys, monkeypatch)
+    assert_one_line_error(failed, "zz_broken.jpg")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+    (out / "notes.txt").write_text("mine\n")
+    refused = run_cli(["segment", *run, gallery / "blackswan_00010.jpg"], capsys, monkeypatch)
+    assert_one_line_error(refused, str(out), "notes.txt", "no pdmtrack run of this kind wrote")
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "motocross-jump_00010.png").read_bytes() == before[
+        "motocross-jump_00010.png"
+    ]
+
+
+def test_retrieve_into_a_used_folder_replaces_the_previous_ranking(images, tiny_sdxl, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ranked"
+    args = ["retrieve", images["reference"], "--gallery", images["gallery"], "--cls", "swan", "-o", out, *tiny_flags(tiny_sdxl, tmp_path)]
+    assert run_cli(args, capsys, monkeypatch).code == 0
+    (out / "extra_from_an_old_version.png").write_bytes(b"x")
+    refused = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(refused, "extra_from_an_old_version.png")
+    (out / "extra_from_an_old_version.png").unlink()
+    again = run_cli(args, capsys, monkeypatch)
+    assert again.code == 0, again.err
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUTS_LIST, "contact_sheet.png", "ranking.csv"]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pdmtrack.ovdiff.config import PrototypeConfig
 from pdmtrack.ovdiff.store import MANIFEST
+from pdmtrack.runs.record import OUTPUTS_LIST
 from tests.cli_runner import assert_one_line_error, run_cli
 
 FRAMES = ("00000.jpg", "00001.jpg")
@@ -210,7 +211,7 @@ def test_ovdiff_offline_example_word_for_word(tiny_sdxl, tmp_path, capsys, monke
     result = run_cli(line.split(), capsys, monkeypatch)
     assert result.code == 0, result.err
     assert "prototypes built: swan, water" in result.out
-    assert sorted(p.name for p in (tmp_path / "ov_out").iterdir()) == ["legend.json", "photo.png", "photo_overlay.jpg"]
+    assert sorted(p.name for p in (tmp_path / "ov_out").iterdir()) == [OUTPUTS_LIST, "legend.json", "photo.png", "photo_overlay.jpg"]
 
 
 def test_bad_support_prompt_is_a_one_line_error(tmp_path, capsys, monkeypatch) -> None:
@@ -267,7 +268,7 @@ def test_segment_ov_images_of_different_folders_with_one_name(ov_run, tmp_path, 
     assert result.code == 0, result.err
     assert "3 image(s)" in result.out
     assert sorted(p.name for p in Path("out").iterdir()) == [
-        "00001.png", "00001_overlay.jpg", "dog_00000.png", "dog_00000_overlay.jpg", "goat_00000.png",
+        OUTPUTS_LIST, "00001.png", "00001_overlay.jpg", "dog_00000.png", "dog_00000_overlay.jpg", "goat_00000.png",
         "goat_00000_overlay.jpg", "legend.json",
     ]  # fmt: skip
     for stem in ("dog_00000", "goat_00000", "00001"):
@@ -315,3 +316,19 @@ def test_read_only_outputs_are_one_line_errors(where, read_only, ov_run, tmp_pat
     support = run_cli(["prototypes", "build", "--classes", "dog", "-o", tmp_path / "p", "--support-dir", out, *ov_run], capsys, monkeypatch)
     assert_one_line_error(support, str(out), "cannot write", "--support-dir")
     assert list(read_only.iterdir()) == []
+
+
+def test_segment_ov_into_a_used_folder_replaces_the_previous_run_whole(ov_run, tmp_path, capsys, monkeypatch) -> None:
+    """A second run into one -o holds only its own masks (the first run's stayed beside them),
+    and a folder holding a file no pdmtrack image run wrote is refused and kept."""
+    monkeypatch.chdir(tmp_path)
+    first, second = _image(Path("a/first.jpg"), (200, 30, 30)), _image(Path("b/second.jpg"), (30, 200, 30))
+    run = ["--classes", "dog", "-o", "out", "--prototypes", "protos", *ov_run]
+    assert run_cli(["segment-ov", first, *run], capsys, monkeypatch).code == 0
+    again = run_cli(["segment-ov", second, *run], capsys, monkeypatch)
+    assert again.code == 0, again.err
+    assert sorted(p.name for p in Path("out").iterdir()) == [OUTPUTS_LIST, "legend.json", "second.png", "second_overlay.jpg"]
+    Path("out/notes.txt").write_text("mine\n")
+    refused = run_cli(["segment-ov", first, *run], capsys, monkeypatch)
+    assert_one_line_error(refused, "notes.txt", "no pdmtrack run of this kind wrote")
+    assert Path("out/notes.txt").read_text() == "mine\n" and Path("out/second.png").is_file()

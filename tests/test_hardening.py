@@ -334,7 +334,7 @@ def test_eval_davis_keeps_user_files_in_a_sequences_results_folder(davis, tiny_s
     (out / "results" / "alpha" / "notes.txt").write_text("mine\n")
     model = ["--model", tiny_sdxl, "--size", "64", "--inversion", "noise", "--sam", "none", "--cache-dir", tmp_path / "cache"]
     result = run_cli(["eval", "davis", "--root", davis, "-o", out, *model], capsys, monkeypatch)
-    assert_one_line_error(result, "alpha", "notes.txt", "no pdmtrack run wrote")
+    assert_one_line_error(result, "alpha", "notes.txt", "no pdmtrack run of this kind wrote")
     assert sorted(p.name for p in (out / "results" / "alpha").iterdir()) == ["notes.txt"]
 
 

@@ -124,7 +124,11 @@ def test_a_rows_folder_holding_user_files_is_refused_and_kept(batch, tiny_sdxl, 
     result = run_cli(["propagate-batch", jobs, "-o", out, *tiny_options(tiny_sdxl, tmp_path)], capsys, monkeypatch)
     assert result.code == 1, result.err
     rows = summary(out)
-    assert rows["a"]["status"] == "failed" and "notes.txt" in rows["a"]["reason"] and "no pdmtrack run wrote" in rows["a"]["reason"]
+    assert (
+        rows["a"]["status"] == "failed"
+        and "notes.txt" in rows["a"]["reason"]
+        and "no pdmtrack run of this kind wrote" in rows["a"]["reason"]
+    )
     assert rows["b"]["status"] == "done"
     assert sorted(p.name for p in (out / "a").iterdir()) == ["notes.txt"] and (out / "a" / "notes.txt").read_text() == "mine\n"
     (out / "a" / "notes.txt").unlink()

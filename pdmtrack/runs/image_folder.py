@@ -38,6 +38,7 @@ from pdmtrack.personal.search import (
     rerank_head,
 )
 from pdmtrack.personal.segmenter import ImageSegmenter
+from pdmtrack.runs.record import OUTPUTS_LIST, check_replaceable, whole_folder
 from pdmtrack.tracking.tracker import Tracker
 
 DEFAULT_INDEX_RERANK = 100
@@ -86,6 +87,7 @@ def segment_to_folder(
     if mask is None and not classes:
         raise InputError("pdmtrack segment", "give --mask REF_MASK, or --cls NAME")
     out_dir = ensure_writable_folder(out_dir, [reference, *targets, *([mask] if mask else [])], keep=False)
+    check_replaceable(out_dir, OUTPUTS_LIST)
     images = list_images(targets, "target images")
     stems = output_stems(images)
     start = time.perf_counter()
@@ -101,22 +103,23 @@ def segment_to_folder(
     rows = [names.index(c.strip()) for c in classes] if names else [None]
     segmenter = ImageSegmenter(source, ref_image, labels, rows, settings.match, tracker.device, tracker.refiner, presence_threshold)
     records = []
-    for path, stem in zip(images, stems):
-        image = read_rgb(path)
-        result = segmenter(image)
-        write_palette_png(out_dir / f"{stem}.png", result.labels)
-        if overlay:
-            _write_jpeg(out_dir / f"{stem}_overlay.jpg", blend_labels(image, result.labels))
-        records.append({"image": str(path), "mask": f"{stem}.png", "objects": [asdict(o) for o in result.objects]})
-    payload = {
-        "reference": str(reference),
-        "reference_mask": None if mask is None else str(mask),
-        "classes": list(classes),
-        "features": settings.source.kind,
-        "presence_threshold": presence_threshold,
-        "targets": records,
-    }
-    atomic_write_text(out_dir / "scores.json", json.dumps(payload, indent=1) + "\n")
+    with whole_folder(out_dir) as staging:
+        for path, stem in zip(images, stems):
+            image = read_rgb(path)
+            result = segmenter(image)
+            write_palette_png(staging / f"{stem}.png", result.labels)
+            if overlay:
+                _write_jpeg(staging / f"{stem}_overlay.jpg", blend_labels(image, result.labels))
+            records.append({"image": str(path), "mask": f"{stem}.png", "objects": [asdict(o) for o in result.objects]})
+        payload = {
+            "reference": str(reference),
+            "reference_mask": None if mask is None else str(mask),
+            "classes": list(classes),
+            "features": settings.source.kind,
+            "presence_threshold": presence_threshold,
+            "targets": records,
+        }
+        atomic_write_text(staging / "scores.json", json.dumps(payload, indent=1) + "\n")
     return _summary(len(images), start, out_dir, source, notes)
 
 
@@ -158,6 +161,7 @@ def retrieve_to_folder(
         raise InputError("pdmtrack retrieve", "give --mask MASK, or --cls NAME")
     check_rerank(rerank)
     out_dir = ensure_writable_folder(out_dir, [query_image, gallery, *([mask] if mask else [])], keep=False)
+    check_replaceable(out_dir, OUTPUTS_LIST)
     start = time.perf_counter()
     notes: list[str] = []
     names = distinct_names(classes)
@@ -180,7 +184,6 @@ def retrieve_to_folder(
         ranked += [(int(i), float(s), "global") for i, s in zip(first[0][rerank:], first[1][rerank:])]
     else:
         ranked = [(int(i), float(s), "global") for i, s in zip(*first)]
-    _write_ranking(out_dir / "ranking.csv", [(paths[i], score, stage) for i, score, stage in ranked])
     tiles = []
     for i, score, stage in ranked[:top]:
         heat = None
@@ -188,8 +191,10 @@ def retrieve_to_folder(
             heat = scorer.maps(gallery_features(source, paths[i], device))[0]  # type: ignore[union-attr, arg-type]
         tiles.append((read_rgb(paths[i]), f"{len(tiles) + 1}: {score:.3f}", heat))
     sheet = contact_sheet(image, query.mask, tiles)
-    with atomic_path(out_dir / "contact_sheet.png") as tmp:
-        sheet.save(tmp)
+    with whole_folder(out_dir) as staging:
+        _write_ranking(staging / "ranking.csv", [(paths[i], score, stage) for i, score, stage in ranked])
+        with atomic_path(staging / "contact_sheet.png") as tmp:
+            sheet.save(tmp)
     return _summary(len(paths), start, out_dir, source, notes)
 
 

@@ -22,6 +22,7 @@ from pdmtrack.io.writers import blend_labels, write_palette_png
 from pdmtrack.ovdiff.builder import BuildReport
 from pdmtrack.ovdiff.config import PrototypeConfig, SegmentConfig, check_classes
 from pdmtrack.ovdiff.pipeline import open_ovdiff
+from pdmtrack.runs.record import OUTPUTS_LIST, check_replaceable, whole_folder
 
 LEGEND = "legend.json"
 
@@ -62,16 +63,18 @@ def segment_images(
         if not Path(path).is_file():
             raise InputError(path, "image not found")
     stems = output_stems(images)
-    out_dir = ensure_writable_folder(out_dir, images, keep=False)  # made by the first output: a refused run leaves nothing
+    out_dir = ensure_writable_folder(out_dir, images, keep=False)  # made whole at the end: a refused run leaves nothing
+    check_replaceable(out_dir, OUTPUTS_LIST)
     run = open_ovdiff(names, settings, prototypes, segment, prototypes_dir, support_dir)
     tick = time.perf_counter()
-    write_legend(out_dir / LEGEND, names)
-    for path, stem in tqdm(list(zip(images, stems)), desc="segment-ov", unit="image", disable=None):
-        image = read_rgb(Path(path))
-        result = run.segment(image)
-        write_palette_png(out_dir / f"{stem}.png", result.labels)
-        with atomic_path(out_dir / f"{stem}_overlay.jpg") as tmp:
-            Image.fromarray(blend_labels(image, result.labels)).save(tmp, quality=90)
+    with whole_folder(out_dir) as staging:
+        write_legend(staging / LEGEND, names)
+        for path, stem in tqdm(list(zip(images, stems)), desc="segment-ov", unit="image", disable=None):
+            image = read_rgb(Path(path))
+            result = run.segment(image)
+            write_palette_png(staging / f"{stem}.png", result.labels)
+            with atomic_path(staging / f"{stem}_overlay.jpg") as tmp:
+                Image.fromarray(blend_labels(image, result.labels)).save(tmp, quality=90)
     done = time.perf_counter()
     return SegmentSummary(len(images), done - began, done - tick, out_dir, run.builder.report)
 

@@ -13,6 +13,9 @@ run again (a rerun, or a restart after a kill) goes ahead and rewrites the same 
 another run is refused unless ``overwrite``, which first deletes every file the previous
 record lists (:func:`replace_previous`), so a folder never mixes two runs' outputs. A folder
 without a record that already holds files this run would write is refused the same way.
+
+Image runs (``segment``, ``retrieve``, ``segment-ov``) keep no record: each writes its
+folder whole (:func:`whole_folder`), listing its files in ``OUTPUTS_LIST``.
 """
 
 from __future__ import annotations
@@ -21,17 +24,18 @@ import contextlib
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pdmtrack.config import TrackSettings
 from pdmtrack.errors import InputError
-from pdmtrack.io.files import LOCK_FILE, atomic_write_text, is_safe_component, is_temporary, read_json
+from pdmtrack.io.files import LOCK_FILE, atomic_write_text, is_safe_component, is_temporary, read_json, staged_folder
 from pdmtrack.io.reports import json_ready, write_json
 
 RUN_RECORD = "run.json"
+OUTPUTS_LIST = ".pdmtrack-outputs"  # in an image run's folder: the names of the files it wrote, one a line
 FORMAT = 1
 _OVERRIDE = "pass --overwrite to replace them, or choose another -o"
 
@@ -120,23 +124,46 @@ def replace_previous(out_dir: Path, record: dict) -> int:
     return removed
 
 
-def check_replaceable(out_dir: Path) -> None:
-    """InputError when ``out_dir`` holds anything no pdmtrack run put there (anything but its
-    run record, the run lock, the files the record lists and pdmtrack's temporaries): a job
-    that is renamed into place replaces the whole folder, and the user's files must not go
-    with it. A missing folder passes."""
+def check_replaceable(out_dir: Path, listing: str = RUN_RECORD) -> None:
+    """InputError when ``out_dir`` holds anything no pdmtrack run put there: a run that is
+    renamed into place replaces the whole folder, and the user's files must not go with it.
+    Ours are the file ``listing`` (a video run's record, or an image run's ``OUTPUTS_LIST``),
+    the files it lists, the run lock and pdmtrack's temporaries. A missing folder passes."""
     if not out_dir.is_dir():
         return
-    previous = _read(out_dir) or {}
-    ours = {RUN_RECORD, LOCK_FILE, *previous.get("files", [])}
+    ours = {listing, LOCK_FILE, *_listed_files(out_dir, listing)}
     foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in ours and not is_temporary(entry.name))
     if foreign:
         listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise InputError(
             out_dir,
-            f"holds {listed}, which no pdmtrack run wrote; the finished video replaces this whole folder: "
+            f"holds {listed}, which no pdmtrack run of this kind wrote; a finished run replaces this whole folder: "
             "move them elsewhere or choose another output folder",
         )
+
+
+def _listed_files(out_dir: Path, listing: str) -> list[str]:
+    """The files a previous run in ``out_dir`` wrote, as its ``listing`` file names them."""
+    if listing == RUN_RECORD:
+        return list((_read(out_dir) or {}).get("files", []))
+    path = out_dir / listing
+    try:
+        return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot be read ({err}); remove it (and the outputs beside it) or choose another -o") from None
+
+
+@contextlib.contextmanager
+def whole_folder(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder for an image run's outputs (``segment``, ``retrieve``,
+    ``segment-ov``) that replaces ``out_dir`` once the run completes, listing its files in
+    ``OUTPUTS_LIST``: ``out_dir`` holds one run's outputs, and a failed run leaves it as it
+    was. A folder holding files no image run wrote is refused (:func:`check_replaceable`)."""
+    check_replaceable(out_dir, OUTPUTS_LIST)
+    with staged_folder(out_dir) as staging:
+        yield staging
+        atomic_write_text(staging / OUTPUTS_LIST, "".join(f"{path.name}\n" for path in sorted(staging.iterdir())))
+        check_replaceable(out_dir, OUTPUTS_LIST)  # again: the user may have put files there meanwhile
 
 
 def write_started(out_dir: Path, record: dict) -> None:
