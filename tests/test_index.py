@@ -105,3 +105,48 @@ def test_flat_and_hnsw_indexes_agree_on_a_small_gallery(tmp_path: Path) -> None:
     assert results["flat"][0] == 7 and list(results["hnsw"]) == list(results["flat"])
     with pytest.raises(InputError, match="^kind: "):
         GalleryIndex.empty({"model": "m"}, 16, "ivf")
+
+
+def test_a_killed_add_leaves_the_previous_index_whole(tiny_dinov2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed between writing the index and writing its manifest: the folder still
+    loads as the index it was (it used to hold the new index beside the old manifest, which
+    load refuses: the index was lost), and the next add completes."""
+    import pdmtrack.personal.index as index_module
+
+    config = GlobalConfig(model=str(tiny_dinov2), size=56)
+    write_images(tmp_path / "gallery", 3)
+    build_index([tmp_path / "gallery"], tmp_path / "index", config, device="cpu", kind="flat")
+    before = GalleryIndex.load(tmp_path / "index").paths
+    write_images(tmp_path / "more", 2, offset=3)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process stops before the manifest is written
+
+    monkeypatch.setattr(index_module, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        add_to_index(tmp_path / "index", [tmp_path / "more"], device="cpu")
+    monkeypatch.undo()
+    assert GalleryIndex.load(tmp_path / "index").paths == before
+    added = add_to_index(tmp_path / "index", [tmp_path / "more"], device="cpu")
+    assert (added.added, added.total) == (2, 5) and len(GalleryIndex.load(tmp_path / "index").paths) == 5
+    assert len(list((tmp_path / "index").glob("*.faiss"))) == 1  # the replaced ones are gone
+
+
+def test_an_index_saved_before_manifests_named_their_file_loads(tmp_path: Path) -> None:
+    vectors = np.eye(4, dtype=np.float32)
+    index = GalleryIndex.empty({"model": "m"}, 4, "flat")
+    index.add(vectors, [f"p{i}" for i in range(4)], [f"h{i}" for i in range(4)])
+    index.save(tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    (tmp_path / "old" / manifest.pop("index_file")).rename(tmp_path / "old" / "index.faiss")
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = GalleryIndex.load(tmp_path / "old")
+    assert loaded.search(vectors[2], 1)[1][0][0] == 2
+    loaded.save(tmp_path / "old")  # a save moves it to a named file and removes index.faiss
+    assert [p.name for p in (tmp_path / "old").glob("*.faiss")] == [
+        json.loads((tmp_path / "old" / "manifest.json").read_text())["index_file"]
+    ]
+    bad = {**manifest, "index_file": "../elsewhere.faiss"}
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="index file of another form"):
+        GalleryIndex.load(tmp_path / "old")

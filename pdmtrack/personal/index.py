@@ -1,20 +1,26 @@
 """A gallery index on disk: one global descriptor per image in a FAISS inner-product index,
 with a manifest naming each image (absolute path, sha256 of its bytes) and the descriptor.
 
-Layout of an index folder: ``index.faiss`` (FAISS, inner product over unit vectors, so the
-score is the cosine similarity; ``hnsw``: an HNSW graph, approximate, a few milliseconds per
-query at 100k images; ``flat``: an exact scan that reads every vector) and ``manifest.json``
-(``{"format": 1, "kind": "hnsw"|"flat", "descriptor": {model, pooling, size, gem_p, fingerprint}, "dim": D,
-"images": [{"path": ..., "sha256": ...}, ...]}``, row i of the index = image i). Both are
-written atomically, the index first; a folder whose two files disagree is refused on load.
-Adding skips images whose content is already indexed.
+Layout of an index folder: ``index-<12 hex>.faiss`` (FAISS, inner product over unit vectors,
+so the score is the cosine similarity; ``hnsw``: an HNSW graph, approximate, a few
+milliseconds per query at 100k images; ``flat``: an exact scan that reads every vector) and
+``manifest.json`` (``{"format": 1, "kind": "hnsw"|"flat", "index_file": "index-....faiss",
+"descriptor": {model, pooling, size, gem_p, fingerprint}, "dim": D, "images": [{"path": ...,
+"sha256": ...}, ...]}``, row i of the index = image i; manifests written before
+``index_file`` name ``index.faiss``). A save writes the index under a new name, then the
+manifest naming it (atomically: the moment the new index takes effect), then deletes the
+previous index file; so a save that is killed leaves the previous index whole. A folder
+whose two files disagree is refused on load. Adding skips images whose content is already
+indexed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,8 @@ from pdmtrack.io.files import atomic_path, atomic_write_text, check_output_folde
 from pdmtrack.io.images import list_images, read_rgb
 from pdmtrack.personal.global_descriptor import GlobalDescriptor
 
-INDEX_FILE = "index.faiss"
+INDEX_FILE = "index.faiss"  # the index file of manifests written before they named it
+_INDEX_NAME = re.compile(r"index-[0-9a-f]{12}\.faiss")
 MANIFEST_FILE = "manifest.json"
 FORMAT = 1
 INDEX_KINDS = ("hnsw", "flat")
@@ -106,32 +113,42 @@ class GalleryIndex:
             hashes = [str(item["sha256"]) for item in images]
             descriptor, dim = dict(manifest["descriptor"]), int(manifest["dim"])  # type: ignore[index]
             kind = str(manifest["kind"])  # type: ignore[index]
+            index_file = str(manifest.get("index_file", INDEX_FILE))  # type: ignore[union-attr]
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(folder / MANIFEST_FILE, f"unexpected layout ({type(err).__name__}: {err})") from err
+        if index_file != INDEX_FILE and not _INDEX_NAME.fullmatch(index_file):
+            raise InputError(folder / MANIFEST_FILE, f"names an index file of another form: {index_file!r}")
         try:
-            index = faiss.read_index(str(folder / INDEX_FILE))
+            index = faiss.read_index(str(folder / index_file))
         except RuntimeError as err:
-            raise InputError(folder / INDEX_FILE, f"cannot read the FAISS index ({str(err).splitlines()[0]})") from err
+            raise InputError(folder / index_file, f"cannot read the FAISS index ({str(err).splitlines()[0]})") from err
         if index.ntotal != len(paths) or index.d != dim:
             problem = f"holds {index.ntotal} vectors of size {index.d}, the manifest {len(paths)} of size {dim}"
             raise InputError(folder, problem)
         return GalleryIndex(descriptor, dim, paths, hashes, index, kind)
 
     def save(self, folder: Path) -> None:
-        """Write ``index.faiss`` then ``manifest.json`` into ``folder`` (each atomically)."""
+        """Write the index under a new name, then ``manifest.json`` naming it (each
+        atomically), then delete the index files it replaces: a save killed at any moment
+        leaves the previous index (or the new one) whole."""
         import faiss
 
         folder = Path(folder)
-        with atomic_path(folder / INDEX_FILE) as tmp:
+        index_file = f"index-{uuid.uuid4().hex[:12]}.faiss"
+        with atomic_path(folder / index_file) as tmp:
             faiss.write_index(self.index, str(tmp))
         manifest = {
             "format": FORMAT,
             "kind": self.kind,
+            "index_file": index_file,
             "descriptor": self.descriptor,
             "dim": self.dim,
             "images": [{"path": path, "sha256": sha} for path, sha in zip(self.paths, self.hashes)],
         }
         atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+        for path in folder.iterdir():  # the previous index, and any a killed save left behind
+            if path.name != index_file and (path.name == INDEX_FILE or _INDEX_NAME.fullmatch(path.name)):
+                path.unlink(missing_ok=True)
 
     def add(self, vectors: np.ndarray, paths: Sequence[str], hashes: Sequence[str]) -> None:
         """Append unit vectors (N, D) for ``paths``."""
