@@ -158,12 +158,12 @@ def whole_folder(out_dir: Path) -> Iterator[Path]:
     """A temporary folder for an image run's outputs (``segment``, ``retrieve``,
     ``segment-ov``) that replaces ``out_dir`` once the run completes, listing its files in
     ``OUTPUTS_LIST``: ``out_dir`` holds one run's outputs, and a failed run leaves it as it
-    was. A folder holding files no image run wrote is refused (:func:`check_replaceable`)."""
-    check_replaceable(out_dir, OUTPUTS_LIST)
+    was. A folder holding files no image run wrote is refused before the rename
+    (:func:`check_replaceable`; callers check it before their models load too)."""
     with staged_folder(out_dir) as staging:
         yield staging
         atomic_write_text(staging / OUTPUTS_LIST, "".join(f"{path.name}\n" for path in sorted(staging.iterdir())))
-        check_replaceable(out_dir, OUTPUTS_LIST)  # again: the user may have put files there meanwhile
+        check_replaceable(out_dir, OUTPUTS_LIST)  # the user may have put files there since the callers' check
 
 
 def write_started(out_dir: Path, record: dict) -> None:
